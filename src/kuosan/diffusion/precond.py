@@ -1,0 +1,134 @@
+"""Preconditioners: each wraps a network ``F(x, c_noise, class_labels)`` into a denoiser
+``D(x, sigma, class_labels=None) -> x0_hat`` (EDM, Karras et al. 2022, eq. 7):
+
+    D(x; σ) = c_skip(σ) · x + c_out(σ) · F(c_in(σ) · x; c_noise(σ))
+
+Only these classes know the parameterisation. Each ``scalings`` is one row of EDM's Table 1
+(or its analogue for v- and x0-prediction); the rest of kuosan sees denoisers only.
+Scalings are float32; the network may run in lower precision inside autocast.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kuosan.diffusion.schedules import DiscreteVP
+
+__all__ = ["Precond", "EDMPrecond", "EpsPrecond", "VPrecond", "X0Precond", "build_precond", "PRECONDS"]
+
+
+def _expand(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """σ as float32 of shape [B, 1, 1, 1] (from a scalar or [B])."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+    if sigma.ndim == 0:
+        sigma = sigma.expand(x.shape[0])
+    return sigma.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class Precond(nn.Module):
+    """Base: subclasses define ``scalings(sigma) -> (c_skip, c_out, c_in)`` and ``noise_cond(sigma)``."""
+
+    sigma_data: float = 1.0
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def scalings(self, sigma: torch.Tensor):
+        raise NotImplementedError
+
+    def noise_cond(self, sigma: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def sigma_min(self) -> float:
+        return 0.002
+
+    @property
+    def sigma_max(self) -> float:
+        return 80.0
+
+    def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.to(torch.float32)
+        sigma = _expand(sigma, x)
+        c_skip, c_out, c_in = self.scalings(sigma)
+        F_x = self.net(c_in * x, self.noise_cond(sigma.flatten()), class_labels)
+        return c_skip * x + c_out * F_x.to(torch.float32)
+
+
+class EDMPrecond(Precond):
+    """EDM, Karras et al. 2022, Table 1 ("Ours" column)."""
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5, sigma_min: float = 0.002,
+                 sigma_max: float = 80.0):
+        super().__init__(net)
+        self.sigma_data, self._sigma_min, self._sigma_max = sigma_data, sigma_min, sigma_max
+
+    sigma_min = property(lambda self: self._sigma_min)
+    sigma_max = property(lambda self: self._sigma_max)
+
+    def scalings(self, sigma):
+        sd2 = self.sigma_data ** 2
+        c_skip = sd2 / (sigma ** 2 + sd2)
+        c_out = sigma * self.sigma_data / (sigma ** 2 + sd2).sqrt()
+        c_in = 1 / (sigma ** 2 + sd2).sqrt()
+        return c_skip, c_out, c_in
+
+    def noise_cond(self, sigma):
+        return sigma.log() / 4
+
+
+class _DiscretePrecond(Precond):
+    """Shared by the DDPM-style parameterisations: the network is conditioned on the (fractional)
+    timestep of a :class:`DiscreteVP` schedule, and sees the VP-scaled input x / sqrt(1 + σ²)."""
+
+    sigma_data = 1.0
+
+    def __init__(self, net: nn.Module, schedule: DiscreteVP):
+        super().__init__(net)
+        self.schedule = schedule
+
+    sigma_min = property(lambda self: self.schedule.sigma_min)
+    sigma_max = property(lambda self: self.schedule.sigma_max)
+
+    def noise_cond(self, sigma):
+        return self.schedule.sigma_to_t(sigma).to(torch.float32)
+
+
+class EpsPrecond(_DiscretePrecond):
+    """ε-prediction, DDPM (Ho et al. 2020); EDM Table 1, "VP" column: D = x - σ·F."""
+
+    def scalings(self, sigma):
+        return torch.ones_like(sigma), -sigma, 1 / (sigma ** 2 + 1).sqrt()
+
+
+class VPrecond(_DiscretePrecond):
+    """v-prediction (Salimans & Ho 2022, §4 and Appendix D), v = α·ε − σ_vp·x0 with
+    α = 1/sqrt(1+σ²), σ_vp = σ/sqrt(1+σ²), hence x0 = α·x_vp − σ_vp·v."""
+
+    def scalings(self, sigma):
+        return 1 / (sigma ** 2 + 1), -sigma / (sigma ** 2 + 1).sqrt(), 1 / (sigma ** 2 + 1).sqrt()
+
+
+class X0Precond(_DiscretePrecond):
+    """x0-prediction: the network outputs the clean image directly."""
+
+    def scalings(self, sigma):
+        return torch.zeros_like(sigma), torch.ones_like(sigma), 1 / (sigma ** 2 + 1).sqrt()
+
+
+PRECONDS = ("edm", "eps", "v", "x0")
+
+
+def build_precond(kind: str, net: nn.Module, *, sigma_data: float = 0.5, beta_schedule: str = "linear",
+                  timesteps: int = 1000, sigma_min: float = 0.002, sigma_max: float = 80.0) -> Precond:
+    """The preconditioner named ``kind`` (one of :data:`PRECONDS`) around ``net``."""
+    if kind == "edm":
+        return EDMPrecond(net, sigma_data, sigma_min, sigma_max)
+    cls = {"eps": EpsPrecond, "v": VPrecond, "x0": X0Precond}.get(kind)
+    if cls is None:
+        from kuosan.errors import KuosanError
+
+        raise KuosanError(f"unknown parameterisation {kind!r}; choose one of {', '.join(PRECONDS)}")
+    return cls(net, DiscreteVP(beta_schedule, timesteps))
