@@ -3,7 +3,8 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: tests run beside other processes, and oversubscribed OpenMP threads spin-wait.
+torch.set_num_threads(1)
 
 
 class GaussianDenoiser:

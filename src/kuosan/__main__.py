@@ -1,0 +1,5 @@
+import sys
+
+from kuosan.cli import main
+
+sys.exit(main())

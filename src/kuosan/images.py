@@ -1,0 +1,48 @@
+"""Image helpers: grids and PNG files (Pillow)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["to_uint8_nhwc", "make_grid", "save_png", "save_images"]
+
+
+def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
+    """Float images in [-1, 1], [N, C, H, W] -> uint8 numpy [N, H, W, C]."""
+    x = ((x.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2, value: int = 255) -> np.ndarray:
+    """uint8 [N, H, W, C] -> one uint8 [rows·(H+pad)+pad, cols·(W+pad)+pad, C] image, row-major."""
+    n, h, w, c = images.shape
+    cols = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), value, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, cols)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y:y + h, x:x + w] = images[i]
+    return grid
+
+
+def save_png(image: np.ndarray, path: str | Path, scale: int = 1) -> Path:
+    """Save a uint8 [H, W, C] (C = 1 or 3) image as PNG, optionally enlarged ``scale`` times."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = image[..., 0] if image.shape[-1] == 1 else image
+    img = Image.fromarray(arr)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    img.save(path)
+    return path
+
+
+def save_images(images: np.ndarray, out_dir: str | Path, names: list[str]) -> list[Path]:
+    return [save_png(img, Path(out_dir) / name) for img, name in zip(images, names)]

@@ -1,0 +1,53 @@
+"""From configs to a preconditioned network (a denoiser), and back from a checkpoint's config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kuosan.config import Config, DiffusionConfig
+from kuosan.diffusion.precond import Precond, build_precond
+from kuosan.errors import KuosanError
+from kuosan.nets.build import build_network, network_fields
+
+__all__ = ["network_spec", "build_model", "model_from_checkpoint_config"]
+
+# The network sees c_noise; for EDM that is ln(σ)/4 ∈ [-2, 1.1], for discrete models a timestep in
+# [0, 1000). Scaling EDM's into a similar range lets the same sinusoidal embedding serve both.
+_NOISE_SCALE = {"edm": 250.0, "flow": 1000.0}
+
+
+def network_spec(cfg: Config, *, channels: int, resolution: int, num_classes: int) -> dict:
+    """The network kind and constructor fields for a model on data of this shape."""
+    m = cfg.model
+    wanted = network_fields(m.kind)
+    fields = {k: v for k, v in dataclasses.asdict(m).items() if k in wanted and k != "kind"}
+    fields.update(in_channels=channels, out_channels=channels, resolution=resolution,
+                  num_classes=num_classes)
+    if "noise_scale" in wanted:
+        fields["noise_scale"] = _NOISE_SCALE.get(cfg.diffusion.precond, 1.0)
+    if "attn_resolutions" in fields:  # keep only sizes the network actually reaches
+        sizes, r = set(), resolution
+        for _ in m.channel_mults:
+            sizes.add(r)
+            r = (r + 1) // 2
+        fields["attn_resolutions"] = tuple(a for a in fields["attn_resolutions"] if a in sizes)
+    return {"kind": m.kind, "fields": fields}
+
+
+def build_model(spec: dict, diffusion: DiffusionConfig | dict) -> Precond:
+    """A freshly initialised network of ``spec`` wrapped by the preconditioner of ``diffusion``."""
+    d = diffusion if isinstance(diffusion, dict) else dataclasses.asdict(diffusion)
+    net = build_network(spec["kind"], **dict(spec["fields"]))
+    if d["precond"] == "flow":
+        from kuosan.diffusion.precond import build_flow_precond  # added with flow matching
+
+        return build_flow_precond(net)
+    return build_precond(d["precond"], net, sigma_data=d["sigma_data"], beta_schedule=d["beta_schedule"],
+                         timesteps=d["timesteps"], sigma_min=d["sigma_min"], sigma_max=d["sigma_max"])
+
+
+def model_from_checkpoint_config(config: dict) -> Precond:
+    try:
+        return build_model(config["network"], config["diffusion"])
+    except KeyError as e:
+        raise KuosanError(f"checkpoint config.json lacks {e}; is this a kuosan checkpoint?") from None

@@ -1,0 +1,140 @@
+"""The Python API: ``kuosan.load(DIR).sample(...)``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from kuosan.errors import KuosanError
+
+__all__ = ["Pipeline", "SampleResult"]
+
+
+@dataclass
+class SampleResult:
+    images: np.ndarray            # uint8 [N, H, W, C]
+    labels: np.ndarray | None     # int64 [N] (the class asked for), or None when unconditional
+    seeds: list[int]
+    nfe: int                      # network evaluations per image (guidance counts as one)
+    seconds: float                # wall time of sampling
+
+    def save(self, out_dir: str | Path, grid_cols: int | None = None) -> dict:
+        """One PNG per seed, ``grid.png``, and ``samples.npz`` (images uint8 NHWC, labels, seeds)."""
+        from kuosan.images import make_grid, save_png
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for img, seed in zip(self.images, self.seeds):
+            save_png(img, out / f"seed{seed:06d}.png")
+        grid = save_png(make_grid(self.images, grid_cols), out / "grid.png", scale=2)
+        npz = out / "samples.npz"
+        arrays = {"images": self.images, "seeds": np.asarray(self.seeds, dtype=np.int64)}
+        if self.labels is not None:
+            arrays["labels"] = self.labels
+        np.savez_compressed(npz, **arrays)
+        return {"dir": out, "grid": grid, "npz": npz}
+
+
+class Pipeline:
+    """A loaded checkpoint: its denoiser (EMA weights by default) and how it was trained."""
+
+    def __init__(self, precond, config: dict, path: Path):
+        self.precond, self.config, self.path = precond.eval().requires_grad_(False), config, path
+
+    @classmethod
+    def load(cls, checkpoint_dir, device=None, use_ema: bool = True) -> "Pipeline":
+        from kuosan.model import model_from_checkpoint_config
+        from kuosan.training.checkpoint import read_checkpoint, resolve_checkpoint
+        from kuosan.training.loop import resolve_device
+
+        ckpt = resolve_checkpoint(checkpoint_dir)
+        saved = read_checkpoint(ckpt, weights="ema" if use_ema else "model")
+        precond = model_from_checkpoint_config(saved["config"])
+        try:
+            precond.load_state_dict(saved["weights"])
+        except RuntimeError as e:
+            raise KuosanError(f"weights in {ckpt} do not fit the architecture in its config.json: "
+                              f"{str(e).splitlines()[0]}") from None
+        device = resolve_device(device or "auto")
+        return cls(precond.to(device), saved["config"], ckpt)
+
+    # -- facts about the model ------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.precond.parameters()).device
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config["network"]["fields"].get("num_classes", 0))
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.get("data", {}).get("class_names", []))
+
+    @property
+    def dataset(self) -> str:
+        return self.config.get("data", {}).get("spec", "")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        f = self.config["network"]["fields"]
+        return (f["in_channels"], f["resolution"], f["resolution"])
+
+    def class_index(self, name_or_index) -> int:
+        """A class given by index or by (case-insensitive) name."""
+        if self.num_classes == 0:
+            raise KuosanError("this model is unconditional: it takes no class")
+        try:
+            k = int(name_or_index)
+        except (TypeError, ValueError):
+            names = [n.lower() for n in self.class_names]
+            if str(name_or_index).lower() not in names:
+                raise KuosanError(f"unknown class {name_or_index!r}; classes: {', '.join(self.class_names)}") from None
+            k = names.index(str(name_or_index).lower())
+        if not 0 <= k < self.num_classes:
+            raise KuosanError(f"class {k} out of range: this model has classes 0-{self.num_classes - 1}")
+        return k
+
+    # -- sampling -------------------------------------------------------------------------------
+    def sample(self, seeds: Sequence[int] | str | int = 16, class_labels=None, *, sampler: str | None = None,
+               steps: int | None = None, guidance: float | None = None, schedule: str | None = None,
+               batch_size: int = 64, sampler_options: dict | None = None, progress=None) -> SampleResult:
+        """Generate one image per seed. ``seeds`` is a list, a range string ``"0-63"`` or a count;
+        ``class_labels`` one class for all (index or name), a list, or None (conditional models then
+        cycle through the classes: seed k gets class k mod C)."""
+        from kuosan.diffusion.samplers import nfe
+        from kuosan.images import to_uint8_nhwc
+        from kuosan.rng import parse_seeds
+        from kuosan.sampling import generate
+
+        s = self.config.get("sample", {})
+        sampler = sampler or s.get("sampler", "heun")
+        steps = int(steps or s.get("steps", 18))
+        guidance = float(s.get("guidance", 1.0) if guidance is None else guidance)
+        schedule = schedule or s.get("schedule", "karras")
+        seeds = list(range(seeds)) if isinstance(seeds, int) else parse_seeds(seeds)
+        labels = None
+        if self.num_classes:
+            if class_labels is None:
+                labels = [k % self.num_classes for k in seeds]
+            elif isinstance(class_labels, (list, tuple, np.ndarray, torch.Tensor)):
+                labels = [self.class_index(int(c)) for c in class_labels]
+                if len(labels) != len(seeds):
+                    raise KuosanError(f"{len(labels)} class labels for {len(seeds)} seeds")
+            else:
+                labels = [self.class_index(class_labels)] * len(seeds)
+        elif class_labels is not None:
+            raise KuosanError("this model is unconditional: it takes no class")
+        t0 = time.perf_counter()
+        x = generate(self.precond, shape=self.image_shape, seeds=seeds, class_labels=labels, sampler=sampler,
+                     steps=steps, schedule=schedule, rho=s.get("rho", 7.0), guidance=guidance,
+                     null_label=self.num_classes or None, batch_size=batch_size,
+                     sampler_options=sampler_options, progress=progress)
+        seconds = time.perf_counter() - t0
+        return SampleResult(images=to_uint8_nhwc(x), labels=None if labels is None else np.asarray(labels, np.int64),
+                            seeds=seeds, nfe=nfe(sampler, steps), seconds=seconds)

@@ -1,0 +1,1 @@
+"""Training: the loop, EMA, crash-safe checkpoints."""

@@ -1,0 +1,314 @@
+"""The training loop: one function, read top to bottom.
+
+Data order, noise and dropout are all derived from the seed, and their generator states are saved
+with every checkpoint, so a resumed run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from kuosan.config import Config, config_to_dict
+from kuosan.errors import KuosanError
+from kuosan.training.checkpoint import (atomic_write_text, decode_rng, encode_rng, list_checkpoints,
+                                        read_checkpoint, resolve_checkpoint, save_checkpoint)
+from kuosan.training.ema import EMA
+
+__all__ = ["train", "resolve_device", "batch_indices", "lr_at"]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise KuosanError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KuosanError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def batch_indices(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
+    """Indices of the images in step ``step``'s batch: epochs are seeded permutations of the data,
+    walked in order, so the position in the data is a function of the step alone."""
+    start, out = step * batch, []
+    while len(out) < batch:
+        epoch, offset = divmod(start, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        take = perm[offset:offset + batch - len(out)]
+        out.extend(take.tolist())
+        start += len(take)
+    return torch.tensor(out)
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warm-up to ``lr``, then constant, cosine or linear decay to 5% at ``steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_decay == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_decay == "cosine" else 1 - progress
+    return cfg.lr * (0.05 + 0.95 * shape)
+
+
+def _class_grid_labels(num_classes: int, per_class: int) -> list[int] | None:
+    if num_classes == 0:
+        return None
+    return [c for c in range(num_classes) for _ in range(per_class)]
+
+
+def sample_grid(precond, cfg: Config, spec: dict, path: Path, per_class: int = 10) -> Path:
+    """One row per class (or an 8×8 grid when unconditional), fixed seeds, EMA weights."""
+    from kuosan.images import make_grid, save_png, to_uint8_nhwc
+    from kuosan.sampling import generate
+
+    f = spec["fields"]
+    labels = _class_grid_labels(f["num_classes"], per_class)
+    n = len(labels) if labels else 64
+    x = generate(precond, shape=(f["in_channels"], f["resolution"], f["resolution"]), seeds=range(n),
+                 class_labels=labels, sampler=cfg.sample.sampler, steps=cfg.sample.steps,
+                 schedule=cfg.sample.schedule, rho=cfg.sample.rho, guidance=cfg.sample.guidance,
+                 null_label=f["num_classes"] or None, batch_size=128)
+    grid = make_grid(to_uint8_nhwc(x), nrow=per_class if labels else 8)
+    return save_png(grid, path, scale=2)
+
+
+def _prepare_run_dir(out: Path, resume: bool) -> None:
+    if resume:
+        return
+    if list_checkpoints(out):
+        raise KuosanError(f"{out} already holds a training run; pass --resume to continue it, "
+                          "or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _run_config(cfg: Config, spec: dict, data) -> dict:
+    return {"format": "kuosan-checkpoint", "version": 1, "network": spec,
+            **config_to_dict(cfg),
+            "data": {"spec": cfg.train.data, "class_names": list(data.class_names),
+                     "resolution": data.resolution, "channels": data.channels,
+                     "num_classes": spec["fields"]["num_classes"]}}
+
+
+def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print) -> Path:
+    """Train a model as ``cfg`` says; returns the run directory (``cfg.train.out``)."""
+    from kuosan.data import load_dataset, to_model_range
+    from kuosan.diffusion.objectives import loss_for
+    from kuosan.model import build_model, network_spec
+    from kuosan.nets.build import count_flops, count_parameters
+
+    t = cfg.train
+    out = Path(t.out)
+    _prepare_run_dir(out, resume)
+    device = resolve_device(t.device)
+    torch.manual_seed(t.seed)  # network initialisation and dropout
+
+    # --- data, held in memory as uint8 on the device -------------------------------------------
+    data = load_dataset(t.data, "train", root=t.data_root, resolution=t.resolution, channels=t.channels,
+                        max_images=t.max_images)
+    images, labels = data.images.to(device), data.labels.to(device)
+    num_classes = data.num_classes if t.conditional else 0
+
+    # --- model, EMA, optimiser ------------------------------------------------------------------
+    spec = network_spec(cfg, channels=data.channels, resolution=data.resolution, num_classes=num_classes)
+    precond = build_model(spec, cfg.diffusion).to(device)
+    ema = EMA(precond, t.ema_decay)
+    opt = torch.optim.AdamW(precond.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    objective = loss_for(precond)
+    obj_kw = ({"p_mean": cfg.diffusion.p_mean, "p_std": cfg.diffusion.p_std} if cfg.diffusion.precond == "edm"
+              else {"min_snr_gamma": cfg.diffusion.min_snr_gamma} if cfg.diffusion.precond != "flow" else {})
+    noise_gen = torch.Generator(device="cpu").manual_seed(t.seed + 1)
+    run_config = _run_config(cfg, spec, data)
+    start_step, nonfinite, elapsed_before = 0, 0, 0.0
+
+    if resume:
+        ckpt = resolve_checkpoint(out)
+        saved = read_checkpoint(ckpt, training_state=True)
+        if saved["config"].get("network") != json.loads(json.dumps(spec)):
+            raise KuosanError(f"cannot resume {out}: its checkpoint has another architecture than this config")
+        precond.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"] if saved["ema"] is not None else saved["model"])
+        if saved["optimizer"] is not None:
+            opt.load_state_dict(saved["optimizer"])
+        st = saved["state"]
+        start_step, nonfinite, elapsed_before = st["step"], st.get("nonfinite", 0), st.get("elapsed", 0.0)
+        noise_gen.set_state(decode_rng(st["rng_noise"]))
+        torch.set_rng_state(decode_rng(st["rng_torch"]))
+        log(f"resuming {out} from step {start_step} ({ckpt.name})")
+
+    n_params = count_parameters(precond)
+    flops = count_flops(precond.net, data.channels, data.resolution, 1, num_classes)
+    log(f"data: {data.name}, {len(data)} images {data.channels}x{data.resolution}x{data.resolution}, "
+        f"{data.num_classes} classes | model: {spec['kind']}, {n_params / 1e6:.2f} M parameters, "
+        f"{flops / 1e9:.3f} GFLOP per image per forward | device: {device}")
+    (out / "config.json").write_text(json.dumps(run_config, indent=2))
+
+    # A fixed held-out batch (same images, same noise every time) to compare raw and EMA weights.
+    val_gen = torch.Generator().manual_seed(t.seed + 2)
+    val_idx = torch.randperm(len(data), generator=val_gen)[:min(64, len(data))]
+    val_x0, val_labels = to_model_range(images[val_idx]), labels[val_idx] if num_classes else None
+
+    def val_loss(model) -> float:
+        model.eval()
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(t.seed + 3)
+            value = float(objective(model, val_x0, val_labels, generator=g, **obj_kw).mean())
+        precond.train()
+        return value
+
+    def checkpoint(step: int) -> Path:
+        state = {"nonfinite": nonfinite, "elapsed": elapsed_before + (time.time() - t0),
+                 "rng_noise": encode_rng(noise_gen.get_state()), "rng_torch": encode_rng(torch.get_rng_state()),
+                 "seed": t.seed, "data_position": step * t.batch}
+        return save_checkpoint(out, step, config=run_config, model=precond.state_dict(), ema=ema.state_dict(),
+                               optimizer=opt, state=state, keep=t.keep_checkpoints)
+
+    log_path = out / "metrics.jsonl"
+    if not resume and log_path.exists():
+        log_path.unlink()
+    elif resume and log_path.exists():  # drop lines written after the checkpoint we resume from
+        kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start_step]
+        atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
+    log_file = open(log_path, "a")
+
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext())
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=t.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not sys.stderr.isatty() and os.environ.get("KUOSAN_PROGRESS") != "1")
+
+    # --- the loop -------------------------------------------------------------------------------
+    t0 = time.time()
+    window_loss, window_n, window_t = 0.0, 0, time.time()
+    step = start_step
+    stop_reason = "steps"
+    precond.train()
+    interrupted = []
+    old_handler = (signal.getsignal(signal.SIGTERM)
+                   if threading.current_thread() is threading.main_thread() else None)
+    if old_handler is not None:
+        signal.signal(signal.SIGTERM, lambda *a: interrupted.append("SIGTERM"))
+    try:
+        while step < t.steps:
+            if t.time_limit is not None and elapsed_before + time.time() - t0 >= t.time_limit:
+                stop_reason = "time limit"
+                break
+            if interrupted:
+                stop_reason = interrupted[0]
+                break
+            idx = batch_indices(step, t.batch, len(data), t.seed).to(device)
+            x0 = to_model_range(images[idx])
+            y = None
+            if num_classes:
+                y = labels[idx].clone()
+                if cfg.diffusion.label_dropout > 0:
+                    drop = torch.rand(len(idx), generator=noise_gen) < cfg.diffusion.label_dropout
+                    y[drop.to(device)] = num_classes  # the null class
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, t)
+            with autocast:
+                loss = objective(precond, x0, y, generator=noise_gen, **obj_kw).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(precond.parameters(),
+                                                       t.grad_clip if t.grad_clip > 0 else float("inf"))
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                nonfinite += 1  # skip the update; the weights stay as they were
+                opt.zero_grad(set_to_none=True)
+                log(f"step {step}: non-finite {'loss' if not torch.isfinite(loss) else 'gradient'}, "
+                    f"step skipped ({nonfinite} so far)")
+                if nonfinite >= t.max_nonfinite:
+                    stop_reason = "non-finite"
+                    break
+            else:
+                opt.step()
+                ema.update(precond, step)
+                window_loss += float(loss.detach())
+                window_n += 1
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                if window_n:
+                    bar.set_postfix(loss=f"{window_loss / window_n:.4f}")
+            if step % t.log_every == 0 or step == t.steps:
+                now = time.time()
+                rec = {"step": step, "loss": window_loss / max(1, window_n), "grad_norm": float(grad_norm),
+                       "lr": lr_at(step - 1, t), "nonfinite": nonfinite,
+                       "time": elapsed_before + now - t0,
+                       "images_per_s": window_n * t.batch / max(1e-9, now - window_t)}
+                if t.checkpoint_every and step % t.checkpoint_every == 0 or step == t.steps:
+                    rec["val_loss_raw"], rec["val_loss_ema"] = val_loss(precond), val_loss(ema.module)
+                log_file.write(json.dumps(rec) + "\n")
+                log_file.flush()
+                window_loss, window_n, window_t = 0.0, 0, time.time()
+            if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.steps:
+                checkpoint(step)
+            if t.sample_every and step % t.sample_every == 0 and step < t.steps:
+                sample_grid(ema.module, cfg, spec, out / "samples" / f"step-{step:07d}.png")
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+        if bar is not None:
+            bar.close()
+        log_file.close()
+
+    if stop_reason == "non-finite":
+        raise KuosanError(f"training stopped after {nonfinite} non-finite steps (at step {step}); the last good "
+                          f"checkpoint is kept. Lower --lr (now {t.lr}) or turn off --bf16, then --resume.")
+    if step > start_step:
+        ckpt = checkpoint(step)
+        log(f"stopped at step {step} ({stop_reason}); checkpoint {ckpt}")
+    if stop_reason in ("interrupted", "SIGTERM"):
+        raise KeyboardInterrupt
+    grid = sample_grid(ema.module, cfg, spec, out / "samples.png")
+    plot_losses(log_path, out / "loss.png")
+    log(f"sample grid: {grid}")
+    return out
+
+
+def plot_losses(log_path: Path, png: Path) -> Path | None:
+    """Loss (and held-out raw/EMA loss) against step, log scale."""
+    rows = [json.loads(ln) for ln in Path(log_path).read_text().splitlines() if ln.strip()]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="training loss", lw=1)
+    for key, label in (("val_loss_raw", "held-out, raw"), ("val_loss_ema", "held-out, EMA")):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts), "o-", ms=3, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def replace_train(cfg: Config, **changes) -> Config:
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
