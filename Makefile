@@ -1,0 +1,37 @@
+# kuosan — two commands: `make demo` and `make test`. Each sets up .venv first (idempotent).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kuosan-installed
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test test-slow bench clean
+
+$(STAMP): pyproject.toml
+	@command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && [ ! -d /usr/share/datasets/fashion-mnist ] && \
+	  { apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+	    echo "note: could not install dataset-fashion-mnist; the demo will use the MNIST subset"; } || true
+	$(PY) -m venv $(VENV)
+	# The CPU build of PyTorch first, so nothing later pulls a multi-GB CUDA build.
+	# Elsewhere, point pip at a CPU wheel: make TORCH="torch --index-url <your CPU wheel index>"
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[data,eval,test]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/kuosan demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_sample.py
+
+clean:
+	rm -rf $(VENV) runs
