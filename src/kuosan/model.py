@@ -38,10 +38,6 @@ def build_model(spec: dict, diffusion: DiffusionConfig | dict) -> Precond:
     """A freshly initialised network of ``spec`` wrapped by the preconditioner of ``diffusion``."""
     d = diffusion if isinstance(diffusion, dict) else dataclasses.asdict(diffusion)
     net = build_network(spec["kind"], **dict(spec["fields"]))
-    if d["precond"] == "flow":
-        from kuosan.diffusion.precond import build_flow_precond  # added with flow matching
-
-        return build_flow_precond(net)
     return build_precond(d["precond"], net, sigma_data=d["sigma_data"], beta_schedule=d["beta_schedule"],
                          timesteps=d["timesteps"], sigma_min=d["sigma_min"], sigma_max=d["sigma_max"])
 

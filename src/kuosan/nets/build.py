@@ -18,7 +18,13 @@ def _unet(fields: dict) -> nn.Module:
     return UNet(UNetConfig(**fields))
 
 
-NETWORKS = {"unet": _unet}
+def _dit(fields: dict) -> nn.Module:
+    from kuosan.nets.dit import DiT, DiTConfig
+
+    return DiT(DiTConfig(**fields))
+
+
+NETWORKS = {"unet": _unet, "dit": _dit}
 
 
 def network_fields(kind: str) -> set[str]:
@@ -51,17 +57,28 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
+def _attention_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    """softmax(Q Kᵀ) V: two batched matmuls of 2·B·H·N·M·D each (the softmax is not counted)."""
+    b, h, n, d = q_shape
+    m, d_v = k_shape[-2], v_shape[-1]
+    return 2 * b * h * n * m * d + 2 * b * h * n * m * d_v
+
+
 @torch.no_grad()
 def count_flops(net: nn.Module, in_channels: int, resolution: int, batch: int = 1,
                 num_classes: int = 0) -> int:
     """Floating-point operations of one forward pass (a multiply-add counts 2), by torch's counter."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils import flop_counter
 
     device = next(net.parameters()).device
     x = torch.zeros(batch, in_channels, resolution, resolution, device=device)
     c = torch.zeros(batch, device=device)
     labels = torch.zeros(batch, dtype=torch.long, device=device) if num_classes else None
-    counter = FlopCounterMode(display=False)
+    # torch's counter knows the CUDA attention kernels but not the CPU one that F.scaled_dot_product_attention
+    # dispatches to: count it with the same formula (two batched matmuls).
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    custom = {cpu_sdpa: _attention_flops} if cpu_sdpa is not None else {}
+    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=custom)
     with counter:
         net(x, c, labels)
     return int(counter.get_total_flops())
