@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from kuosan.diffusion.flow import FlowPrecond, flow_loss
 from kuosan.diffusion.precond import EDMPrecond, Precond, _DiscretePrecond
 from kuosan.rng import randn
 
-__all__ = ["edm_loss", "ddpm_loss", "loss_for"]
+__all__ = ["edm_loss", "ddpm_loss", "flow_loss", "loss_for"]
 
 
 def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -55,5 +56,8 @@ def ddpm_loss(precond: _DiscretePrecond, x0: torch.Tensor, class_labels=None, *,
 
 
 def loss_for(precond: Precond):
-    """The default objective of a preconditioner: EDM's loss for EDM, DDPM's for the others."""
+    """The default objective of a preconditioner: EDM's loss for EDM, flow matching's for flow,
+    DDPM's for the others."""
+    if isinstance(precond, FlowPrecond):
+        return flow_loss
     return edm_loss if isinstance(precond, EDMPrecond) else ddpm_loss

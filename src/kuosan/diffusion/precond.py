@@ -15,7 +15,8 @@ from torch import nn
 
 from kuosan.diffusion.schedules import DiscreteVP
 
-__all__ = ["Precond", "EDMPrecond", "EpsPrecond", "VPrecond", "X0Precond", "build_precond", "PRECONDS"]
+__all__ = ["Precond", "EDMPrecond", "EpsPrecond", "VPrecond", "X0Precond", "build_precond", "build_flow_precond",
+           "PRECONDS"]
 
 
 def _expand(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +119,14 @@ class X0Precond(_DiscretePrecond):
         return torch.zeros_like(sigma), torch.ones_like(sigma), 1 / (sigma ** 2 + 1).sqrt()
 
 
-PRECONDS = ("edm", "eps", "v", "x0")
+PRECONDS = ("edm", "eps", "v", "x0", "flow")
+
+
+def build_flow_precond(net: nn.Module, sigma_min: float = 0.002, sigma_max: float = 80.0) -> Precond:
+    """Flow matching / rectified flow: a velocity network as a denoiser (see :mod:`kuosan.diffusion.flow`)."""
+    from kuosan.diffusion.flow import FlowPrecond  # flow.py imports this module
+
+    return FlowPrecond(net, sigma_min, sigma_max)
 
 
 def build_precond(kind: str, net: nn.Module, *, sigma_data: float = 0.5, beta_schedule: str = "linear",
@@ -126,6 +134,8 @@ def build_precond(kind: str, net: nn.Module, *, sigma_data: float = 0.5, beta_sc
     """The preconditioner named ``kind`` (one of :data:`PRECONDS`) around ``net``."""
     if kind == "edm":
         return EDMPrecond(net, sigma_data, sigma_min, sigma_max)
+    if kind == "flow":
+        return build_flow_precond(net, sigma_min, sigma_max)
     cls = {"eps": EpsPrecond, "v": VPrecond, "x0": X0Precond}.get(kind)
     if cls is None:
         from kuosan.errors import KuosanError
