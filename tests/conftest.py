@@ -28,3 +28,53 @@ class GaussianDenoiser:
 @pytest.fixture
 def gaussian():
     return GaussianDenoiser()
+
+
+class GaussianMixtureDenoiser:
+    """The exact denoiser of x0 ~ Σ_k π_k N(μ_k, s_k² I) in d dimensions: the posterior mean
+    D(x; σ) = Σ_k γ_k(x) [μ_k + s_k²/(s_k² + σ²) (x − μ_k)], γ_k ∝ π_k N(x; μ_k, (s_k² + σ²) I).
+
+    ``x`` is [B, *shape] with prod(shape) = d. With ``class_labels`` (a [B] tensor) sample b uses only
+    component ``class_labels[b]`` (its exact class-conditional denoiser), and the label K ("null")
+    the whole mixture, as a classifier-free-guidance network sees it. Computed in float64.
+    """
+
+    def __init__(self, weights, means, stds):
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.means = torch.as_tensor(means, dtype=torch.float64).reshape(len(self.weights), -1)  # [K, d]
+        self.stds = torch.as_tensor(stds, dtype=torch.float64)
+        self.calls = 0
+
+    def responsibilities(self, x, sigma, class_labels=None):
+        b = x.shape[0]
+        flat = x.reshape(b, -1).to(torch.float64)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1, 1).expand(b, 1)
+        var = self.stds ** 2 + sigma ** 2                                       # [B, K]
+        sq = (flat[:, None, :] - self.means[None]).square().sum(-1)             # [B, K]
+        d = flat.shape[1]
+        logp = self.weights.log() - d / 2 * var.log() - sq / (2 * var)
+        if class_labels is not None:
+            k = len(self.weights)
+            only = torch.nn.functional.one_hot(class_labels.clamp(max=k - 1), k).bool()
+            keep = only | (class_labels == k)[:, None]
+            logp = logp.masked_fill(~keep, float("-inf"))
+        return logp.softmax(1), flat, var
+
+    def __call__(self, x, sigma, class_labels=None, **kw):
+        self.calls += 1
+        gamma, flat, var = self.responsibilities(x, sigma, class_labels)
+        shrink = self.stds ** 2 / var                                            # [B, K]
+        post = self.means[None] + shrink[..., None] * (flat[:, None, :] - self.means[None])  # [B, K, d]
+        return (gamma[..., None] * post).sum(1).reshape(x.shape).to(x.dtype)
+
+    def sample(self, n, generator, shape=None):
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
+        x = self.means[k] + self.stds[k, None] * z
+        return x.reshape(n, *(shape or (self.means.shape[1],))), k
+
+
+@pytest.fixture
+def mixture():
+    """A 2-D mixture of three Gaussians, well separated, of unequal weights and widths."""
+    return GaussianMixtureDenoiser([0.2, 0.5, 0.3], [[-2.0, 0.0], [1.5, 1.5], [1.0, -2.0]], [0.3, 0.5, 0.4])

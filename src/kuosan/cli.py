@@ -6,6 +6,7 @@ import argparse
 import sys
 import warnings
 
+from kuosan.diffusion.samplers import SAMPLERS
 from kuosan.errors import KuosanError
 
 EXAMPLES = """examples:
@@ -56,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="number of images (seeds 0..n-1 unless --seeds)")
     p.add_argument("--seeds", default=None, help="seeds, e.g. 0-63 or 1,5,9 (one image per seed)")
     p.add_argument("--class", dest="class_label", default=None, help="class index or name (default: cycle)")
-    p.add_argument("--sampler", default=None, help="euler, heun, ddim, ddpm, ... (default: the model's)")
+    p.add_argument("--sampler", default=None,
+                   help=f"one of {', '.join(sorted(SAMPLERS))} (default: the model's)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--schedule", default=None, help="karras, exponential, log-snr, vp-linear, ...")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight (1 = none)")
@@ -80,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
                            epilog="examples:\n  kuosan evaluate --checkpoint runs/fm --n 1000 --out eval/\n"
                                   "  kuosan evaluate --images samples/samples.npz --reference fashion-mnist:test")
         eval_cli.add_arguments(p)
+    from kuosan import edit_cli
+
+    p = sub.add_parser("edit", help="img2img, inpaint, invert or interpolate with a checkpoint",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    edit_cli.add_arguments(p)
     return parser
 
 
@@ -180,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
                             device=args.device, evaluate=not args.no_eval)
         if args.command == "data":
             return cmd_data(args)
+        if args.command == "edit":
+            from kuosan import edit_cli
+
+            return edit_cli.run(args)
         if args.command == "evaluate":
             from kuosan.evaluation import cli as eval_cli
 

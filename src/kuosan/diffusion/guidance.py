@@ -6,7 +6,13 @@ The conditional and unconditional passes run as one forward of double batch. Opt
     conditional prediction (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval");
     outside the interval the unconditional half is not computed at all.
   * ``rescale=φ``: rescale the guided prediction to the conditional one's standard deviation and mix
-    with weight φ (Lin et al. 2024, "Common diffusion noise schedules…", eq. 15–16).
+    with weight φ (Lin et al. 2024, "Common diffusion noise schedules…", eq. 15–16). The paper applies
+    it to its network's output (v-prediction); here it acts on the denoised image D, the one quantity
+    every parameterisation shares, which is what the over-exposure it corrects is about.
+
+Guiding D is the same as guiding ε or v with the same weight (D is affine in the network output with
+class-independent coefficients), and D_w is the denoiser of p_u^{1−w}·p_c^w: by Tweedie's formula
+D = x + σ² ∇log p_σ, so its score is (1 − w)∇log p_u + w∇log p_c (tests/test_guidance.py checks both).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from kuosan.errors import KuosanError
@@ -75,23 +76,27 @@ class DiscreteVP:
         return ((1 - w) * log_sigmas[lo] + w * log_sigmas[hi]).exp()
 
     def timesteps_for(self, n: int, spacing: str = "linspace") -> torch.Tensor:
-        """``n`` decreasing timesteps of the discrete chain (diffusers' naming of the spacings).
+        """``n`` decreasing timesteps of the discrete chain, as float64 integers (diffusers' spacings,
+        computed in numpy as diffusers does, so that ties round the same way):
 
-        linspace: evenly from T-1 to 0;  leading: 0, k, 2k, … (DDIM, Song et al. 2021);
-        trailing: T-1, T-1-k, … (Lin et al. 2024, Table 2), which always includes the last step.
+        linspace: round(linspace(0, T-1, n)) reversed, from T-1 down to 0 (for n = 1 only T-1; diffusers
+                  would give 0, the cleanest step);
+        leading:  0, k, 2k, … with k = T // n, reversed (DDIM, Song et al. 2021; no ``steps_offset``);
+        trailing: round(arange(T, 0, -T/n)) - 1, which always starts at the last step T-1
+                  (Lin et al. 2024, Table 2).
         """
         T = self.timesteps
         if not 1 <= n <= T:
             raise KuosanError(f"steps must be between 1 and {T} for this schedule, got {n}")
         if spacing == "linspace":
-            t = torch.linspace(T - 1, 0, n, dtype=torch.float64).round()
+            t = np.linspace(0, T - 1, n).round()[::-1] if n > 1 else np.array([T - 1.0])
         elif spacing == "leading":
-            t = (torch.arange(n, dtype=torch.float64) * (T // n)).flip(0)
+            t = (np.arange(n) * (T // n)).round()[::-1].astype(np.float64)
         elif spacing == "trailing":
-            t = (torch.arange(T, 0, -T / n, dtype=torch.float64)).round() - 1
+            t = np.round(np.arange(T, 0, -T / n)) - 1
         else:
             raise KuosanError(f"unknown timestep spacing {spacing!r}; use linspace, leading or trailing")
-        return t
+        return torch.from_numpy(t.copy())
 
 
 def _karras(n, sigma_min, sigma_max, rho=7.0):
