@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="fashion-mnist",
                    help="a JSON/YAML/TOML file or a preset name (default fashion-mnist)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest intact checkpoint (from step 0 if it has none yet)")
 
     p = sub.add_parser("sample", help="generate images from a checkpoint",
                        epilog="example:\n  kuosan sample --checkpoint runs/fm --n 64 --sampler heun --steps 18 "
@@ -102,6 +102,10 @@ def cmd_sample(args) -> int:
     _positive("--n", args.n)
     _positive("--steps", args.steps)
     _positive("--batch", args.batch)
+    if args.steps is not None and args.steps > 10000:
+        raise KuosanError(f"--steps {args.steps} is absurdly large (at most 10000)")
+    if args.n is not None and args.n > 100_000:
+        raise KuosanError(f"--n {args.n} is absurdly large (at most 100000 images a command)")
     if args.guidance is not None and not 0 <= args.guidance <= 100:
         raise KuosanError(f"--guidance must be between 0 and 100, got {args.guidance}")
     seeds = parse_seeds(args.seeds) if args.seeds else list(range(args.n or 64))
@@ -202,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kuosan: interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-        print(f"kuosan: error: {e.strerror or e}: {e.filename}", file=sys.stderr)
+    except OSError as e:  # a path the user gave: missing, not writable, a file where a folder should be
+        where = f": {e.filename}" if e.filename else ""
+        print(f"kuosan: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     return 0
 

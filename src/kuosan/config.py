@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +69,8 @@ class TrainConfig:
     conditional: bool = True               # train class-conditional (with a null class for CFG)
     steps: int = 20000                     # optimiser steps
     time_limit: typing.Optional[float] = None  # stop after this many seconds (a checkpoint is written)
-    batch: int = 64                        # images per optimiser step
+    batch: int = 64                        # images per optimiser step, over all processes (the global batch)
+    batch_per_device: typing.Optional[int] = None  # most images a process runs at once; more = gradient accumulation
     lr: float = 2e-3                       # peak learning rate (AdamW)
     weight_decay: float = 0.0              # AdamW weight decay
     betas: tuple = (0.9, 0.99)             # AdamW β1, β2
@@ -76,6 +79,8 @@ class TrainConfig:
     ema_decay: float = 0.999               # EMA of the weights (with warm-up, see training.ema)
     grad_clip: float = 1.0                 # clip the global gradient norm (0 = off)
     bf16: bool = False                     # bfloat16 autocast inside the network
+    compile: bool = False                  # torch.compile the network (slow to compile; for long GPU runs)
+    tf32: bool = True                      # CUDA only: TensorFloat-32 matmuls/convolutions (Ampere or newer)
     seed: int = 0                          # makes the run reproducible
     log_every: int = 50                    # steps between metrics-log lines
     sample_every: int = 2000               # steps between sample grids (0 = only at the end)
@@ -112,6 +117,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return None
         return _coerce(value, args[0], where)
     try:
+        if tp is not str and isinstance(value, str) and len(value) > 100:
+            raise ValueError  # no number or list of numbers is written with this many characters
         if tp is bool:
             if isinstance(value, str):
                 if value.lower() in ("1", "true", "yes", "on"):
@@ -123,14 +130,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return bool(value)
             raise ValueError
         if tp is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            if not isinstance(value, (int, float, str)) or isinstance(value, bool) or (
+                    isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
         if tp is float:
-            if isinstance(value, bool):
+            if not isinstance(value, (int, float, str)) or isinstance(value, bool):
                 raise ValueError
             out = float(value)
-            if out != out:
+            if not math.isfinite(out):
                 raise ValueError
             return out
         if tp is str:
@@ -142,27 +150,48 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = [value]
-            return tuple(float(v) if isinstance(v, float) or (isinstance(v, str) and "." in v) else int(v)
-                         for v in value)
-    except (TypeError, ValueError):
+            if not isinstance(value, (list, tuple)) or len(value) > 64:
+                raise ValueError
+            out = tuple(_coerce(v, float if isinstance(v, float) or (isinstance(v, str) and "." in v) else int,
+                                where) for v in value)
+            return out
+    except (TypeError, ValueError, OverflowError):
         pass
     else:
         return value
-    name = getattr(tp, "__name__", str(tp))
-    raise KuosanError(f"{where}: expected {name}, got {value!r}")
+    name = {"tuple": "a list of numbers", "float": "a finite number", "int": "a whole number",
+            "bool": "true or false", "str": "a string"}.get(getattr(tp, "__name__", ""), str(tp))
+    shown = repr(value)
+    raise KuosanError(f"{where}: expected {name}, got {shown if len(shown) <= 60 else shown[:57] + '...'}")
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls) -> dict:
+    """Field name -> annotated type, in field order (evaluating the annotations is slow: once)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _shown(name: str) -> str:
+    """A user-given name for a message: as it is, or quoted when it holds unprintable characters."""
+    return name if name.isprintable() and len(name) <= 60 else repr(name[:60])
 
 
 def _section_from_dict(cls, data: dict, section: str):
+    if data is None:  # an empty section in YAML
+        data = {}
     if not isinstance(data, dict):
         raise KuosanError(f"config section {section!r} must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    hints = _type_hints(cls)
+    names = list(hints)
     kwargs = {}
     for key, value in data.items():
+        if not isinstance(key, str):
+            raise KuosanError(f"config section {section!r} has a key {key!r} that is not a name")
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {section}.{close[0]}?)" if close else ""
-            raise KuosanError(f"unknown config key {section}.{key}{hint}")
+            raise KuosanError(f"unknown config key {_shown(f'{section}.{key}')}{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
     return cls(**kwargs)
 
@@ -172,7 +201,9 @@ def config_from_dict(data: dict) -> Config:
         raise KuosanError("a config file must hold a mapping of sections (model, diffusion, sample, train)")
     for key in data:
         if key not in _SECTION_CLASSES:
-            raise KuosanError(f"unknown config section {key!r}; sections are {', '.join(_SECTION_CLASSES)}")
+            close = difflib.get_close_matches(key, list(_SECTION_CLASSES), n=1) if isinstance(key, str) else []
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise KuosanError(f"unknown config section {key!r}{hint}; sections are {', '.join(_SECTION_CLASSES)}")
     cfg = Config(**{name: _section_from_dict(cls, data.get(name, {}), name)
                     for name, cls in _SECTION_CLASSES.items()})
     validate(cfg)
@@ -182,39 +213,62 @@ def config_from_dict(data: dict) -> Config:
 def _read_file(path: Path) -> dict:
     if not path.is_file():
         raise KuosanError(f"config file not found: {path}")
-    text = path.read_text()
+    if path.suffix not in (".json", ".yaml", ".yml", ".toml"):
+        raise KuosanError(f"config file {path} must end in .json, .yaml, .yml or .toml")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise KuosanError(f"cannot read config file {path}: {str(e).splitlines()[0]}") from None
     try:
         if path.suffix == ".json":
-            return json.loads(text)
-        if path.suffix in (".yaml", ".yml"):
+            data = json.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
             import yaml
 
-            return yaml.safe_load(text) or {}
-        if path.suffix == ".toml":
+            data = yaml.safe_load(text) or {}
+        else:
             try:
                 import tomllib
             except ImportError:  # Python 3.10
                 import tomli as tomllib
-            return tomllib.loads(text)
+            data = tomllib.loads(text)
     except Exception as e:  # parse errors of any of the three formats
-        raise KuosanError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
-    raise KuosanError(f"config file {path} must end in .json, .yaml, .yml or .toml")
+        lines = str(e).strip().splitlines()
+        raise KuosanError(f"cannot parse {path}: {lines[0] if lines else type(e).__name__}") from None
+    if not isinstance(data, dict):
+        raise KuosanError(f"{path} must hold a mapping of sections (model, diffusion, sample, train), "
+                          f"not a {type(data).__name__}")
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
                 base: dict | None = None) -> Config:
     """A config from defaults, then ``base`` (a preset dict), then the file, then overrides."""
-    data: dict = {k: dict(v) for k, v in (base or {}).items()}
+    if not isinstance(base or {}, dict):
+        raise KuosanError("a preset must be a mapping of sections")
+    data: dict = {}
+    for k, v in (base or {}).items():
+        if not isinstance(v, dict):
+            raise KuosanError(f"config section {k!r} of the preset must be a mapping")
+        data[k] = dict(v)
     if path is not None:
+        if not isinstance(path, (str, Path)):
+            raise KuosanError(f"a config path must be a string, got {type(path).__name__}")
         for section, values in _read_file(Path(path)).items():
+            if values is None:
+                values = {}
             if not isinstance(values, dict):
                 raise KuosanError(f"config section {section!r} in {path} must be a mapping")
+            if not isinstance(data.get(section, {}), dict):
+                raise KuosanError(f"config section {section!r} must be a mapping")
             data.setdefault(section, {}).update(values)
     apply_overrides(data, overrides or [])
     return config_from_dict(data)
 
 
 def _resolve_key(key: str) -> tuple[str, str]:
+    if not isinstance(key, str):
+        raise KuosanError(f"an option name must be a string, got {key!r}")
     key = key.lstrip("-").replace("-", "_")
     if "." in key:
         section, name = key.split(".", 1)
@@ -230,7 +284,7 @@ def _resolve_key(key: str) -> tuple[str, str]:
     every = [f"{s}.{f.name}" for s, cls in _SECTION_CLASSES.items() for f in dataclasses.fields(cls)]
     close = difflib.get_close_matches(key, every + [e.split(".")[1] for e in every], n=1)
     hint = f" (did you mean --{close[0]}?)" if close else ""
-    raise KuosanError(f"unknown option --{key}{hint}")
+    raise KuosanError(f"unknown option {_shown('--' + key)}{hint}")
 
 
 def apply_overrides(data: dict, overrides: list[str] | dict) -> dict:
@@ -242,7 +296,7 @@ def apply_overrides(data: dict, overrides: list[str] | dict) -> dict:
         i = 0
         while i < len(items):
             item = items[i]
-            if not item.startswith("--"):
+            if not isinstance(item, str) or not item.startswith("--"):
                 raise KuosanError(f"expected an option like --key value, got {item!r}")
             if "=" in item:
                 key, value = item.split("=", 1)
@@ -257,7 +311,11 @@ def apply_overrides(data: dict, overrides: list[str] | dict) -> dict:
             pairs.append((key, value))
     for key, value in pairs:
         section, name = _resolve_key(key)
-        data.setdefault(section, {})[name] = value
+        if data.get(section) is None:
+            data[section] = {}
+        if not isinstance(data[section], dict):
+            raise KuosanError(f"config section {section!r} must be a mapping")
+        data[section][name] = value
     return data
 
 
@@ -268,49 +326,93 @@ def _positive(value, name, allow_zero=False):
         raise KuosanError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value}")
 
 
+def _at_most(value, limit, name):
+    if value is not None and value > limit:
+        raise KuosanError(f"{name} {value} is absurdly large (at most {limit})")
+
+
+def _whole_numbers(values: tuple, name: str, lo: int, hi: int) -> None:
+    if any(not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi for v in values):
+        raise KuosanError(f"{name} must be whole numbers from {lo} to {hi}, got {list(values)}")
+
+
+def _one_of(value, choices, name):
+    if value not in choices:
+        raise KuosanError(f"{name} must be one of {', '.join(sorted(choices))}, got {value!r}")
+
+
 def validate(cfg: Config) -> None:
     """Reject values that cannot work, with a message naming the key."""
     t, d, s, m = cfg.train, cfg.diffusion, cfg.sample, cfg.model
-    for name in ("steps", "batch", "log_every"):
+    # train
+    for name in ("steps", "batch", "log_every", "keep_checkpoints", "max_nonfinite"):
         _positive(getattr(t, name), f"train.{name}")
     for name in ("sample_every", "checkpoint_every", "warmup_steps", "weight_decay", "grad_clip"):
         _positive(getattr(t, name), f"train.{name}", allow_zero=True)
-    _positive(t.keep_checkpoints, "train.keep_checkpoints")
     _positive(t.lr, "train.lr")
     _positive(t.time_limit, "train.time_limit")
     _positive(t.max_images, "train.max_images")
-    if t.batch > 65536:
-        raise KuosanError(f"train.batch {t.batch} is absurdly large")
-    if t.steps > 10 ** 9:
-        raise KuosanError(f"train.steps {t.steps} is absurdly large")
+    _at_most(t.batch, 65536, "train.batch")
+    _positive(t.batch_per_device, "train.batch_per_device")
+    _at_most(t.batch_per_device, 65536, "train.batch_per_device")
+    _at_most(t.steps, 10 ** 9, "train.steps")
+    _at_most(t.lr, 1, "train.lr")
+    _at_most(t.keep_checkpoints, 1000, "train.keep_checkpoints")
+    if not 0 <= t.seed < 2 ** 32:
+        raise KuosanError(f"train.seed must be a whole number from 0 to 2**32 - 1, got {t.seed}")
+    if not t.data.strip():
+        raise KuosanError("train.data is empty; give fashion-mnist, mnist, digits, an image folder or an .npz file")
+    if not t.out.strip():
+        raise KuosanError("train.out is empty; give an output directory")
     if t.resolution is not None and not 4 <= t.resolution <= 1024:
         raise KuosanError(f"train.resolution must be between 4 and 1024, got {t.resolution}")
     if t.channels is not None and t.channels not in (1, 3):
         raise KuosanError(f"train.channels must be 1 or 3, got {t.channels}")
     if not 0 <= t.ema_decay < 1:
         raise KuosanError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
-    if t.lr > 1:
-        raise KuosanError(f"train.lr {t.lr} is absurdly large")
-    if t.lr_decay not in ("constant", "cosine", "linear"):
-        raise KuosanError(f"train.lr_decay must be constant, cosine or linear, got {t.lr_decay!r}")
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        raise KuosanError(f"train.betas must be two numbers in [0, 1), got {list(t.betas)}")
+    _one_of(t.lr_decay, {"constant", "cosine", "linear"}, "train.lr_decay")
+    # diffusion
+    _one_of(d.precond, {"edm", "eps", "v", "x0", "flow"}, "diffusion.precond")
+    _one_of(d.beta_schedule, {"linear", "cosine"}, "diffusion.beta_schedule")
     if not 0 <= d.label_dropout < 1:
         raise KuosanError(f"diffusion.label_dropout must be in [0, 1), got {d.label_dropout}")
-    if d.precond not in ("edm", "eps", "v", "x0", "flow"):
-        raise KuosanError(f"diffusion.precond must be edm, eps, v, x0 or flow, got {d.precond!r}")
     if not 0 < d.sigma_min < d.sigma_max:
-        raise KuosanError("need 0 < diffusion.sigma_min < diffusion.sigma_max")
+        raise KuosanError(f"need 0 < diffusion.sigma_min < diffusion.sigma_max, got {d.sigma_min} and {d.sigma_max}")
+    _at_most(d.sigma_max, 1e6, "diffusion.sigma_max")
     _positive(d.sigma_data, "diffusion.sigma_data")
+    _positive(d.p_std, "diffusion.p_std")
+    _positive(d.min_snr_gamma, "diffusion.min_snr_gamma")
+    if not 2 <= d.timesteps <= 100000:
+        raise KuosanError(f"diffusion.timesteps must be between 2 and 100000, got {d.timesteps}")
+    # sample
+    from kuosan.diffusion.samplers import SAMPLERS
+    from kuosan.diffusion.schedules import SCHEDULES
+
+    _one_of(s.sampler, set(SAMPLERS), "sample.sampler")
+    _one_of(s.schedule, set(SCHEDULES), "sample.schedule")
     _positive(s.steps, "sample.steps")
-    if s.steps > 10000:
-        raise KuosanError(f"sample.steps {s.steps} is absurdly large")
+    _at_most(s.steps, 10000, "sample.steps")
+    _positive(s.rho, "sample.rho")
     if not 0 <= s.guidance <= 100:
         raise KuosanError(f"sample.guidance must be between 0 and 100, got {s.guidance}")
-    _positive(m.base_channels, "model.base_channels")
-    _positive(m.num_blocks, "model.num_blocks")
-    if not m.channel_mults or any(c <= 0 for c in m.channel_mults):
-        raise KuosanError("model.channel_mults must be positive integers")
+    # model
+    from kuosan.nets.build import NETWORKS
+
+    _one_of(m.kind, set(NETWORKS), "model.kind")
+    for name, hi in (("base_channels", 4096), ("num_blocks", 64), ("head_channels", 4096),
+                     ("patch_size", 64), ("depth", 256), ("width", 16384), ("heads", 256)):
+        _positive(getattr(m, name), f"model.{name}")
+        _at_most(getattr(m, name), hi, f"model.{name}")
+    if not m.channel_mults or len(m.channel_mults) > 8:
+        raise KuosanError(f"model.channel_mults must list 1 to 8 levels, got {list(m.channel_mults)}")
+    _whole_numbers(m.channel_mults, "model.channel_mults", 1, 64)
+    _whole_numbers(m.attn_resolutions, "model.attn_resolutions", 1, 1024)
     if not 0 <= m.dropout < 1:
         raise KuosanError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    if m.kind == "dit" and m.width % m.heads:
+        raise KuosanError(f"model.width {m.width} must be a multiple of model.heads {m.heads}")
 
 
 def preset_names() -> list[str]:

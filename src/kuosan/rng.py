@@ -55,6 +55,8 @@ def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
                 lo_i, hi_i = int(lo), int(hi)
                 if hi_i < lo_i:
                     raise ValueError
+                if hi_i - lo_i >= 100_000:
+                    raise KuosanError(f"seed range {part} is absurdly long (at most 100000 seeds)")
                 seeds.extend(range(lo_i, hi_i + 1))
             elif part:
                 seeds.append(int(part))

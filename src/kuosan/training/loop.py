@@ -23,20 +23,32 @@ from kuosan.config import Config, config_to_dict
 from kuosan.errors import KuosanError
 from kuosan.training.checkpoint import (atomic_write_text, decode_rng, encode_rng, list_checkpoints,
                                         read_checkpoint, resolve_checkpoint, save_checkpoint)
+from kuosan.training.distributed import ShardedStep, init_distributed, setup_backends
 from kuosan.training.ema import EMA
 
 __all__ = ["train", "resolve_device", "batch_indices", "lr_at"]
 
 
+def _quiet(*args, **kwargs) -> None:
+    """The log of ranks other than 0: they train, rank 0 reports."""
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; anything else is refused."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise KuosanError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise KuosanError("--device cuda was asked for, but no CUDA GPU is available; use --device cpu")
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise KuosanError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise KuosanError(f"--device {name} was asked for, but no CUDA GPU is available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise KuosanError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPUs "
+                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return device
 
 
@@ -86,13 +98,56 @@ def sample_grid(precond, cfg: Config, spec: dict, path: Path, per_class: int = 1
     return save_png(grid, path, scale=2)
 
 
-def _prepare_run_dir(out: Path, resume: bool) -> None:
-    if resume:
-        return
-    if list_checkpoints(out):
+def _check_run_dir(out: Path, resume: bool, log) -> bool:
+    """True when there is a checkpoint to resume from. ``--resume`` before the first checkpoint (a
+    run killed early) starts from step 0, so resuming after a crash always works."""
+    if out.exists() and not out.is_dir():
+        raise KuosanError(f"--out {out} is a file; give a directory for the run")
+    has_checkpoint = bool(list_checkpoints(out))
+    if has_checkpoint and not resume:
         raise KuosanError(f"{out} already holds a training run; pass --resume to continue it, "
                           "or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    if resume and not has_checkpoint:
+        log(f"--resume: no checkpoint in {out} yet, starting from step 0")
+    return has_checkpoint
+
+
+def _spec_difference(saved: dict, now: dict) -> str:
+    """What differs between two network specs, for the error message."""
+    now = json.loads(json.dumps(now))  # tuples as the checkpoint's JSON has them: lists
+    if not isinstance(saved, dict) or saved.get("kind") != now["kind"]:
+        return f"network {saved.get('kind') if isinstance(saved, dict) else None!r} there, {now['kind']!r} now"
+    a, b = saved.get("fields", {}), now["fields"]
+    diffs = [f"{k} {a.get(k)!r} there, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return "; ".join(diffs) or "the network differs"
+
+
+def _nonfinite_message(t, step: int, nonfinite: int, checkpoints: list[Path]) -> str:
+    """One line: what happened, the likely cause, and what was kept."""
+    if t.bf16:
+        cause = (f"bfloat16 overflow (run without --bf16) or a learning rate too high for this model "
+                 f"(--lr {t.lr:g}; try {t.lr / 4:g})")
+    else:
+        cause = f"a learning rate too high for this model (--lr {t.lr:g}; try {t.lr / 4:g})"
+    if t.grad_clip <= 0:
+        cause += ", with gradient clipping off (set --grad_clip 1)"
+    kept = (f"the last good checkpoint {checkpoints[-1].name} is unchanged; fix the cause and pass --resume"
+            if checkpoints else "no checkpoint was written; fix the cause and start again")
+    return (f"training stopped at step {step}: {nonfinite} non-finite losses or gradients "
+            f"(train.max_nonfinite = {t.max_nonfinite}); likely cause: {cause}; {kept}")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the metrics lines up to ``step`` (a killed run may have written later ones, or half a line)."""
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _run_config(cfg: Config, spec: dict, data) -> dict:
@@ -112,8 +167,13 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
 
     t = cfg.train
     out = Path(t.out)
-    _prepare_run_dir(out, resume)
-    device = resolve_device(t.device)
+    # Under torchrun: one process per device, rank 0 alone reads and writes the run (see distributed.py).
+    ctx = init_distributed(resolve_device(t.device))
+    device, main = ctx.device, ctx.is_main
+    setup_backends(device, t.tf32)
+    if not main:
+        log = _quiet
+    resume = ctx.from_main(lambda: _check_run_dir(out, resume, log))
     torch.manual_seed(t.seed)  # network initialisation and dropout
 
     # --- data, held in memory as uint8 on the device -------------------------------------------
@@ -124,7 +184,14 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
 
     # --- model, EMA, optimiser ------------------------------------------------------------------
     spec = network_spec(cfg, channels=data.channels, resolution=data.resolution, num_classes=num_classes)
-    precond = build_model(spec, cfg.diffusion).to(device)
+    try:
+        precond = build_model(spec, cfg.diffusion).to(device)
+        with torch.random.fork_rng(devices=[]):  # a forward pass would draw dropout from the training RNG
+            flops = count_flops(precond.net, data.channels, data.resolution, 1, num_classes)
+    except (ValueError, RuntimeError, AssertionError, TypeError) as e:  # settings no network can take
+        raise KuosanError(f"the model settings cannot build a {spec['kind']} for {data.channels}x{data.resolution}x"
+                          f"{data.resolution} images: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+                          "check --model.*") from None
     ema = EMA(precond, t.ema_decay)
     opt = torch.optim.AdamW(precond.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
     objective = loss_for(precond)
@@ -133,28 +200,52 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
     noise_gen = torch.Generator(device="cpu").manual_seed(t.seed + 1)
     run_config = _run_config(cfg, spec, data)
     start_step, nonfinite, elapsed_before = 0, 0, 0.0
+    window_loss, window_n = 0.0, 0  # the metrics line's running mean, saved so a resume continues it
 
     if resume:
-        ckpt = resolve_checkpoint(out)
-        saved = read_checkpoint(ckpt, training_state=True)
+        def read():
+            found = resolve_checkpoint(out, require_state=True)
+            return found, read_checkpoint(found, training_state=True, check=False)
+
+        ckpt, saved = ctx.from_main(read)  # sent to the other ranks: no shared file system needed
         if saved["config"].get("network") != json.loads(json.dumps(spec)):
-            raise KuosanError(f"cannot resume {out}: its checkpoint has another architecture than this config")
-        precond.load_state_dict(saved["model"])
-        ema.load_state_dict(saved["ema"] if saved["ema"] is not None else saved["model"])
-        if saved["optimizer"] is not None:
-            opt.load_state_dict(saved["optimizer"])
+            raise KuosanError(f"cannot resume {out}: its checkpoint {ckpt.name} has another architecture "
+                              f"({_spec_difference(saved['config'].get('network'), spec)}); drop the changed "
+                              "options or choose another --out")
         st = saved["state"]
-        start_step, nonfinite, elapsed_before = st["step"], st.get("nonfinite", 0), st.get("elapsed", 0.0)
-        noise_gen.set_state(decode_rng(st["rng_noise"]))
-        torch.set_rng_state(decode_rng(st["rng_torch"]))
+        try:
+            precond.load_state_dict(saved["model"])
+            ema.load_state_dict(saved["ema"] if saved["ema"] is not None else saved["model"])
+            if saved["optimizer"] is None:
+                raise KeyError("optimizer.safetensors")
+            opt.load_state_dict(saved["optimizer"])
+            start_step, nonfinite, elapsed_before = int(st["step"]), int(st["nonfinite"]), float(st["elapsed"])
+            window_loss, window_n = float(st.get("window_loss", 0.0)), int(st.get("window_n", 0))
+            noise_gen.set_state(decode_rng(st["rng_noise"]))
+            torch.set_rng_state(decode_rng(st["rng_torch"]))
+            if device.type == "cuda" and "rng_cuda" in st:
+                torch.cuda.set_rng_state(decode_rng(st["rng_cuda"]), device)
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise KuosanError(f"cannot resume from {ckpt}: its training state does not fit this run "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         log(f"resuming {out} from step {start_step} ({ckpt.name})")
 
     n_params = count_parameters(precond)
-    flops = count_flops(precond.net, data.channels, data.resolution, 1, num_classes)
     log(f"data: {data.name}, {len(data)} images {data.channels}x{data.resolution}x{data.resolution}, "
         f"{data.num_classes} classes | model: {spec['kind']}, {n_params / 1e6:.2f} M parameters, "
-        f"{flops / 1e9:.3f} GFLOP per image per forward | device: {device}")
-    (out / "config.json").write_text(json.dumps(run_config, indent=2))
+        f"{flops / 1e9:.3f} GFLOP per image per forward | device: {device}"
+        f"{ctx.describe(t.batch, t.batch_per_device)}")
+
+    def prepare_out() -> None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise KuosanError(f"cannot create --out {out}: {e.strerror or e}") from None
+        for leftover in out.glob(".*.tmp[0-9]*"):  # half-written metrics.jsonl/config.json of a killed run
+            leftover.unlink(missing_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(run_config, indent=2))
+
+    ctx.from_main(prepare_out)
 
     # A fixed held-out batch (same images, same noise every time) to compare raw and EMA weights.
     val_gen = torch.Generator().manual_seed(t.seed + 2)
@@ -163,7 +254,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
 
     def val_loss(model) -> float:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             g = torch.Generator().manual_seed(t.seed + 3)
             value = float(objective(model, val_x0, val_labels, generator=g, **obj_kw).mean())
         precond.train()
@@ -172,21 +263,27 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
     def checkpoint(step: int) -> Path:
         state = {"nonfinite": nonfinite, "elapsed": elapsed_before + (time.time() - t0),
                  "rng_noise": encode_rng(noise_gen.get_state()), "rng_torch": encode_rng(torch.get_rng_state()),
-                 "seed": t.seed, "data_position": step * t.batch}
+                 "seed": t.seed, "data_position": step * t.batch,
+                 "window_loss": window_loss, "window_n": window_n}
+        if device.type == "cuda":
+            state["rng_cuda"] = encode_rng(torch.cuda.get_rng_state(device))
         return save_checkpoint(out, step, config=run_config, model=precond.state_dict(), ema=ema.state_dict(),
                                optimizer=opt, state=state, keep=t.keep_checkpoints)
 
     log_path = out / "metrics.jsonl"
-    if not resume and log_path.exists():
+    if main and not resume and log_path.exists():
         log_path.unlink()
-    elif resume and log_path.exists():  # drop lines written after the checkpoint we resume from
-        kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start_step]
-        atomic_write_text(log_path, "".join(ln + "\n" for ln in kept))
-    log_file = open(log_path, "a")
+    elif main and resume and log_path.exists():  # drop lines written after the checkpoint we resume from
+        _truncate_log(log_path, start_step)
+    log_file = open(log_path if main else os.devnull, "a")
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext())
+    # This rank's rows of each global batch, DDP, gradient accumulation, torch.compile; with one
+    # process and none of these it is the plain forward and backward pass.
+    sharded = ShardedStep(precond, ctx, batch=t.batch, batch_per_device=t.batch_per_device,
+                          compile=t.compile, seed=t.seed)
     bar = None
-    if progress:
+    if progress and main:
         from tqdm import tqdm
 
         bar = tqdm(total=t.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
@@ -194,7 +291,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
 
     # --- the loop -------------------------------------------------------------------------------
     t0 = time.time()
-    window_loss, window_n, window_t = 0.0, 0, time.time()
+    window_t = time.time()
     step = start_step
     stop_reason = "steps"
     precond.train()
@@ -205,11 +302,11 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
         signal.signal(signal.SIGTERM, lambda *a: interrupted.append("SIGTERM"))
     try:
         while step < t.steps:
-            if t.time_limit is not None and elapsed_before + time.time() - t0 >= t.time_limit:
-                stop_reason = "time limit"
-                break
-            if interrupted:
-                stop_reason = interrupted[0]
+            reason = ("time limit" if t.time_limit is not None and elapsed_before + time.time() - t0 >= t.time_limit
+                      else interrupted[0] if interrupted else None)
+            reason = ctx.agree_stop(reason)  # every rank stops at the same step
+            if reason is not None:
+                stop_reason = reason
                 break
             idx = batch_indices(step, t.batch, len(data), t.seed).to(device)
             x0 = to_model_range(images[idx])
@@ -221,10 +318,8 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
                     y[drop.to(device)] = num_classes  # the null class
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, t)
-            with autocast:
-                loss = objective(precond, x0, y, generator=noise_gen, **obj_kw).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # Every rank holds the global batch; it draws all of its noise and runs its own rows.
+            loss = sharded.step(objective, x0, y, noise_gen, obj_kw, autocast, opt, step)  # the global mean
             grad_norm = torch.nn.utils.clip_grad_norm_(precond.parameters(),
                                                        t.grad_clip if t.grad_clip > 0 else float("inf"))
             if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
@@ -256,10 +351,11 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
                 log_file.write(json.dumps(rec) + "\n")
                 log_file.flush()
                 window_loss, window_n, window_t = 0.0, 0, time.time()
-            if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.steps:
+            if main and t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.steps:
                 checkpoint(step)
-            if t.sample_every and step % t.sample_every == 0 and step < t.steps:
-                sample_grid(ema.module, cfg, spec, out / "samples" / f"step-{step:07d}.png")
+            if main and t.sample_every and step % t.sample_every == 0 and step < t.steps:
+                with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
+                    sample_grid(ema.module, cfg, spec, out / "samples" / f"step-{step:07d}.png")
     except KeyboardInterrupt:
         stop_reason = "interrupted"
     finally:
@@ -270,16 +366,19 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
         log_file.close()
 
     if stop_reason == "non-finite":
-        raise KuosanError(f"training stopped after {nonfinite} non-finite steps (at step {step}); the last good "
-                          f"checkpoint is kept. Lower --lr (now {t.lr}) or turn off --bf16, then --resume.")
-    if step > start_step:
+        raise KuosanError(_nonfinite_message(t, step, nonfinite, list_checkpoints(out)))
+    if main and step > start_step:
         ckpt = checkpoint(step)
         log(f"stopped at step {step} ({stop_reason}); checkpoint {ckpt}")
     if stop_reason in ("interrupted", "SIGTERM"):
         raise KeyboardInterrupt
-    grid = sample_grid(ema.module, cfg, spec, out / "samples.png")
-    plot_losses(log_path, out / "loss.png")
-    log(f"sample grid: {grid}")
+
+    def finish() -> None:
+        grid = sample_grid(ema.module, cfg, spec, out / "samples.png")
+        plot_losses(log_path, out / "loss.png")
+        log(f"sample grid: {grid}")
+
+    ctx.from_main(finish)  # the other ranks return when the run directory is complete
     return out
 
 
