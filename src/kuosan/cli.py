@@ -15,6 +15,9 @@ EXAMPLES = """examples:
   kuosan train --config runs/fm/config.json --resume --out runs/fm
   kuosan sample --checkpoint runs/fm --n 64 --sampler heun --steps 18 --class 3 --guidance 2.0 --out samples/
   kuosan evaluate --checkpoint runs/fm --n 1000 --reference fashion-mnist:test --out eval/
+  torchrun --nproc_per_node=4 -m kuosan train --config fashion-mnist --batch 256 --out runs/fm4
+                                                one process per GPU (or CPU share); --batch is global
+  torchrun --nproc_per_node=4 -m kuosan sample --checkpoint runs/fm4 --n 10000 --out samples/
   kuosan data fashion-mnist:test                show what a data set spec loads
 """
 
@@ -111,13 +114,20 @@ def cmd_sample(args) -> int:
     seeds = parse_seeds(args.seeds) if args.seeds else list(range(args.n or 64))
     if args.n is not None and args.seeds and args.n != len(seeds):
         raise KuosanError(f"--n {args.n} disagrees with --seeds ({len(seeds)} seeds)")
-    pipe = kuosan.load(args.checkpoint, device=args.device, use_ema=not args.raw)
+    from kuosan.training.distributed import init_distributed
+    from kuosan.training.loop import resolve_device
+
+    ctx = init_distributed(resolve_device(args.device))  # under torchrun: each process a share of the seeds
+    pipe = kuosan.load(args.checkpoint, device=str(ctx.device), use_ema=not args.raw)
     from tqdm import tqdm
 
-    with tqdm(total=len(seeds), desc="sample", unit="img", disable=not sys.stderr.isatty()) as bar:
+    shown = ctx.is_main and sys.stderr.isatty()
+    with tqdm(total=len(seeds), desc="sample", unit="img", disable=not shown) as bar:
         res = pipe.sample(seeds, args.class_label, sampler=args.sampler, steps=args.steps,
                           guidance=args.guidance, schedule=args.schedule, batch_size=args.batch,
-                          progress=bar.update)
+                          progress=bar.update, distributed=ctx.enabled)
+    if not ctx.is_main:
+        return 0  # rank 0 writes the files
     saved = res.save(args.out, grid_cols=8 if len(seeds) >= 8 else None)
     print(f"{len(seeds)} images in {res.seconds:.1f} s ({len(seeds) / res.seconds:.2f} images/s, "
           f"{res.nfe} network evaluations each) -> {saved['dir']} (grid.png, samples.npz)")

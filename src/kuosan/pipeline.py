@@ -103,14 +103,17 @@ class Pipeline:
     # -- sampling -------------------------------------------------------------------------------
     def sample(self, seeds: Sequence[int] | str | int = 16, class_labels=None, *, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None, schedule: str | None = None,
-               batch_size: int = 64, sampler_options: dict | None = None, progress=None) -> SampleResult:
+               batch_size: int = 64, sampler_options: dict | None = None, progress=None,
+               distributed: bool = False) -> SampleResult:
         """Generate one image per seed. ``seeds`` is a list, a range string ``"0-63"`` or a count;
         ``class_labels`` one class for all (index or name), a list, or None (conditional models then
-        cycle through the classes: seed k gets class k mod C)."""
+        cycle through the classes: seed k gets class k mod C). With ``distributed`` every process of
+        the torch.distributed group calls this: each samples its share of the seeds, all get every image."""
         from kuosan.diffusion.samplers import nfe
         from kuosan.images import to_uint8_nhwc
         from kuosan.rng import parse_seeds
         from kuosan.sampling import generate
+        from kuosan.training.distributed import generate_distributed
 
         s = self.config.get("sample", {})
         sampler = sampler or s.get("sampler", "heun")
@@ -130,8 +133,9 @@ class Pipeline:
                 labels = [self.class_index(class_labels)] * len(seeds)
         elif class_labels is not None:
             raise KuosanError("this model is unconditional: it takes no class")
+        sample_fn = generate_distributed if distributed else generate
         t0 = time.perf_counter()
-        x = generate(self.precond, shape=self.image_shape, seeds=seeds, class_labels=labels, sampler=sampler,
+        x = sample_fn(self.precond, shape=self.image_shape, seeds=seeds, class_labels=labels, sampler=sampler,
                      steps=steps, schedule=schedule, rho=s.get("rho", 7.0), guidance=guidance,
                      null_label=self.num_classes or None, batch_size=batch_size,
                      sampler_options=sampler_options, progress=progress)
