@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
+
+# Idle OpenMP threads sleep instead of spinning. On a machine shared with other processes, spinning
+# threads steal each other's cores: a 2-thread training step measured up to 8× slower there
+# (benchmarks/results/distributed-passive.json). Must be set before torch starts its thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from kuosan.diffusion.samplers import SAMPLERS
 from kuosan.errors import KuosanError
