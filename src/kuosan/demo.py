@@ -161,8 +161,45 @@ def _evaluate(pipe, run_dir: Path, out_dir: Path, spec: str, seconds_left: float
     np.savez_compressed(out_dir / "eval_samples.npz", **gen)
     speed = {"images_per_s": n / res.seconds, "ms_per_image": 1000 * res.seconds / n, "nfe": res.nfe,
              "device": str(pipe.device)}
-    return evaluate(out_dir / "eval_samples.npz", f"{spec}:test", out_dir=out_dir / "evaluation",
-                    metrics_log=run_dir / "metrics.jsonl", speed=speed, train_reference=f"{spec}:train")
+    from kuosan.evaluation.classifier import classifier_for_dataset
+
+    # The data set's own classifier only: ImageNet backbones at 224 px would cost minutes of the budget
+    # (run `kuosan evaluate` for every extractor).
+    clf = classifier_for_dataset(spec)
+    report = evaluate(out_dir / "eval_samples.npz", f"{spec}:test", out_dir=out_dir / "evaluation",
+                      extractors=[clf] if clf else None, metrics_log=run_dir / "metrics.jsonl", speed=speed,
+                      train_reference=f"{spec}:train", max_real=max(2000, n), log=log)
+    report["markdown_summary"] = _evaluation_summary(report)
+    return report
+
+
+def _fmt(v, digits=3):
+    return "n/a" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def _evaluation_summary(report: dict) -> str:
+    """A short table: each distance beside the same distance for real images of the same count."""
+    n = report["generated"]["images"]
+    rows = ["| measure | generated | real floor |", "|---|---|---|"]
+    for name, q in report.get("quality", {}).items():
+        for key in ("frechet_distance", "kid", "precision", "recall", "density", "coverage"):
+            if key in q:
+                rows.append(f"| {key.replace('_', ' ')} ({name}) | {_fmt(q[key]['generated'])} | "
+                            f"{_fmt(q[key]['floor'])} |")
+    div = report.get("diversity", {})
+    ca = div.get("conditional_accuracy")
+    if ca:
+        rows.append(f"| conditional accuracy | {_fmt(ca['generated'])} | {_fmt(ca['floor'])} (test set) |")
+    cd = div.get("class_distribution", {})
+    if cd.get("generated"):
+        g, f = cd["generated"], cd.get("floor") or {}
+        rows.append(f"| class entropy / log K (1 = uniform) | {_fmt(g.get('entropy_normalized'))} | "
+                    f"{_fmt(f.get('entropy_normalized'))} |")
+        rows.append(f"| class coverage | {_fmt(g.get('coverage'))} | {_fmt(f.get('coverage'))} |")
+    flags = report.get("flags") or ["none"]
+    return (f"{n} generated images against the test split; the floor is {n} real training images scored the "
+            "same way (what a perfect model would get).\n\n" + "\n".join(rows) +
+            f"\n\nFlags: {'; '.join(flags)}. Full report: `evaluation/report.md`.")
 
 
 def _markdown(r: dict, cfg: Config, pipe) -> str:
