@@ -5,7 +5,6 @@ import socket
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from kuosan.errors import KuosanError
 from kuosan.evaluation.features import as_uint8_nchw, get_extractor
@@ -128,3 +127,12 @@ def test_inception_with_mismatched_weights_is_one_clear_line(monkeypatch, tmp_pa
     torch.save(reshaped, wrong)
     with pytest.raises(KuosanError, match="do not match"):
         load_fid_inception(wrong)
+
+
+def test_folded_fast_efficientnet_matches_the_plain_network(efficientnet):
+    from kuosan.evaluation.efficientnet import load_efficientnet_lite0
+
+    images = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        plain = load_efficientnet_lite0().features((images.float() - 127) / 128).double().numpy()
+    np.testing.assert_allclose(efficientnet(images), plain, rtol=1e-4, atol=1e-4)

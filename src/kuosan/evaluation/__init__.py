@@ -1,0 +1,7 @@
+"""Evaluation of generated images: features, quality, diversity, stability and speed, each beside a real floor.
+
+Modules: ``features`` (extractors by name), ``metrics`` (Fréchet distance, KID, precision/recall,
+density/coverage, PSNR, SSIM, MS-SSIM), ``diversity``, ``stability``, ``speed``, ``reference`` (cached
+reference features), ``report`` (:func:`kuosan.evaluation.report.evaluate`), ``cli`` (``kuosan evaluate``).
+Nothing is imported here, so ``import kuosan`` stays light.
+"""
