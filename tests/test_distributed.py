@@ -55,7 +55,10 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_same_training(a: Path, b: Path, atol: float = 1e-5) -> None:
+def assert_same_training(a: Path, b: Path, atol: float = 1e-4) -> None:
+    # Gradients agree up to float summation order; Adam divides by sqrt(v), so for entries whose
+    # gradient is ~0 that rounding can move a weight by a fraction of one step (lr = 2e-3): seen up to
+    # 2e-5 after 8 steps. 1e-4 is 5% of a single step, far below any real divergence.
     ma, mb = metrics(a), metrics(b)
     assert [r["step"] for r in ma] == [r["step"] for r in mb]
     for ra, rb in zip(ma, mb):

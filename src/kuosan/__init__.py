@@ -8,11 +8,14 @@ __version__ = "0.1.0"
 from kuosan.errors import KuosanError  # noqa: E402
 
 
-def load(checkpoint_dir, device=None, use_ema=True):
-    """Load a checkpoint directory into a :class:`kuosan.pipeline.Pipeline` ready to sample."""
+def load(checkpoint_dir, device=None, use_ema=True, autoencoder=None, adapters=()):
+    """Load a checkpoint (or a local diffusers model) directory into a :class:`kuosan.pipeline.Pipeline`
+    ready to sample. ``autoencoder``: a latent model's autoencoder directory, only if it moved since
+    training; ``adapters``: LoRA adapters (paths or ``(path, weight)`` pairs)."""
     from kuosan.pipeline import Pipeline
 
-    return Pipeline.load(checkpoint_dir, device=device, use_ema=use_ema)
+    return Pipeline.load(checkpoint_dir, device=device, use_ema=use_ema, autoencoder=autoencoder,
+                         adapters=adapters)
 
 
 __all__ = ["KuosanError", "load", "__version__"]

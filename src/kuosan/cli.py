@@ -25,6 +25,11 @@ EXAMPLES = """examples:
                                                 one process per GPU (or CPU share); --batch is global
   torchrun --nproc_per_node=4 -m kuosan sample --checkpoint runs/fm4 --n 10000 --out samples/
   kuosan data fashion-mnist:test                show what a data set spec loads
+  kuosan train --init-from runs/fm --data mnist --out runs/mnist     fine-tune (lr / 10, --freeze "down.*")
+  kuosan train --init-from runs/fm --data mnist --lora-rank 8 --out runs/mnist-lora    LoRA adapters
+  kuosan sample --checkpoint runs/fm --adapter runs/mnist-lora/adapter.safetensors:0.8 --out samples/
+  kuosan train-autoencoder --data fashion-mnist --out runs/ae-fm      then, in its latent space:
+  kuosan train --config fashion-mnist --autoencoder runs/ae-fm --sigma_data 1 --out runs/ldm-fm
 """
 
 
@@ -73,8 +78,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight (1 = none)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--adapter", action="append", default=[], metavar="PATH[:WEIGHT]",
+                   help="a LoRA adapter to apply, with an optional mixing weight (repeatable)")
     p.add_argument("--out", default="samples", help="output directory")
+    p.add_argument("--autoencoder", default=None, help="latent models: their autoencoder, if it moved since training")
     _add_device(p)
+
+    from kuosan import latent_cli
+
+    latent_cli.add_arguments(sub.add_parser("train-autoencoder", help="train an autoencoder for latent diffusion"))
+    latent_cli.add_latent_arguments(sub.add_parser("latent", help="latent-space tools: encode, interpolate, "
+                                                                  "class arithmetic"))
+
+    from kuosan import lora_cli
+
+    lora_cli.add_arguments(sub.add_parser("lora", help="inspect LoRA adapters, merge them into a checkpoint"))
 
     p = sub.add_parser("data", help="load a data set spec and describe it")
     p.add_argument("spec", help="fashion-mnist[:test], mnist, digits, a folder, an .npz")
@@ -124,7 +142,10 @@ def cmd_sample(args) -> int:
     from kuosan.training.loop import resolve_device
 
     ctx = init_distributed(resolve_device(args.device))  # under torchrun: each process a share of the seeds
-    pipe = kuosan.load(args.checkpoint, device=str(ctx.device), use_ema=not args.raw)
+    from kuosan.lora_cli import parse_adapter
+
+    pipe = kuosan.load(args.checkpoint, device=str(ctx.device), use_ema=not args.raw,
+                       autoencoder=args.autoencoder, adapters=[parse_adapter(a) for a in args.adapter])
     from tqdm import tqdm
 
     shown = ctx.is_main and sys.stderr.isatty()
@@ -145,10 +166,10 @@ def cmd_train(args, overrides) -> int:
     from kuosan.training.loop import train
 
     source = resolve_config_path(args.config)
+    data = None
     if isinstance(source, dict):
         cfg = load_config(None, overrides, base=source)
     else:
-        data = None
         import json
 
         if source.suffix == ".json":  # a run's own config.json (with network/data sections) is accepted too
@@ -161,6 +182,11 @@ def cmd_train(args, overrides) -> int:
             cfg = load_config(None, overrides, base=base)
         else:
             cfg = load_config(source, overrides)
+    run_config = isinstance(data, dict) and data.get("format") == "kuosan-checkpoint"
+    if cfg.train.init_from and not run_config:  # a run's config.json holds the fine-tuning settings already
+        from kuosan.finetune import finetune_config
+
+        cfg = finetune_config(cfg, overrides)
     train(cfg, resume=args.resume)
     return 0
 
@@ -207,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
                             device=args.device, evaluate=not args.no_eval)
         if args.command == "data":
             return cmd_data(args)
+        if args.command == "lora":
+            from kuosan import lora_cli
+
+            return lora_cli.run(args)
+        if args.command in ("train-autoencoder", "latent"):
+            from kuosan import latent_cli
+
+            return latent_cli.run(args) if args.command == "train-autoencoder" else latent_cli.run_latent(args)
         if args.command == "edit":
             from kuosan import edit_cli
 

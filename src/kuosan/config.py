@@ -66,6 +66,7 @@ class TrainConfig:
     resolution: typing.Optional[int] = None  # resize images to this size (default: the data's own)
     channels: typing.Optional[int] = None  # 1 or 3 (default: the data's own)
     max_images: typing.Optional[int] = None  # use only the first N training images
+    autoencoder: typing.Optional[str] = None  # latent diffusion: a train-autoencoder run; data encoded once, cached
     conditional: bool = True               # train class-conditional (with a null class for CFG)
     steps: int = 20000                     # optimiser steps
     time_limit: typing.Optional[float] = None  # stop after this many seconds (a checkpoint is written)
@@ -89,6 +90,11 @@ class TrainConfig:
     out: str = "runs/train"                # output directory
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
     max_nonfinite: int = 20                # stop after this many skipped non-finite steps
+    init_from: typing.Optional[str] = None  # fine-tune from this checkpoint, run or diffusers directory
+    freeze: typing.Optional[str] = None    # fine-tune: globs of parameters to keep fixed, e.g. "down.*,mid.*"
+    lora_rank: int = 0                     # > 0: train LoRA adapters of this rank instead of the network
+    lora_alpha: typing.Optional[float] = None  # LoRA update scale is alpha / rank (default alpha = rank)
+    lora_targets: str = "attn,conv"        # LoRA layers: attn, conv, or globs on layer names
 
 
 @dataclass(frozen=True)
@@ -373,6 +379,11 @@ def validate(cfg: Config) -> None:
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         raise KuosanError(f"train.betas must be two numbers in [0, 1), got {list(t.betas)}")
     _one_of(t.lr_decay, {"constant", "cosine", "linear"}, "train.lr_decay")
+    _positive(t.lora_rank, "train.lora_rank", allow_zero=True)
+    _at_most(t.lora_rank, 4096, "train.lora_rank")
+    _positive(t.lora_alpha, "train.lora_alpha")
+    if t.init_from is not None and not t.init_from.strip():
+        raise KuosanError("train.init_from is empty; give a checkpoint, run or diffusers directory")
     # diffusion
     _one_of(d.precond, {"edm", "eps", "v", "x0", "flow"}, "diffusion.precond")
     _one_of(d.beta_schedule, {"linear", "cosine"}, "diffusion.beta_schedule")

@@ -44,6 +44,16 @@ def build_model(spec: dict, diffusion: DiffusionConfig | dict) -> Precond:
 
 def model_from_checkpoint_config(config: dict) -> Precond:
     try:
-        return build_model(config["network"], config["diffusion"])
+        if config["network"]["kind"] == "diffusers-unet2d":  # fine-tuned from a diffusers model
+            from kuosan.interop.diffusers import precond_from_config
+
+            precond = precond_from_config(config)
+        else:
+            precond = build_model(config["network"], config["diffusion"])
     except KeyError as e:
         raise KuosanError(f"checkpoint config.json lacks {e}; is this a kuosan checkpoint?") from None
+    if config.get("lora"):  # a LoRA run: its checkpoints hold the adapters beside the base weights
+        from kuosan.nets.lora import apply_lora_config
+
+        apply_lora_config(precond, config["lora"])
+    return precond

@@ -43,25 +43,43 @@ class SampleResult:
 class Pipeline:
     """A loaded checkpoint: its denoiser (EMA weights by default) and how it was trained."""
 
-    def __init__(self, precond, config: dict, path: Path):
+    def __init__(self, precond, config: dict, path: Path, autoencoder=None):
         self.precond, self.config, self.path = precond.eval().requires_grad_(False), config, path
+        self.autoencoder = autoencoder  # latent models: a kuosan.latent.LatentAutoencoder that decodes samples
 
     @classmethod
-    def load(cls, checkpoint_dir, device=None, use_ema: bool = True) -> "Pipeline":
+    def load(cls, checkpoint_dir, device=None, use_ema: bool = True, autoencoder=None,
+             adapters=()) -> "Pipeline":
+        """A kuosan checkpoint or run directory, or a local diffusers model directory.
+        ``autoencoder``: where a latent model's autoencoder is now, if it moved since training.
+        ``adapters``: LoRA adapter files (or ``(path, weight)`` pairs) mixed onto the weights."""
+        from kuosan.interop import looks_like_hub_name, require_local_dir
+        from kuosan.interop.diffusers import diffusers_pipeline, is_diffusers_dir
+        from kuosan.latent import autoencoder_for_checkpoint
         from kuosan.model import model_from_checkpoint_config
+        from kuosan.nets.lora import mix_adapters
         from kuosan.training.checkpoint import read_checkpoint, resolve_checkpoint
         from kuosan.training.loop import resolve_device
 
-        ckpt = resolve_checkpoint(checkpoint_dir)
-        saved = read_checkpoint(ckpt, weights="ema" if use_ema else "model")
-        precond = model_from_checkpoint_config(saved["config"])
-        try:
-            precond.load_state_dict(saved["weights"])
-        except RuntimeError as e:
-            raise KuosanError(f"weights in {ckpt} do not fit the architecture in its config.json: "
-                              f"{str(e).splitlines()[0]}") from None
-        device = resolve_device(device or "auto")
-        return cls(precond.to(device), saved["config"], ckpt)
+        if looks_like_hub_name(checkpoint_dir):
+            require_local_dir(checkpoint_dir, "checkpoint")  # refused: kuosan never downloads
+        if is_diffusers_dir(checkpoint_dir):
+            pipe = diffusers_pipeline(checkpoint_dir, device=device)
+        else:
+            ckpt = resolve_checkpoint(checkpoint_dir)
+            saved = read_checkpoint(ckpt, weights="ema" if use_ema else "model")
+            precond = model_from_checkpoint_config(saved["config"])
+            try:
+                precond.load_state_dict(saved["weights"])
+            except RuntimeError as e:
+                raise KuosanError(f"weights in {ckpt} do not fit the architecture in its config.json: "
+                                  f"{str(e).splitlines()[0]}") from None
+            device = resolve_device(device or "auto")
+            ae = autoencoder_for_checkpoint(saved["config"], ckpt, override=autoencoder, device=device)
+            pipe = cls(precond.to(device), saved["config"], ckpt, ae)
+        if adapters:
+            mix_adapters(pipe.precond, [(a, 1.0) if isinstance(a, (str, Path)) else a for a in adapters])
+        return pipe
 
     # -- facts about the model ------------------------------------------------------------------
     @property
@@ -82,8 +100,27 @@ class Pipeline:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """The shape the denoiser works on: pixels, or latents for a latent model."""
         f = self.config["network"]["fields"]
         return (f["in_channels"], f["resolution"], f["resolution"])
+
+    @property
+    def pixel_shape(self) -> tuple[int, int, int]:
+        """The shape of the images it makes (for a latent model, its autoencoder's input)."""
+        return self.image_shape if self.autoencoder is None else self.autoencoder.image_shape
+
+    def to_model_space(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 images [N, C, H, W] -> what the denoiser works on ([-1, 1] pixels or scaled latents)."""
+        from kuosan.data import to_model_range
+
+        x = to_model_range(images_uint8) if self.autoencoder is None else self.autoencoder.encode(images_uint8)
+        return x.to(self.device)
+
+    def to_images(self, x: torch.Tensor) -> np.ndarray:
+        """The denoiser's output -> uint8 [N, H, W, C] (latents are decoded)."""
+        from kuosan.images import to_uint8_nhwc
+
+        return to_uint8_nhwc(x) if self.autoencoder is None else self.autoencoder.decode_nhwc(x)
 
     def class_index(self, name_or_index) -> int:
         """A class given by index or by (case-insensitive) name."""
@@ -110,7 +147,6 @@ class Pipeline:
         cycle through the classes: seed k gets class k mod C). With ``distributed`` every process of
         the torch.distributed group calls this: each samples its share of the seeds, all get every image."""
         from kuosan.diffusion.samplers import nfe
-        from kuosan.images import to_uint8_nhwc
         from kuosan.rng import parse_seeds
         from kuosan.sampling import generate
         from kuosan.training.distributed import generate_distributed
@@ -139,6 +175,7 @@ class Pipeline:
                      steps=steps, schedule=schedule, rho=s.get("rho", 7.0), guidance=guidance,
                      null_label=self.num_classes or None, batch_size=batch_size,
                      sampler_options=sampler_options, progress=progress)
+        images = self.to_images(x)  # a latent model's samples are decoded here, inside the timing
         seconds = time.perf_counter() - t0
-        return SampleResult(images=to_uint8_nhwc(x), labels=None if labels is None else np.asarray(labels, np.int64),
+        return SampleResult(images=images, labels=None if labels is None else np.asarray(labels, np.int64),
                             seeds=seeds, nfe=nfe(sampler, steps), seconds=seconds)

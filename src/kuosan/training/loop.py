@@ -82,8 +82,9 @@ def _class_grid_labels(num_classes: int, per_class: int) -> list[int] | None:
     return [c for c in range(num_classes) for _ in range(per_class)]
 
 
-def sample_grid(precond, cfg: Config, spec: dict, path: Path, per_class: int = 10) -> Path:
-    """One row per class (or an 8×8 grid when unconditional), fixed seeds, EMA weights."""
+def sample_grid(precond, cfg: Config, spec: dict, path: Path, per_class: int = 10, decoder=None) -> Path:
+    """One row per class (or an 8×8 grid when unconditional), fixed seeds, EMA weights; ``decoder``
+    (a :class:`kuosan.latent.LatentAutoencoder`) turns a latent model's samples into pixels."""
     from kuosan.images import make_grid, save_png, to_uint8_nhwc
     from kuosan.sampling import generate
 
@@ -94,7 +95,8 @@ def sample_grid(precond, cfg: Config, spec: dict, path: Path, per_class: int = 1
                  class_labels=labels, sampler=cfg.sample.sampler, steps=cfg.sample.steps,
                  schedule=cfg.sample.schedule, rho=cfg.sample.rho, guidance=cfg.sample.guidance,
                  null_label=f["num_classes"] or None, batch_size=128)
-    grid = make_grid(to_uint8_nhwc(x), nrow=per_class if labels else 8)
+    pics = to_uint8_nhwc(x) if decoder is None else decoder.decode_nhwc(x)
+    grid = make_grid(pics, nrow=per_class if labels else 8)
     return save_png(grid, path, scale=2)
 
 
@@ -151,17 +153,21 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def _run_config(cfg: Config, spec: dict, data) -> dict:
-    return {"format": "kuosan-checkpoint", "version": 1, "network": spec,
-            **config_to_dict(cfg),
-            "data": {"spec": cfg.train.data, "class_names": list(data.class_names),
-                     "resolution": data.resolution, "channels": data.channels,
-                     "num_classes": spec["fields"]["num_classes"]}}
+    out = {"format": "kuosan-checkpoint", "version": 1, "network": spec,
+           **config_to_dict(cfg),
+           "data": {"spec": cfg.train.data, "class_names": list(data.class_names),
+                    "resolution": data.resolution, "channels": data.channels,
+                    "num_classes": spec["fields"]["num_classes"]}}
+    if getattr(data, "is_latent", False):  # path, checksum and scale of the autoencoder that decodes samples
+        out["autoencoder"] = data.autoencoder
+    return out
 
 
 def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print) -> Path:
     """Train a model as ``cfg`` says; returns the run directory (``cfg.train.out``)."""
     from kuosan.data import load_dataset, to_model_range
     from kuosan.diffusion.objectives import loss_for
+    from kuosan.finetune import finish_transfer, prepare_transfer
     from kuosan.model import build_model, network_spec
     from kuosan.nets.build import count_flops, count_parameters
 
@@ -177,8 +183,15 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
     torch.manual_seed(t.seed)  # network initialisation and dropout
 
     # --- data, held in memory as uint8 on the device -------------------------------------------
-    data = load_dataset(t.data, "train", root=t.data_root, resolution=t.resolution, channels=t.channels,
-                        max_images=t.max_images)
+    if t.autoencoder:  # latent diffusion (Rombach et al. 2022): the data set's scaled latents, encoded once
+        from kuosan.latent import encode_dataset
+
+        data = encode_dataset(t.autoencoder, t.data, "train", root=t.data_root, max_images=t.max_images,
+                              device=device, log=log)
+    else:
+        data = load_dataset(t.data, "train", root=t.data_root, resolution=t.resolution, channels=t.channels,
+                            max_images=t.max_images)
+    scale = (lambda x: x) if getattr(data, "is_latent", False) else to_model_range  # latents: already scaled
     images, labels = data.images.to(device), data.labels.to(device)
     num_classes = data.num_classes if t.conditional else 0
 
@@ -186,6 +199,9 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
     spec = network_spec(cfg, channels=data.channels, resolution=data.resolution, num_classes=num_classes)
     try:
         precond = build_model(spec, cfg.diffusion).to(device)
+        # transfer learning: parent weights, LoRA adapters, frozen parameters (kuosan.finetune)
+        precond, spec, transfer = prepare_transfer(precond, spec, cfg, num_classes=num_classes, resume=resume,
+                                                   device=device, log=log)
         with torch.random.fork_rng(devices=[]):  # a forward pass would draw dropout from the training RNG
             flops = count_flops(precond.net, data.channels, data.resolution, 1, num_classes)
     except (ValueError, RuntimeError, AssertionError, TypeError) as e:  # settings no network can take
@@ -193,12 +209,18 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
                           f"{data.resolution} images: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
                           "check --model.*") from None
     ema = EMA(precond, t.ema_decay)
-    opt = torch.optim.AdamW(precond.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    trainable = [p for p in precond.parameters() if p.requires_grad]  # fine-tuning may freeze some
+    opt = torch.optim.AdamW(trainable, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
     objective = loss_for(precond)
     obj_kw = ({"p_mean": cfg.diffusion.p_mean, "p_std": cfg.diffusion.p_std} if cfg.diffusion.precond == "edm"
               else {"min_snr_gamma": cfg.diffusion.min_snr_gamma} if cfg.diffusion.precond != "flow" else {})
     noise_gen = torch.Generator(device="cpu").manual_seed(t.seed + 1)
-    run_config = _run_config(cfg, spec, data)
+    run_config = {**_run_config(cfg, spec, data), **transfer}
+    decoder = None
+    if getattr(data, "is_latent", False):
+        from kuosan.latent import load_autoencoder
+
+        decoder = load_autoencoder(data.autoencoder["path"], device=device)
     start_step, nonfinite, elapsed_before = 0, 0, 0.0
     window_loss, window_n = 0.0, 0  # the metrics line's running mean, saved so a resume continues it
 
@@ -250,7 +272,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
     # A fixed held-out batch (same images, same noise every time) to compare raw and EMA weights.
     val_gen = torch.Generator().manual_seed(t.seed + 2)
     val_idx = torch.randperm(len(data), generator=val_gen)[:min(64, len(data))]
-    val_x0, val_labels = to_model_range(images[val_idx]), labels[val_idx] if num_classes else None
+    val_x0, val_labels = scale(images[val_idx]), labels[val_idx] if num_classes else None
 
     def val_loss(model) -> float:
         model.eval()
@@ -309,7 +331,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
                 stop_reason = reason
                 break
             idx = batch_indices(step, t.batch, len(data), t.seed).to(device)
-            x0 = to_model_range(images[idx])
+            x0 = scale(images[idx])
             y = None
             if num_classes:
                 y = labels[idx].clone()
@@ -355,7 +377,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
                 checkpoint(step)
             if main and t.sample_every and step % t.sample_every == 0 and step < t.steps:
                 with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
-                    sample_grid(ema.module, cfg, spec, out / "samples" / f"step-{step:07d}.png")
+                    sample_grid(ema.module, cfg, spec, out / "samples" / f"step-{step:07d}.png", decoder=decoder)
     except KeyboardInterrupt:
         stop_reason = "interrupted"
     finally:
@@ -369,12 +391,13 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
         raise KuosanError(_nonfinite_message(t, step, nonfinite, list_checkpoints(out)))
     if main and step > start_step:
         ckpt = checkpoint(step)
+        finish_transfer(ema.module, out, run_config, log)  # a LoRA run's adapter file
         log(f"stopped at step {step} ({stop_reason}); checkpoint {ckpt}")
     if stop_reason in ("interrupted", "SIGTERM"):
         raise KeyboardInterrupt
 
     def finish() -> None:
-        grid = sample_grid(ema.module, cfg, spec, out / "samples.png")
+        grid = sample_grid(ema.module, cfg, spec, out / "samples.png", decoder=decoder)
         plot_losses(log_path, out / "loss.png")
         log(f"sample grid: {grid}")
 

@@ -1,0 +1,414 @@
+"""Transfer learning: start a run from a parent checkpoint's weights, resize its class embedding,
+freeze parts of the network, train LoRA adapters, and record where the weights came from.
+
+    kuosan train --init-from runs/fm --data mnist --out runs/mnist-ft              # full fine-tune
+    kuosan train --init-from runs/fm --data mnist --freeze "down.*,mid.*" ...      # train the decoder only
+    kuosan train --init-from runs/fm --data mnist --lora-rank 8 --out runs/mnist-lora   # LoRA adapters
+
+The parent is any kuosan checkpoint (or run directory), or a local diffusers ``UNet2DModel`` directory
+(:mod:`kuosan.interop.diffusers`). Its architecture and parameterisation are taken over (the run's
+``model`` and ``diffusion`` settings default to the parent's); only the number of classes may change:
+
+- known classes keep their embedding rows, the "null" row (classifier-free guidance) moves to the new
+  last index, and new classes start as copies of the null row: a new class begins as the
+  unconditional model and learns from there;
+- an unconditional parent gets a zero class embedding (every class starts exactly as the parent);
+- a conditional parent trained unconditionally has its null row folded into the embedding MLP's
+  bias, so the child starts exactly as the parent's unconditional model.
+
+Fine-tuning defaults: the learning rate is the preset's ÷ 10 unless ``--lr`` is given, and the warm-up
+is 50 steps unless ``--warmup_steps`` is given. The run's config.json records its parent: path, weights
+file, SHA-256 of that file and :func:`kuosan.nets.lora.weights_checksum` of the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kuosan.errors import KuosanError
+from kuosan.nets.lora import (add_lora, is_adapter_key, lora_layers, mark_only_lora_trainable, merge_state_dict,
+                              save_adapter, weights_checksum)
+
+__all__ = ["FINETUNE_LR_FACTOR", "FINETUNE_WARMUP", "parameter_names", "freeze", "resize_classes",
+           "resize_class_rows", "read_parent", "init_from", "finetune_config", "prepare_transfer",
+           "finish_transfer", "file_sha256"]
+
+FINETUNE_LR_FACTOR = 0.1  # a pretrained network sits near a good minimum: smaller steps than from scratch
+FINETUNE_WARMUP = 50      # a short warm-up: Adam's moment estimates settle before full-size steps
+
+
+def _short(name: str) -> str:
+    return name[4:] if name.startswith("net.") else name
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- freezing ------------------------------------------------------------------------------------
+
+def parameter_names(module: nn.Module) -> list[str]:
+    """Parameter names as freeze patterns see them (relative to the network, without ``net.``)."""
+    return [_short(n) for n, _ in module.named_parameters()]
+
+
+def _patterns(patterns) -> list[str]:
+    items = patterns.split(",") if isinstance(patterns, str) else list(patterns or ())
+    return [p.strip() for p in items if p and p.strip()]
+
+
+def freeze(module: nn.Module, patterns) -> list[str]:
+    """Stop training the parameters whose names match a glob in ``patterns`` (a comma-separated
+    string or a list, e.g. ``"down.*,mid.*"``; names relative to the network); returns their names.
+    A pattern that matches nothing, or freezing everything, is refused."""
+    pats = _patterns(patterns)
+    if not pats:
+        return []
+    frozen, used = [], set()
+    params = list(module.named_parameters())
+    for name, p in params:
+        hits = [pat for pat in pats if fnmatchcase(_short(name), pat) or fnmatchcase(name, pat)]
+        if hits:
+            p.requires_grad_(False)
+            frozen.append(name)
+            used.update(hits)
+    unused = [p for p in pats if p not in used]
+    if unused:
+        examples = ", ".join(parameter_names(module)[:3])
+        raise KuosanError(f"--freeze pattern(s) {', '.join(unused)} match no parameter; names look like "
+                          f"{examples} (globs: 'down.*' freezes the encoder)")
+    if not any(p.requires_grad for _, p in params):
+        raise KuosanError(f"--freeze {','.join(pats)} freezes every parameter; nothing would train")
+    return frozen
+
+
+# --- class embeddings ----------------------------------------------------------------------------
+
+def _class_embeddings(model: nn.Module) -> dict[str, nn.Module]:
+    from kuosan.nets.layers import NoiseEmbedding
+
+    return {name: m for name, m in model.named_modules() if isinstance(m, NoiseEmbedding)}
+
+
+def resize_class_rows(weight: torch.Tensor | None, old: int, new: int, dim: int) -> torch.Tensor:
+    """Class-embedding rows for ``new`` classes + null from those of ``old`` classes + null (the last
+    row): known classes kept, null moved to the new last index, new classes copied from null.
+    ``weight`` None (an unconditional parent) gives zeros: every class starts as the parent."""
+    if weight is None or old == 0:
+        return torch.zeros(new + 1, dim)
+    null = weight[old]
+    rows = null.expand(new + 1, dim).clone()
+    k = min(old, new)
+    rows[:k] = weight[:k]
+    return rows
+
+
+@torch.no_grad()
+def resize_classes(model: nn.Module, num_classes: int) -> int | None:
+    """Resize every class embedding of ``model`` in place to ``num_classes`` (+ null), the way
+    :func:`init_from` does; returns the previous count (None when the model has no class input). An
+    unconditional diffusers UNet gets a zero class embedding instead."""
+    from kuosan.interop.diffusers import DiffusersUNet, add_class_embedding
+
+    net = getattr(model, "net", None)
+    if isinstance(net, DiffusersUNet) and num_classes and getattr(net.unet, "class_embedding", None) is None:
+        add_class_embedding(model, num_classes)
+        return 0
+    embeds = _class_embeddings(model)
+    old = None
+    for emb in embeds.values():
+        old = emb.num_classes
+        if old == num_classes:
+            continue
+        weight = emb.class_emb.weight if emb.class_emb is not None else None
+        dim = emb.mlp[-1].out_features
+        if num_classes == 0:
+            emb.mlp[-1].bias.add_(weight[old])  # the unconditional child is the parent's null class
+            emb.class_emb = None
+        else:
+            ref = emb.mlp[-1].weight
+            rows = resize_class_rows(weight, old, num_classes, dim).to(ref.device, ref.dtype)
+            emb.class_emb = nn.Embedding(num_classes + 1, dim, device=ref.device, dtype=ref.dtype)
+            emb.class_emb.weight.copy_(rows)
+        emb.num_classes = num_classes
+    return old
+
+
+def _adapt_state(parent: dict, target: dict, embeds: dict, old: int, new: int, mismatch) -> dict:
+    """The parent's tensors in the child's layout (class rows resized), or ``mismatch(reason)``."""
+    class_keys = {f"{p}.class_emb.weight" for p in embeds}
+    out = {}
+    for key, want in target.items():
+        if key in class_keys:
+            rows = resize_class_rows(parent.get(key), old, new, want.shape[1])
+            out[key] = rows.to(want.dtype)
+            continue
+        if key not in parent:
+            mismatch(f"the parent has no {_short(key)}")
+        got = parent[key]
+        if tuple(got.shape) != tuple(want.shape):
+            mismatch(f"{_short(key)} is {list(got.shape)} in the parent, {list(want.shape)} here")
+        out[key] = got.to(want.dtype)
+    extra = [k for k in parent if k not in target and k not in class_keys]
+    if extra:
+        mismatch(f"the parent has {len(extra)} tensor(s) this network lacks (e.g. {_short(extra[0])})")
+    for prefix in embeds:
+        if new == 0 and old > 0:  # fold the parent's null row into the bias (see resize_classes)
+            bias = f"{prefix}.mlp.2.bias"
+            out[bias] = out[bias] + parent[f"{prefix}.class_emb.weight"][old].to(out[bias].dtype)
+    return out
+
+
+# --- the parent ----------------------------------------------------------------------------------
+
+def read_parent(path, weights: str = "ema") -> dict:
+    """A kuosan parent checkpoint: {"config", "tensors" (adapters merged), "info" (the record)}."""
+    from kuosan.interop import require_local_dir
+    from kuosan.interop.diffusers import is_diffusers_dir
+    from kuosan.training.checkpoint import read_checkpoint, resolve_checkpoint
+
+    local = require_local_dir(path, "--init-from")
+    if is_diffusers_dir(local):
+        raise KuosanError(f"{path} is a diffusers model: build the run's model from it with "
+                          "kuosan.interop.diffusers.load_for_training (kuosan train --init-from does)")
+    ckpt = resolve_checkpoint(local)
+    saved = read_checkpoint(ckpt, weights=weights)
+    config = saved["config"]
+    file = "ema.safetensors" if weights == "ema" and (ckpt / "ema.safetensors").is_file() else "model.safetensors"
+    tensors = saved["weights"]
+    lora = config.get("lora")
+    if lora:  # a LoRA run as parent: its adapters become part of the weights
+        tensors = merge_state_dict(tensors, {lora.get("name", "default"): float(lora["alpha"]) / int(lora["rank"])})
+    try:
+        state = json.loads((ckpt / "state.json").read_text())
+    except (OSError, ValueError):
+        state = {}
+    recorded = state.get("files", {}).get(file, {}).get("sha256") if isinstance(state.get("files"), dict) else None
+    info = {"path": str(ckpt.resolve()), "weights": file, "sha256": recorded or file_sha256(ckpt / file),
+            "weights_sha256": weights_checksum(tensors), "step": state.get("step"),
+            "data": config.get("data", {}).get("spec"),
+            "num_classes": int(config["network"].get("fields", {}).get("num_classes", 0)),
+            "class_names": list(config.get("data", {}).get("class_names", []))}
+    return {"config": config, "tensors": tensors, "info": info}
+
+
+def _signature(precond) -> dict:
+    """What must agree between parent and child for the weights to mean the same thing."""
+    sig = {"parameterisation": type(precond).__name__, "network": type(getattr(precond, "net", precond)).__name__}
+    schedule = getattr(precond, "schedule", None)
+    if schedule is not None:
+        sig["schedule"] = f"{schedule.beta_schedule}, {schedule.timesteps} steps"
+    if type(precond).__name__ == "EDMPrecond":
+        sig["sigma_data"] = precond.sigma_data
+    for emb in _class_embeddings(precond).values():
+        sig["noise_scale"] = emb.noise_scale
+    return sig
+
+
+def _field_differences(parent_fields: dict, net) -> str:
+    cfg = getattr(net, "cfg", None)
+    if not dataclasses.is_dataclass(cfg):
+        return ""
+    mine = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    diffs = [f"{k} {parent_fields.get(k)!r} there, {mine.get(k)!r} here" for k in sorted(mine)
+             if k != "num_classes" and k in parent_fields and parent_fields.get(k) != mine.get(k)]
+    return f" (network settings that differ: {'; '.join(diffs)})" if diffs else ""
+
+
+@torch.no_grad()
+def init_from(precond, parent_dir, *, num_classes: int, weights: str = "ema") -> dict:
+    """Load a parent checkpoint's weights (EMA by default; not its optimiser) into ``precond``.
+
+    The architecture must match except for the number of classes (resized as the module docstring
+    says); anything else is a KuosanError naming the mismatch. Returns the parent record for the
+    run's config.json.
+    """
+    from kuosan.model import model_from_checkpoint_config
+
+    parent = read_parent(parent_dir, weights)
+    config, info = parent["config"], parent["info"]
+    with torch.device("meta"):
+        parent_model = model_from_checkpoint_config(config)
+    mine, theirs = _signature(precond), _signature(parent_model)
+    for key in mine:
+        if mine[key] != theirs.get(key):
+            hint = ""
+            if key in ("parameterisation", "schedule", "sigma_data", "noise_scale"):
+                d = config.get("diffusion", {})
+                hint = (f"; fine-tuning keeps the parent's parameterisation: drop the --diffusion.* options or set "
+                        f"--diffusion.precond {d.get('precond')}")
+            raise KuosanError(f"--init-from {parent_dir}: the parent's {key} is {theirs.get(key)!r}, this run's "
+                              f"is {mine[key]!r}{hint}")
+    embeds = _class_embeddings(precond)
+    if embeds and any(e.num_classes != num_classes for e in embeds.values()):
+        raise KuosanError(f"init_from: the network was built for {next(iter(embeds.values())).num_classes} "
+                          f"classes, not num_classes={num_classes}")
+    old = info["num_classes"]
+    if old != num_classes and not embeds:
+        raise KuosanError(f"--init-from {parent_dir}: the parent has {old} classes, this run {num_classes}, and "
+                          f"this network has no kuosan class embedding to resize")
+    fields = config["network"].get("fields", {})
+
+    def mismatch(reason):
+        raise KuosanError(f"--init-from {parent_dir}: the parent's architecture differs from this run's: "
+                          f"{reason}{_field_differences(fields, getattr(precond, 'net', precond))}; drop the "
+                          "--model.* options to take over the parent's")
+
+    target = {k: v for k, v in precond.state_dict().items() if not is_adapter_key(k)}
+    state = _adapt_state(parent["tensors"], target, embeds, old, num_classes, mismatch)
+    missing, unexpected = precond.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not is_adapter_key(k)]:
+        mismatch(f"the weights do not load ({(unexpected or missing)[0]})")
+    kept = min(old, num_classes)
+    info["classes"] = (f"{kept} kept, {max(0, num_classes - old)} new (from the null row), null row "
+                       f"{old} -> {num_classes}" if old and num_classes else
+                       "parent unconditional: zero class embedding" if num_classes else
+                       "null row folded into the embedding bias" if old else "unconditional")
+    return info
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+def _explicit(overrides) -> set[tuple[str, str]]:
+    """(section, name) of every setting given on the command line."""
+    from kuosan.config import apply_overrides
+
+    if not overrides:
+        return set()
+    data = apply_overrides({}, overrides if isinstance(overrides, dict) else list(overrides))
+    return {(s, k) for s, values in data.items() for k in values}
+
+
+def _parent_sections(path) -> dict:
+    from kuosan.interop import require_local_dir
+    from kuosan.interop.diffusers import is_diffusers_dir, training_sections
+    from kuosan.training.checkpoint import resolve_checkpoint
+
+    p = require_local_dir(path, "--init-from")
+    if is_diffusers_dir(p):
+        return training_sections(p)
+    ckpt = resolve_checkpoint(p)
+    try:
+        config = json.loads((ckpt / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise KuosanError(f"cannot read {ckpt / 'config.json'}: {e}") from None
+    data = config.get("data", {})
+    return {"model": dict(config.get("model", {})), "diffusion": dict(config.get("diffusion", {})),
+            "train": {k: data[k] for k in ("resolution", "channels") if data.get(k) is not None}}
+
+
+def finetune_config(cfg, overrides=None):
+    """``cfg`` for fine-tuning from ``cfg.train.init_from``: the parent's model and diffusion settings,
+    image size and channels, lr ÷ 10 and a 50-step warm-up; every setting given in ``overrides`` (the
+    command-line list or dict) is kept as given. Unchanged when there is no ``init_from``. Not for a
+    config that is a run's own config.json: that holds the result already (lr ÷ 10 would apply twice)."""
+    from kuosan.config import Config, config_from_dict, config_to_dict
+
+    sections = typing.get_type_hints(Config)
+    t = cfg.train
+    if not getattr(t, "init_from", None):
+        return cfg
+    explicit = _explicit(overrides)
+    data = config_to_dict(cfg)
+    for section, values in _parent_sections(t.init_from).items():
+        known = {f.name for f in dataclasses.fields(sections[section])}
+        for key, value in values.items():
+            if key in known and (section, key) not in explicit:
+                data[section][key] = value
+    if ("train", "lr") not in explicit:
+        data["train"]["lr"] = t.lr * FINETUNE_LR_FACTOR
+    if ("train", "warmup_steps") not in explicit:
+        data["train"]["warmup_steps"] = FINETUNE_WARMUP
+    return config_from_dict(data)
+
+
+# --- the training loop's hook --------------------------------------------------------------------
+
+def _saved_run_config(out) -> dict:
+    from kuosan.training.checkpoint import resolve_checkpoint
+
+    try:
+        return json.loads((resolve_checkpoint(out, verify=False) / "config.json").read_text())
+    except (KuosanError, OSError, ValueError):
+        return {}
+
+
+def prepare_transfer(precond, spec: dict, cfg, *, num_classes: int, resume: bool = False, device=None,
+                     log=print):
+    """Apply ``cfg.train``'s transfer settings to a freshly built model: ``init_from`` (weights, or a
+    diffusers model that replaces ``precond`` and ``spec``), ``lora_rank`` (adapters; only they train,
+    plus the class embedding when classes were added), ``freeze``. On ``resume`` nothing is loaded
+    (the checkpoint will be) but the structure is rebuilt the same way. Returns
+    ``(precond, spec, extra)``; ``extra`` ({"parent", "lora"}) belongs in the run's config.json."""
+    t = cfg.train
+    extra, info, saved = {}, None, _saved_run_config(t.out) if resume else {}
+    if getattr(t, "init_from", None):
+        from kuosan.interop.diffusers import is_diffusers_dir, load_for_training
+
+        if is_diffusers_dir(t.init_from):
+            precond, spec, info = load_for_training(t.init_from, num_classes=num_classes, load_weights=not resume)
+            kind = {"EpsPrecond": "eps", "VPrecond": "v", "X0Precond": "x0"}[type(precond).__name__]
+            if cfg.diffusion.precond != kind:
+                raise KuosanError(f"--init-from {t.init_from} is a {kind}-prediction model, this run trains "
+                                  f"{cfg.diffusion.precond}: set --diffusion.precond {kind} (kuosan train does "
+                                  "this by itself, see kuosan.finetune.finetune_config)")
+        elif resume and saved.get("parent"):
+            info = saved["parent"]
+        else:
+            info = init_from(precond, t.init_from, num_classes=num_classes)
+        extra["parent"] = saved.get("parent") or info
+        log(f"fine-tuning from {info['path']} (weights {info['weights_sha256'][:12]}; classes: "
+            f"{info.get('classes', 'n/a')})")
+    rank = int(getattr(t, "lora_rank", 0) or 0)
+    if rank:
+        base_sha = (saved.get("lora") or {}).get("base_sha256") or (info or {}).get("weights_sha256") \
+            or weights_checksum(precond)
+        alpha = getattr(t, "lora_alpha", None)
+        targets = getattr(t, "lora_targets", None) or "attn,conv"
+        layers = add_lora(precond, rank, alpha, targets)
+        classes_changed = num_classes > 0 and (info is None or info.get("num_classes") != num_classes)
+        also = ["*class_emb.weight", "*class_embedding.weight"] if classes_changed else []
+        also = [pat for pat in also if any(fnmatchcase(_short(n), pat) for n, _ in precond.named_parameters())]
+        mark_only_lora_trainable(precond, also)
+        extra["lora"] = {"name": "default", "rank": rank, "alpha": float(rank if alpha is None else alpha),
+                         "targets": targets, "layers": [_short(n) for n in layers], "base_sha256": base_sha,
+                         "num_classes": num_classes, "trains": also}
+    if getattr(t, "freeze", None):
+        freeze(precond, t.freeze)
+    if extra or getattr(t, "freeze", None):
+        n_all = sum(p.numel() for p in precond.parameters())
+        n_train = sum(p.numel() for p in precond.parameters() if p.requires_grad)
+        log(f"trainable: {n_train / 1e6:.3f} M of {n_all / 1e6:.3f} M parameters"
+            + (f" (LoRA rank {rank} on {len(extra['lora']['layers'])} layers)" if rank else ""))
+    return (precond.to(device) if device is not None else precond), spec, extra
+
+
+def finish_transfer(model: nn.Module, out, run_config: dict, log=print) -> Path | None:
+    """At the end of a LoRA run: write ``OUT/adapter.safetensors`` + ``adapter.json`` from ``model``
+    (the EMA weights); returns the path, or None for other runs."""
+    lora = run_config.get("lora")
+    if not lora or not lora_layers(model):
+        return None
+    extras = {n: p for n, p in model.named_parameters()
+              if any(fnmatchcase(_short(n), pat) for pat in lora.get("trains", []))}
+    parent = run_config.get("parent") or {}
+    meta = {"base": {"path": parent.get("path"), "weights": parent.get("weights"), "sha256": parent.get("sha256")},
+            "num_classes": lora.get("num_classes"), "network": run_config.get("network"),
+            "diffusion": run_config.get("diffusion"), "data": run_config.get("data"), "run": str(out)}
+    path = save_adapter(model, Path(out) / "adapter", name=lora.get("name", "default"),
+                        base_sha256=lora["base_sha256"], targets=lora.get("targets"), extra_tensors=extras,
+                        metadata=meta)
+    log(f"LoRA adapter: {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return path
