@@ -75,7 +75,8 @@ def kid(feats1, feats2, subset_size=1000, subsets=100, seed=0):
     """Kernel Inception Distance (Bińkowski et al. 2018): mean and std of MMD² over random subsets.
 
     Each subset draws ``m = min(subset_size, N1, N2)`` vectors without replacement from each set, so small
-    sets work (with a noisier estimate). Returns ``(nan, nan)`` when either set has fewer than 2 vectors.
+    sets work (with a noisier estimate; when both sets are no larger than the subset, every subset is the
+    whole set and the std is 0). Returns ``(nan, nan)`` when either set has fewer than 2 vectors.
     """
     x, y = _f64(feats1), _f64(feats2)
     m = min(subset_size, len(x), len(y))
