@@ -94,6 +94,16 @@ def _parser() -> argparse.ArgumentParser:
 
     lora_cli.add_arguments(sub.add_parser("lora", help="inspect LoRA adapters, merge them into a checkpoint"))
 
+    p = sub.add_parser("bench", help="time a kuosan UNet beside diffusers' and lucidrains' on this machine",
+                       description="Times kuosan's UNet (or --config's) and, where installed, diffusers' "
+                                   "UNet2DModel and lucidrains' Unet of the same size, alternately in one process.",
+                       epilog="examples:\n  kuosan bench\n  kuosan bench --config runs/fm --peers none\n"
+                              "  kuosan bench --threads 2 --layouts channels_last,channels_last-bf16 --out bench.json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    from kuosan import bench
+
+    bench.add_arguments(p)
+
     p = sub.add_parser("data", help="load a data set spec and describe it")
     p.add_argument("spec", help="fashion-mnist[:test], mnist, digits, a folder, an .npz")
     p.add_argument("--root", default=None, help="directory of the data set's files")
@@ -233,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
                             device=args.device, evaluate=not args.no_eval)
         if args.command == "data":
             return cmd_data(args)
+        if args.command == "bench":
+            from kuosan import bench
+
+            return bench.run(args)
         if args.command == "lora":
             from kuosan import lora_cli
 

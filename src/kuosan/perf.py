@@ -1,4 +1,8 @@
-"""Process-level speed settings that are safe to apply by default on CPU."""
+"""Speed settings: the allocator and OpenMP (process-level, safe by default on CPU) and model layout.
+
+This module imports torch only inside the functions that need it, so ``openmp_defaults`` can run
+before torch is first imported (OpenMP reads its environment once, when torch loads it).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["tune_allocator"]
+__all__ = ["tune_allocator", "openmp_defaults", "configure_threads", "prepare_model", "to_channels_last"]
 
 # mallopt parameter numbers from glibc's <malloc.h>
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
@@ -35,3 +39,90 @@ def tune_allocator() -> bool:
     ok &= mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
     ok &= mallopt(_M_TOP_PAD, 256 * 1024 * 1024) == 1
     return bool(ok)
+
+
+def openmp_defaults() -> dict[str, str]:
+    """Let OpenMP worker threads sleep at once when idle (``OMP_WAIT_POLICY=PASSIVE``) unless set.
+
+    By default GNU OpenMP (torch's on Linux) spins a while between parallel regions. On a machine
+    whose cores are shared with other busy processes, a spinning or descheduled worker makes each of
+    the network's hundreds of parallel regions wait for a scheduler time slice: here, under load 7–12
+    on 2 cores, a 2-thread training step took 7× as long as a 1-thread one with the default policy and
+    1.4× with PASSIVE (benchmarks/results/peers_threads_alternated_*.json). On an idle machine the
+    cost is a wake-up per region (microseconds). For scripts and benchmarks (``kuosan``'s command line
+    sets the same default itself); it must run before ``import torch``. Returns what it set. Respects
+    ``OMP_WAIT_POLICY`` / ``GOMP_SPINCOUNT`` set by the user, and ``KUOSAN_NO_OMP_DEFAULTS=1``.
+    """
+    if os.environ.get("KUOSAN_NO_OMP_DEFAULTS") == "1" or "torch" in sys.modules:
+        return {}
+    if any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+        return {}
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads: ``threads`` if given, else a fair share of a busy machine.
+
+    torch starts one thread per core. When other processes already keep the cores busy, extra threads
+    mostly wait for each other at every operation's barrier (see :func:`openmp_defaults` for the
+    numbers measured here). So when the 1-minute load average exceeds the usable cores, the default
+    is cores² / load threads (2 cores under load 4 or more: 1 thread), else torch's own choice; the
+    load average lags, so a machine that was busy a minute ago keeps the full count until the load
+    passes the core count. ``KUOSAN_THREADS=N`` sets N; a user's ``OMP_NUM_THREADS`` stays in force.
+    Returns the number of threads in use.
+    """
+    import torch
+
+    if threads is None:
+        if os.environ.get("KUOSAN_THREADS", "").isdigit():
+            threads = max(1, int(os.environ["KUOSAN_THREADS"]))
+        elif "OMP_NUM_THREADS" in os.environ:
+            return torch.get_num_threads()  # the user's choice, already read by OpenMP
+        else:
+            threads = _fair_share(torch.get_num_threads())
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _fair_share(default: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this system
+        return default
+    if load <= cores:
+        return default
+    return max(1, min(default, round(cores * cores / load)))
+
+
+def prepare_model(model, channels_last: bool = True, compile: bool = False):
+    """Put ``model``'s layout-aware networks in ``channels_last`` (and optionally compile it), in place.
+
+    kuosan's UNet computes in the layout of its weights (``UNet.memory_format``), so this is all that
+    training and sampling need: inputs may stay NCHW (the network converts its input, and returns the
+    output in the input's layout). Only submodules that declare ``computes_in_weight_layout`` are
+    converted (a UNet inside a preconditioner, say); others (DiT, autoencoders) are left as they are.
+    Parameter names, values and state-dict keys are unchanged, and ``load_state_dict`` keeps the
+    layout. ``channels_last=False`` converts back to NCHW. ``compile=True`` uses ``nn.Module.compile``
+    (keys unchanged too); measure first: on this 2-core CPU it compiled for minutes and then ran
+    slower than eager (benchmarks/results/peers_compile.json). Returns ``model``.
+    """
+    import torch
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for module in model.modules():
+        if getattr(module, "computes_in_weight_layout", False):
+            module.to(memory_format=fmt)
+    if compile:
+        model.compile()
+    return model
+
+
+def to_channels_last(x):
+    """A 4-D tensor in ``channels_last`` layout (a copy only if it is not already); others unchanged."""
+    import torch
+
+    if getattr(x, "ndim", 0) == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x

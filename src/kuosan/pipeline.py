@@ -79,6 +79,9 @@ class Pipeline:
             pipe = cls(precond.to(device), saved["config"], ckpt, ae)
         if adapters:
             mix_adapters(pipe.precond, [(a, 1.0) if isinstance(a, (str, Path)) else a for a in adapters])
+        from kuosan.perf import prepare_model
+
+        prepare_model(pipe.precond)  # kuosan UNets compute in channels_last; other networks untouched
         return pipe
 
     # -- facts about the model ------------------------------------------------------------------

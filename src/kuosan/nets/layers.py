@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["timestep_embedding", "NoiseEmbedding", "zero_init", "GroupNorm32"]
+__all__ = ["timestep_embedding", "NoiseEmbedding", "zero_init", "GroupNorm32", "group_norm_act"]
 
 
 def zero_init(module: nn.Module) -> nn.Module:
@@ -49,7 +49,94 @@ class NoiseEmbedding(nn.Module):
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 (stable under bf16 autocast)."""
+    """GroupNorm computed in float32 (stable under bf16 autocast).
 
-    def forward(self, x):
-        return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
+    ``norm(x, scale, shift, act=True)`` also applies a per-sample ``* (1 + scale) + shift`` (AdaGN,
+    Improved DDPM) and SiLU in the same pass over the activations (:func:`group_norm_act`); plain
+    ``norm(x)`` is ordinary GroupNorm.
+    """
+
+    def forward(self, x, scale=None, shift=None, act: bool = False):
+        y = group_norm_act(x.float(), self.num_groups, self.weight, self.bias, self.eps, scale, shift, act)
+        return y.to(x.dtype)
+
+
+def group_norm_act(x: torch.Tensor, groups: int, weight, bias, eps: float = 1e-5, scale=None, shift=None,
+                   act: bool = False) -> torch.Tensor:
+    """``silu?(group_norm(x) * (1 + scale) + shift)`` for x [B, C, H, W], scale and shift [B, C] (or None).
+
+    torch's CPU GroupNorm is 2–3× slower on ``channels_last`` tensors than on NCHW ones, forward and
+    backward (``kuosan bench --layers``; benchmarks/results/peers.json, "layers"). For those this
+    computes the same maths in their own layout: everything after the statistics is one multiply-add
+    per element, and the backward pass is written out (:class:`_GroupNormAct`). NCHW tensors, and
+    code under torch.compile (whose compiler fuses the plain ops itself), take torch's own ops.
+    """
+    channels_last = x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    if not channels_last or weight is None or bias is None or torch.compiler.is_compiling():
+        y = F.group_norm(x, groups, weight, bias, eps)
+        if scale is not None:
+            y = torch.addcmul(shift[:, :, None, None], y, 1 + scale[:, :, None, None])
+        return F.silu(y, inplace=not y.requires_grad) if act else y
+    if scale is None:
+        scale = shift = x.new_zeros(())[None, None].expand(x.shape[0], x.shape[1])
+    return _GroupNormAct.apply(x, weight, bias, scale, shift, groups, eps, act)
+
+
+def _affine(x, groups, weight, bias, scale, shift, eps):
+    """Per-(sample, channel) ``a``, ``c`` with ``group_norm(x) * (1 + scale) + shift == a * x + c``.
+
+    Statistics from per-channel means of x and x² (fast reductions in either layout), pooled per group.
+    """
+    B, C = x.shape[:2]
+    mean_c = x.mean((2, 3))                                            # [B, C]
+    msq_c = (x * x).mean((2, 3))                                       # [B, C]
+    mean = mean_c.view(B, groups, -1).mean(-1, keepdim=True)           # [B, G, 1]
+    var = (msq_c.view(B, groups, -1).mean(-1, keepdim=True) - mean * mean).clamp_min(0)
+    rstd = (var + eps).rsqrt()                                         # [B, G, 1]
+    gamma = weight * (1 + scale)                                       # [B, C]
+    beta = bias * (1 + scale) + shift                                  # [B, C]
+    a = (gamma.view(B, groups, -1) * rstd).view(B, C)
+    c = beta - (mean * a.view(B, groups, -1)).view(B, C)
+    return a, c, mean, rstd, gamma
+
+
+class _GroupNormAct(torch.autograd.Function):
+    """z = a·x + c (GroupNorm with AdaGN folded into a, c), y = silu(z) or z; backward by hand.
+
+    Notation: x̂ = (x − μ)·r (μ, r: group mean and inverse std), z = γ·x̂ + β with γ = w·(1 + s) and
+    β = b·(1 + s) + shift per sample and channel. With g = ∂L/∂z, S1 = Σ_hw g and S2 = Σ_hw g·x:
+    ∂L/∂γ = r·(S2 − μ·S1), ∂L/∂β = S1, and ∂L/∂x = r·(γg − mean_grp(γg) − x̂·mean_grp(γg·x̂)).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, scale, shift, groups, eps, act):
+        a, c, mean, rstd, gamma = _affine(x, groups, weight, bias, scale, shift, eps)
+        z = torch.addcmul(c[:, :, None, None], x, a[:, :, None, None])
+        keep_z = act and any(ctx.needs_input_grad)  # SiLU's backward needs z
+        ctx.save_for_backward(x, a, mean, rstd, gamma, weight, bias, scale, z if keep_z else None)
+        ctx.groups, ctx.act = groups, act
+        if not act:
+            return z
+        return F.silu(z) if keep_z else F.silu(z, inplace=True)  # in place when nothing will need z
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, a, mean, rstd, gamma, weight, bias, scale, z = ctx.saved_tensors
+        B, C, H, W = x.shape
+        G, n = ctx.groups, C // ctx.groups * H * W                    # elements per group
+        g = torch.ops.aten.silu_backward(grad_y, z) if ctx.act else grad_y
+        s1 = g.sum((2, 3))                                             # [B, C]
+        s2 = (g * x).sum((2, 3))                                       # [B, C]
+        d_gamma = (s2.view(B, G, -1) - mean * s1.view(B, G, -1)) * rstd  # [B, G, C/G]
+        m1 = (gamma.view(B, G, -1) * s1.view(B, G, -1)).sum(-1, keepdim=True) / n
+        m2 = (gamma.view(B, G, -1) * d_gamma).sum(-1, keepdim=True) / n
+        p = (-rstd * rstd * m2).expand(B, G, C // G).reshape(B, C)     # coefficient of x
+        q = (rstd * (rstd * m2 * mean - m1)).expand(B, G, C // G).reshape(B, C)
+        grad_x = torch.addcmul(torch.addcmul(q[:, :, None, None], x, p[:, :, None, None]), g, a[:, :, None, None])
+        d_gamma = d_gamma.reshape(B, C)
+        one_s = 1 + scale
+        grad_w = (d_gamma * one_s).sum(0) if ctx.needs_input_grad[1] else None
+        grad_b = (s1 * one_s).sum(0) if ctx.needs_input_grad[2] else None
+        grad_scale = d_gamma * weight + s1 * bias if ctx.needs_input_grad[3] else None
+        grad_shift = s1 if ctx.needs_input_grad[4] else None
+        return grad_x, grad_w, grad_b, grad_scale, grad_shift, None, None, None

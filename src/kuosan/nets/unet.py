@@ -4,6 +4,12 @@ injected as a scale and shift after each block's first normalisation, self-atten
 resolutions, skip connections between the halves.
 
 Shapes: x [B, C, H, W], c_noise [B], class_labels [B] (int, ``num_classes`` = null) -> [B, C_out, H, W].
+
+Layout: the network computes in the memory format of its weights. ``kuosan.perf.prepare_model`` (or
+``net.to(memory_format=torch.channels_last)``) makes it compute in ``channels_last``, in which oneDNN's
+CPU convolutions (and cuDNN's) run faster; every layer here keeps that layout (no hidden NCHW copies;
+GroupNorm through ``kuosan.nets.layers.group_norm_act``), and the output comes back in the input's
+layout. Numbers: benchmarks/results/peers*.json.
 """
 
 from __future__ import annotations
@@ -34,6 +40,13 @@ class UNetConfig:
     noise_scale: float = 1.0           # multiplies c_noise before the sinusoidal embedding
 
 
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """The memory format a tensor is stored in (NCHW unless it is strictly channels_last)."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _groups(channels: int) -> int:
     for g in (32, 16, 8, 4, 2, 1):
         if channels % g == 0 and channels // g >= 2 or g == 1:
@@ -53,11 +66,10 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x, emb):
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
-        h = self.conv2(self.dropout(F.silu(h)))
-        return (self.skip(x) + h) * 2 ** -0.5  # unit-variance skip sum (EDM, DDPM++ "skip_scale")
+        h = self.conv1(self.norm1(x, act=True))                     # silu(norm1(x)), fused
+        scale, shift = self.emb(F.silu(emb)).chunk(2, dim=1)          # each [B, cout]
+        h = self.conv2(self.dropout(self.norm2(h, scale, shift, act=True)))
+        return h.add_(self.skip(x)).mul_(2 ** -0.5)  # unit-variance skip sum (EDM, DDPM++ "skip_scale")
 
 
 class Attention(nn.Module):
@@ -72,11 +84,12 @@ class Attention(nn.Module):
 
     def forward(self, x):
         B, C, H, W = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, HW, C/heads)
-        h = F.scaled_dot_product_attention(q, k, v)
-        h = h.transpose(-1, -2).reshape(B, C, H, W)
-        return (x + self.proj(h)) * 2 ** -0.5
+        # Channels as the last axis: a free view of a channels_last tensor (a small copy otherwise).
+        qkv = self.qkv(self.norm(x)).permute(0, 2, 3, 1).reshape(B, H * W, 3, self.heads, C // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, HW, C/heads)
+        h = F.scaled_dot_product_attention(q, k, v)      # (B, heads, HW, C/heads)
+        h = h.permute(0, 2, 1, 3).reshape(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W), channels_last
+        return self.proj(h.contiguous(memory_format=_layout(x))).add_(x).mul_(2 ** -0.5)
 
 
 class Down(nn.Module):
@@ -98,6 +111,8 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
+    computes_in_weight_layout = True  # see the module docstring; kuosan.perf.prepare_model looks for it
+
     def __init__(self, cfg: UNetConfig):
         super().__init__()
         self.cfg = cfg
@@ -138,9 +153,14 @@ class UNet(nn.Module):
         self.norm_out = GroupNorm32(_groups(ch), ch)
         self.conv_out = zero_init(nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
 
+    def memory_format(self) -> torch.memory_format:
+        """``channels_last`` when the weights are stored so (see the module docstring), else NCHW."""
+        return _layout(self.conv_out.weight)  # [C_out, ch, 3, 3]: unambiguous, ch >= 2
+
     def forward(self, x, c_noise, class_labels=None):
+        out_fmt = _layout(x)
         emb = self.embed(c_noise, class_labels)
-        h = self.conv_in(x)
+        h = self.conv_in(x.contiguous(memory_format=self.memory_format()))
         hs = [h]
         for blocks in self.down:
             for block in blocks:
@@ -155,4 +175,4 @@ class UNet(nn.Module):
             h = torch.cat([h, hs.pop()], dim=1)
             for block in blocks:
                 h = block(h, emb) if isinstance(block, ResBlock) else block(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h, act=True)).contiguous(memory_format=out_fmt)

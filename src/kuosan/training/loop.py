@@ -170,6 +170,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
     from kuosan.finetune import finish_transfer, prepare_transfer
     from kuosan.model import build_model, network_spec
     from kuosan.nets.build import count_flops, count_parameters
+    from kuosan.perf import prepare_model
 
     t = cfg.train
     out = Path(t.out)
@@ -208,7 +209,8 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
         raise KuosanError(f"the model settings cannot build a {spec['kind']} for {data.channels}x{data.resolution}x"
                           f"{data.resolution} images: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
                           "check --model.*") from None
-    ema = EMA(precond, t.ema_decay)
+    prepare_model(precond)  # UNets compute in channels_last (faster convolutions; same keys and outputs)
+    ema = EMA(precond, t.ema_decay)  # a copy: channels_last too
     trainable = [p for p in precond.parameters() if p.requires_grad]  # fine-tuning may freeze some
     opt = torch.optim.AdamW(trainable, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
     objective = loss_for(precond)

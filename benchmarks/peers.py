@@ -1,0 +1,43 @@
+"""kuosan's UNet against diffusers' UNet2DModel and lucidrains' Unet, same size, same CPU, one process.
+
+    .venv/bin/python benchmarks/peers.py [--rounds 5] [--sample-steps 10] [--threads 2] [--compile]
+
+All three at batch 64 on 28×28×1 and about 35 GFLOP a forward (kuosan: base 32, mults 1,2,2, 2 blocks,
+attention at 7; diffusers: widths 32/64/64, 2 layers a level, attention at 7; lucidrains: dim 32, mults
+1,2,2), timed alternately with a 3×3 convolution ceiling. Prints a table and writes
+benchmarks/results/peers.json (see ``kuosan bench --help`` for the options; this script only sets the
+output path and makes lucidrains' package importable without a working torchvision).
+
+Peers are optional benchmark dependencies:  pip install diffusers denoising-diffusion-pytorch
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _tv_shim import shim_torchvision  # noqa: E402  (before any peer is imported)
+
+
+def main(argv=None) -> int:
+    from kuosan.perf import openmp_defaults
+
+    openmp_defaults()  # before torch loads OpenMP; the same for every contender
+    shimmed = shim_torchvision()
+    from kuosan import bench
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_arguments(ap)
+    ap.set_defaults(out=str(HERE / "results" / "peers.json"))
+    args = ap.parse_args(argv)
+    if shimmed:
+        print("torchvision does not load here: lucidrains' package gets a placeholder (its Unet never calls it)")
+    return bench.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
