@@ -23,7 +23,7 @@ from kuosan.diffusion.objectives import loss_for
 from kuosan.diffusion.samplers import nfe
 from kuosan.model import build_model, network_spec
 from kuosan.nets.build import count_flops, count_parameters
-from kuosan.perf import tune_allocator
+from kuosan.perf import prepare_model, tune_allocator
 from kuosan.sampling import generate
 from kuosan.training.ema import EMA
 
@@ -47,6 +47,7 @@ def main() -> None:
     batch = args.batch or cfg.train.batch
     spec = network_spec(cfg, channels=args.channels, resolution=args.resolution, num_classes=10)
     model = build_model(spec, cfg.diffusion)
+    prepare_model(model)  # as the training loop and sampling do
     ema = EMA(model, 0.999)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     objective = loss_for(model)
