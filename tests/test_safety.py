@@ -48,7 +48,7 @@ def _checkpoint(tmp_path):
 def _rewrite_state(ckpt: Path) -> None:
     """Recompute state.json's checksums, as an attacker who forged the whole directory would."""
     state = json.loads((ckpt / "state.json").read_text())
-    state["files"] = {p.name: {"size": p.stat().st_size, "sha256": ck._sha256(p)}
+    state["files"] = {p.name: {"size": p.stat().st_size, "sha256": ck.file_sha256(p)}
                       for p in sorted(ckpt.iterdir()) if p.name != "state.json"}
     state["sha256"] = ck._state_digest(state)
     (ckpt / "state.json").write_text(json.dumps(state))

@@ -24,7 +24,6 @@ file, SHA-256 of that file and :func:`kuosan.nets.lora.weights_checksum` of the 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import typing
 from fnmatch import fnmatchcase
@@ -33,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kuosan.training.checkpoint import file_sha256
 from kuosan.errors import KuosanError
 from kuosan.nets.lora import (add_lora, is_adapter_key, lora_layers, mark_only_lora_trainable, merge_state_dict,
                               save_adapter, weights_checksum)
@@ -47,14 +47,6 @@ FINETUNE_WARMUP = 50      # a short warm-up: Adam's moment estimates settle befo
 
 def _short(name: str) -> str:
     return name[4:] if name.startswith("net.") else name
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- freezing ------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ arithmetic (mean latent of class A - that of class B + an image's latent), each 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from kuosan.training.checkpoint import file_sha256
 from kuosan.errors import KuosanError
 
 __all__ = ["LatentAutoencoder", "LatentDataset", "load_autoencoder", "encode_dataset", "autoencoder_for_checkpoint",
@@ -33,14 +33,6 @@ __all__ = ["LatentAutoencoder", "LatentDataset", "load_autoencoder", "encode_dat
            "class_arithmetic", "save_strip", "reconstruction_report"]
 
 FORMAT = "kuosan-autoencoder"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _as_model_range(images: torch.Tensor) -> torch.Tensor:
@@ -123,7 +115,7 @@ def _weights_checksum(ckpt: Path, name: str) -> str:
     try:
         return str(json.loads((ckpt / "state.json").read_text())["files"][name]["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
-        return _sha256_file(ckpt / name)
+        return file_sha256(ckpt / name)
 
 
 def load_autoencoder(path, device=None, use_ema: bool = True) -> LatentAutoencoder:
@@ -157,7 +149,7 @@ def load_autoencoder(path, device=None, use_ema: bool = True) -> LatentAutoencod
                           f"{str(e).splitlines()[0]}") from None
     device = resolve_device(str(device) if device is not None else "auto")
     return LatentAutoencoder(net.to(device), config, ckpt, _weights_checksum(ckpt, name),
-                             _sha256_file(ckpt / "config.json"))
+                             file_sha256(ckpt / "config.json"))
 
 
 def autoencoder_for_checkpoint(config: dict, ckpt, override=None, device=None) -> LatentAutoencoder | None:

@@ -38,7 +38,7 @@ from kuosan.errors import KuosanError
 
 __all__ = ["save_checkpoint", "resolve_checkpoint", "read_checkpoint", "list_checkpoints",
            "verify_checkpoint", "check_architecture", "optimizer_to_tensors", "optimizer_from_tensors",
-           "encode_rng", "decode_rng", "atomic_write_text"]
+           "encode_rng", "decode_rng", "atomic_write_text", "file_sha256"]
 
 LATEST = "latest"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -76,7 +76,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -179,7 +180,7 @@ def save_checkpoint(run_dir: Path, step: int, *, config: dict, model: dict, ema:
         tensors, groups = optimizer_to_tensors(optimizer)
         _write_safetensors(tmp / "optimizer.safetensors", tensors)
         state["optimizer_param_groups"] = groups
-    state["files"] = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+    state["files"] = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
                       for p in sorted(tmp.iterdir())}
     state["sha256"] = _state_digest(json.loads(json.dumps(state)))
     _write_durable(tmp / "state.json", json.dumps(state, indent=1).encode())
@@ -246,7 +247,7 @@ def verify_checkpoint(ckpt: Path, require_state: bool = False) -> str | None:
             return f"state.json has no valid size and checksum for {name}"
         if p.stat().st_size != size:
             return f"{name} has {p.stat().st_size} bytes, expected {size}"
-        if _sha256(p) != digest:
+        if file_sha256(p) != digest:
             return f"{name} does not match its recorded checksum"
     return None
 
