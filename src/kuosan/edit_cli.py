@@ -301,13 +301,9 @@ def main(argv=None) -> int:
     """``python -m kuosan.edit_cli MODE ...``: the same as ``kuosan edit``."""
     import sys
 
-    parser = add_arguments(argparse.ArgumentParser(prog="kuosan edit", description="Edit images with a trained model."))
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except KuosanError as e:
-        print(f"kuosan: error: {e}", file=sys.stderr)
-        return 2
+    from kuosan.cli import main as cli_main  # one place turns user errors into one line
+
+    return cli_main(["edit", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

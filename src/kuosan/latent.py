@@ -25,6 +25,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from kuosan.data.dataset import ImageShape
 from kuosan.training.checkpoint import file_sha256
 from kuosan.errors import KuosanError
 
@@ -231,7 +232,7 @@ def reconstruction_report(run_dir, log=print, n_images: int = 2000) -> dict:
 # --- latent data sets ---------------------------------------------------------------------------
 
 @dataclass
-class LatentDataset:
+class LatentDataset(ImageShape):
     """A data set encoded into an autoencoder's scaled latent space; quacks like :class:`ImageDataset`.
 
     ``images`` holds float32 latents [N, c, h, h] (unit standard deviation on the autoencoder's training
@@ -245,21 +246,6 @@ class LatentDataset:
     name: str
     autoencoder: dict
     is_latent: ClassVar[bool] = True
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def resolution(self) -> int:
-        return self.images.shape[-1]
-
-    @property
-    def channels(self) -> int:
-        return self.images.shape[1]
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
 
     def subset(self, idx) -> "LatentDataset":
         return LatentDataset(self.images[idx].contiguous(), self.labels[idx], self.class_names, self.name,

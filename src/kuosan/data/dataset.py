@@ -12,8 +12,27 @@ import numpy as np
 import torch
 
 
+class ImageShape:
+    """Shape facts shared by every in-memory set whose ``images`` are [N, C, H, H] (images or latents)."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def resolution(self) -> int:
+        return self.images.shape[-1]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
 @dataclass
-class ImageDataset:
+class ImageDataset(ImageShape):
     """A labelled set of square images held in memory.
 
     ``images`` is uint8 ``[N, C, H, W]`` (contiguous, ``C`` in {1, 3}, ``H == W``); ``labels`` is int64
@@ -36,21 +55,6 @@ class ImageDataset:
             raise ValueError(f"labels must lie in [0, {len(self.class_names)}), got [{int(y.min())}, {int(y.max())}]")
         self.images = x.contiguous()
         self.class_names = list(self.class_names)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def resolution(self) -> int:
-        return self.images.shape[-1]
-
-    @property
-    def channels(self) -> int:
-        return self.images.shape[1]
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
 
     def subset(self, idx) -> "ImageDataset":
         """The images at ``idx`` (indices, a boolean mask or a slice), with the same classes and name."""

@@ -155,14 +155,9 @@ def run(args) -> int:
 
 
 def main(argv=None):
-    parser = add_arguments(argparse.ArgumentParser(
-        prog="kuosan evaluate", description="Score generated images (or a checkpoint's samples) against a reference."))
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except KuosanError as exc:
-        print(f"kuosan: error: {exc}", file=sys.stderr)
-        return 2
+    from kuosan.cli import main as cli_main  # one place turns user errors into one line
+
+    return cli_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
