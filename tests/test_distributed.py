@@ -132,6 +132,28 @@ def test_two_processes_train_and_sample_like_one(tmp_path):
     assert abs(to_uint8_nhwc(two).astype(int) - to_uint8_nhwc(one).astype(int)).max() <= 1
 
 
+def test_evaluate_under_two_processes_samples_like_one(tmp_path):
+    """``torchrun ... -m kuosan evaluate --checkpoint``: the seeds are split, rank 0 writes one report."""
+    import numpy as np
+
+    from kuosan.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", *TRAIN_ARGS, "--steps", "2", "--checkpoint_every", "0", "--out", str(run)]) == 0
+    common = ["evaluate", "--checkpoint", str(run), "--seeds", "0-6", "--steps", "3", "--extractors", "mnist-cnn",
+              "--reference", "digits:test", "--max-real", "50", "--kid-subsets", "2", "--no-plots",
+              "--train-reference", "none", "--device", "cpu"]
+    output = finish(torchrun(2, "-m", "kuosan", *common, "--out", str(tmp_path / "two")))
+    assert output.count("report:") == 1 and "2 processes" in output, output  # only rank 0 reports
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    two, one = (np.load(tmp_path / d / "samples.npz") for d in ("two", "one"))
+    assert two["images"].shape == one["images"].shape == (7, 8, 8, 1)
+    assert (two["labels"] == one["labels"]).all()
+    assert np.abs(two["images"].astype(int) - one["images"].astype(int)).max() <= 1  # float sums per batch size
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert report["speed"]["generation"]["images"] == 7
+
+
 @pytest.mark.slow
 def test_resume_on_another_number_of_processes(tmp_path):
     """Half the run on 2 processes, the rest on 1 (and the other way round): the same run."""

@@ -79,8 +79,11 @@ def _find_metrics_log(checkpoint):
     return None
 
 
-def sample_checkpoint(args, device, out_dir, log):
-    """Sample the checkpoint, timing it; returns ``(ImageSet, speed dict, pipe)`` and saves ``samples.npz``."""
+def sample_checkpoint(args, device, out_dir, log, ctx=None):
+    """Sample the checkpoint, timing it; returns ``(ImageSet, speed dict, pipe)`` and saves ``samples.npz``.
+
+    Under torchrun (``ctx.enabled``) every process samples its share of the seeds and all of them get every
+    image (image k the one a single process makes for seed k); only rank 0 writes ``samples.npz``."""
     import numpy as np
 
     import kuosan
@@ -96,11 +99,17 @@ def sample_checkpoint(args, device, out_dir, log):
     seeds = parse_seeds(args.seeds) if args.seeds else list(range(args.n))
     k = int(getattr(pipe, "num_classes", 0) or 0)
     labels = [s % k for s in seeds] if k else None
-    log(f"sampling {len(seeds)} images ({args.sampler}, {args.steps} steps) on {device}")
+    spread = {"distributed": True} if ctx is not None and ctx.enabled else {}
+    where = f"{ctx.world} processes" if spread else str(device)
+    if ctx is None or ctx.is_main:
+        log(f"sampling {len(seeds)} images ({args.sampler}, {args.steps} steps) on {where}")
     with measure(device) as m:
         out = pipe.sample(seeds=seeds, class_labels=labels, sampler=args.sampler, steps=args.steps,
-                          guidance=args.guidance, batch_size=args.batch)
-    what = f"sampling ({args.sampler}, {args.steps} steps, guidance {args.guidance})"
+                          guidance=args.guidance, batch_size=args.batch, **spread)
+    what = f"sampling ({args.sampler}, {args.steps} steps, guidance {args.guidance}" + (
+        f", {ctx.world} processes)" if spread else ")")
+    if spread and not ctx.is_main:
+        return None, None, pipe
     speed = speed_summary(len(out.images), m.seconds, getattr(out, "nfe", None), m.peak_bytes, device,
                           m.memory_kind, what=what)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -120,6 +129,8 @@ def run(args) -> int:
     from kuosan.evaluation.render import format_table
     from kuosan.evaluation.report import DEFAULT_REFERENCE, dataset_of, evaluate
 
+    import torch
+
     def log(msg):
         print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
 
@@ -138,7 +149,13 @@ def run(args) -> int:
     else:
         if args.n < 2 and not args.seeds:
             raise KuosanError(f"--n must be at least 2 to compare image sets, got {args.n}")
-        generated, speed, pipe = sample_checkpoint(args, device, out_dir, log)
+        from kuosan.training.distributed import init_distributed
+
+        ctx = init_distributed(torch.device(device))  # under torchrun: the seeds are split over the processes
+        device = str(ctx.device)
+        generated, speed, pipe = sample_checkpoint(args, device, out_dir, log, ctx)
+        if not ctx.is_main:
+            return 0  # rank 0 evaluates and writes the report
         if reference is None:
             trained_on = getattr(pipe, "dataset", None)
             reference = f"{dataset_of(trained_on)}:test" if dataset_of(trained_on) else trained_on or DEFAULT_REFERENCE
