@@ -28,6 +28,7 @@ def test_overrides_apply_in_order_and_bare_names_mean_train():
     assert (cfg.train.steps, cfg.train.lr, cfg.train.bf16, cfg.model.base_channels) == (7, 1e-4, True, 8)
     assert cfg.model.channel_mults == (1, 2) and cfg.diffusion.min_snr_gamma is None
     assert load_config(None, ["--sample.steps", "4"]).sample.steps == 4
+    assert load_config(None, ["--model", "dit", "--precond", "flow"]).model.kind == "dit"  # --model: the kind
 
 
 BAD = [  # (overrides, words the message must contain)
@@ -60,6 +61,8 @@ BAD = [  # (overrides, words the message must contain)
     (["--max_nonfinite", "0"], "train.max_nonfinite must be positive"),
     (["--data", " "], "train.data is empty"),
     (["--channel_mults", "0,2"], "model.channel_mults must be whole numbers from 1 to 64"),
+    (["--model.mlp_ratio", "0"], "model.mlp_ratio must be in (0, 64]"),
+    (["--model.pos_embed", "rope"], "model.pos_embed must be one of learned, sincos, got 'rope'"),
     (["--channel_mults", "1.5,2"], "model.channel_mults must be whole numbers"),
     (["--channel_mults", "a,b"], "model.channel_mults: expected a whole number, got 'a'"),
     (["--model.base_channels", "100000"], "model.base_channels 100000 is absurdly large"),

@@ -126,12 +126,16 @@ def test_built_from_the_training_config():
     from kuosan.model import build_model, network_spec
 
     cfg = load_config(None, ["--model.kind", "dit", "--diffusion.precond", "flow", "--model.patch_size", "4",
-                             "--model.depth", "1", "--model.width", "16", "--model.heads", "2", "--dropout", "0"])
+                             "--model.depth", "1", "--model.width", "16", "--model.heads", "2", "--dropout", "0",
+                             "--model.mlp_ratio", "2", "--model.pos_embed", "learned"])
     spec = network_spec(cfg, channels=4, resolution=16, num_classes=0)  # e.g. latents of a 128² image
-    assert spec["fields"] == dict(patch_size=4, depth=1, width=16, heads=2, dropout=0.0, in_channels=4,
-                                  out_channels=4, resolution=16, num_classes=0, noise_scale=1000.0)
+    assert spec["fields"] == dict(patch_size=4, depth=1, width=16, heads=2, dropout=0.0, mlp_ratio=2.0,
+                                  pos_embed="learned", in_channels=4, out_channels=4, resolution=16, num_classes=0,
+                                  noise_scale=1000.0)
     model = build_model(spec, cfg.diffusion)
     assert isinstance(model, FlowPrecond) and isinstance(model.net, DiT)
+    assert isinstance(model.net.pos_embed, torch.nn.Parameter)  # learned
+    assert model.net.blocks[0].mlp[0].out_features == 32  # mlp_ratio · width
     assert model(torch.randn(2, 4, 16, 16), torch.tensor([1.0, 10.0])).shape == (2, 4, 16, 16)
     assert isinstance(build_network("dit", **spec["fields"]), DiT)
 

@@ -34,6 +34,8 @@ class ModelConfig:
     depth: int = 6                         # DiT only: transformer blocks
     width: int = 192                       # DiT only: token width
     heads: int = 6                         # DiT only: attention heads
+    mlp_ratio: float = 4.0                 # DiT only: MLP hidden width = mlp_ratio · width
+    pos_embed: str = "sincos"              # DiT only: position embedding, sincos (fixed 2-D) | learned
 
 
 @dataclass(frozen=True)
@@ -272,10 +274,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     return config_from_dict(data)
 
 
+_SHORTHANDS = {"model": ("model", "kind")}
+
+
 def _resolve_key(key: str) -> tuple[str, str]:
     if not isinstance(key, str):
         raise KuosanError(f"an option name must be a string, got {key!r}")
     key = key.lstrip("-").replace("-", "_")
+    if key in _SHORTHANDS:  # --model dit means --model.kind dit
+        return _SHORTHANDS[key]
     if "." in key:
         section, name = key.split(".", 1)
         if section in _SECTION_CLASSES and name in {f.name for f in dataclasses.fields(_SECTION_CLASSES[section])}:
@@ -422,6 +429,9 @@ def validate(cfg: Config) -> None:
     _whole_numbers(m.attn_resolutions, "model.attn_resolutions", 1, 1024)
     if not 0 <= m.dropout < 1:
         raise KuosanError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    if not 0 < m.mlp_ratio <= 64:
+        raise KuosanError(f"model.mlp_ratio must be in (0, 64], got {m.mlp_ratio}")
+    _one_of(m.pos_embed, {"sincos", "learned"}, "model.pos_embed")
     if m.kind == "dit" and m.width % m.heads:
         raise KuosanError(f"model.width {m.width} must be a multiple of model.heads {m.heads}")
 
