@@ -19,10 +19,18 @@ own arithmetic is timed apart, by running the same loop on a free denoiser that 
 (best of three), and reported as a fraction of the network time of the real run; the in-run remainder
 ``wall − network`` is kept too, but on a shared machine it also holds the scheduler's noise.
 
+Quality: for the samplers in ``--fd-samplers`` on the ``--fd-schedule`` grid, and for diffusers' two schedulers,
+``--fd-n`` images (seeds 0..n-1, classes cycled, the same noise for every sampler) are generated at each NFE and
+compared with the test split through the data set's classifier features (``fmnist-cnn`` / ``mnist-cnn``):
+Fréchet distance and conditional accuracy, beside the floor (the same number of real training images against
+the same reference). A model whose data set has no classifier gets no quality column.
+
 Writes ``benchmarks/results/samplers.json`` and ``benchmarks/results/samplers.png`` (log-log error
-against NFE) and prints a table. Without ``--checkpoint`` a model is trained with
-``kuosan.training.loop.train`` on ``digits`` (the ``digits-tiny`` preset with ``--diffusion.precond eps``)
-into ``--work`` and reused by later runs.
+against NFE, and FD against NFE) and prints tables. Without ``--checkpoint`` an ε-prediction model is trained
+with ``kuosan.training.loop.train`` from the ``demo`` preset (``--diffusion.precond eps``) on Fashion-MNIST
+(``--preset digits-tiny`` for a seconds-long stand-in on scikit-learn's digits) into ``--work`` and reused by
+later runs; the same model comes from the command line with
+``kuosan train --config demo --diffusion.precond eps --steps 1500 --ema_decay 0.998 --out DIR``.
 """
 
 from __future__ import annotations
@@ -44,8 +52,8 @@ RESULTS = Path(__file__).parent / "results"
 KUOSAN = [s for s in SAMPLERS if s not in STOCHASTIC and s != "ddim"]  # ddim is euler on the ODE
 
 
-def train_tiny(work: Path, steps: int) -> Path:
-    """A small ε-prediction model on scikit-learn's digits (8×8), trained once and kept in ``work``."""
+def train_model(work: Path, steps: int, preset: str) -> Path:
+    """An ε-prediction model from ``preset``, trained once and kept in ``work``."""
     from kuosan.config import load_config, resolve_config_path
     from kuosan.training.checkpoint import list_checkpoints
     from kuosan.training.loop import train
@@ -54,9 +62,10 @@ def train_tiny(work: Path, steps: int) -> Path:
         print(f"using the model already trained in {work}")
         return work
     overrides = {"diffusion.precond": "eps", "train.steps": steps, "train.out": str(work), "train.log_every": 100,
-                 "train.sample_every": 0, "train.checkpoint_every": 0, "train.device": "cpu"}
-    cfg = load_config(None, overrides, base=resolve_config_path("digits-tiny"))
-    print(f"training a tiny ε-model on digits for {steps} steps into {work} ...")
+                 "train.sample_every": 0, "train.checkpoint_every": 0, "train.device": "cpu",
+                 "train.ema_decay": 0.998}
+    cfg = load_config(None, overrides, base=resolve_config_path(preset))
+    print(f"training an ε-model ({preset} preset, {cfg.train.data}) for {steps} steps into {work} ...")
     train(cfg, progress=False)
     return work
 
@@ -143,13 +152,18 @@ def diffusers_schedulers(vp: DiscreteVP):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, help="a kuosan checkpoint (default: train a tiny one)")
-    parser.add_argument("--work", default="runs/bench/samplers-digits-eps", help="where the tiny model lives")
-    parser.add_argument("--train-steps", type=int, default=400)
+    parser.add_argument("--preset", default="demo", help="preset of the model trained without --checkpoint")
+    parser.add_argument("--work", default=None, help="where that model lives (default runs/bench/samplers-PRESET-eps)")
+    parser.add_argument("--train-steps", type=int, default=1500)
     parser.add_argument("--n", type=int, default=64, help="images (seeds 0..n-1)")
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50])
     parser.add_argument("--reference-steps", type=int, default=1000)
     parser.add_argument("--schedules", nargs="+", default=["karras", "log-snr", "vp-trailing"],
                         help="kuosan's σ grids (default karras log-snr vp-trailing)")
+    parser.add_argument("--fd-n", type=int, default=500, help="images per sampler and NFE for FD (0: no FD)")
+    parser.add_argument("--fd-samplers", nargs="+", default=["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"])
+    parser.add_argument("--fd-schedule", default=None, help="their σ grid (default vp-trailing, else karras)")
+    parser.add_argument("--fd-batch", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS / "samplers.json"))
     args = parser.parse_args(argv)
@@ -159,7 +173,8 @@ def main(argv=None):
     from kuosan.diffusion.precond import EpsPrecond
     from kuosan.sampling import sigmas_for
 
-    ckpt = args.checkpoint or train_tiny(Path(args.work), args.train_steps)
+    work = Path(args.work or f"runs/bench/samplers-{args.preset}-eps")
+    ckpt = args.checkpoint or train_model(work, args.train_steps, args.preset)
     pipe = kuosan.load(ckpt, device="cpu")
     precond = pipe.precond
     shape = pipe.image_shape
@@ -219,18 +234,127 @@ def main(argv=None):
                 record(budget, f"{own[label]} on diffusers' grid", "kuosan", "diffusers' timesteps", budget,
                        den.calls, out, wall, den)
 
+        quality = quality_columns(args, pipe, precond, schedules, schedulers) if args.fd_n else None
+
     summary = summarise(results, args.nfe)
+    if quality:
+        summary.update(quality["summary"])
     report = {"checkpoint": str(ckpt), "images": args.n, "shape": list(shape), "nfe": args.nfe,
               "schedules": args.schedules, "reference": {"sampler": "heun", "steps": args.reference_steps,
                                                        "rmse_vs_half_steps": ref_error, "wall_s": ref_wall},
               "threads": args.threads, "platform": platform.platform(), "torch": torch.__version__,
-              "results": results, "summary": summary}
+              "results": results, "quality": quality, "summary": summary}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    png = plot(results, out.with_suffix(".png"))
+    png = plot(results, out.with_suffix(".png"), quality)
     print_table(results, args.nfe, summary)
+    if quality:
+        print_quality(quality, args.nfe)
     print(f"wrote {out} and {png}")
+
+
+def quality_columns(args, pipe, precond, schedules, schedulers):
+    """FD and conditional accuracy of ``--fd-n`` images per (sampler, NFE) against the test split."""
+    import numpy as np
+
+    from kuosan.evaluation.classifier import classifier_for_dataset
+    from kuosan.evaluation.diversity import conditional_accuracy
+    from kuosan.evaluation.features import get_extractor
+    from kuosan.evaluation.metrics import frechet_distance
+    from kuosan.evaluation.reference import FeatureSet, reference_features
+    from kuosan.images import to_uint8_nhwc
+
+    data = pipe.dataset.split(":")[0]
+    name = classifier_for_dataset(data)
+    if not name:
+        print(f"no classifier features for {data!r}: no Fréchet distance column")
+        return None
+    ext = get_extractor(name)
+    c, r, _ = pipe.image_shape
+    ref, _ = reference_features(f"{data}:test", ext, resolution=r, channels=c, log=print)
+    real, _ = reference_features(f"{data}:train", ext, resolution=r, channels=c, max_images=args.fd_n, log=print)
+    floor = frechet_distance(real.mu, real.sigma, ref.mu, ref.sigma)
+    n = args.fd_n
+    seeds = list(range(n))
+    noise = randn((n, *pipe.image_shape), generators_for_seeds(seeds)) * precond.sigma_max
+    labels = torch.tensor([s % pipe.num_classes for s in seeds]) if pipe.num_classes else None
+    grid = args.fd_schedule or ("vp-trailing" if "vp-trailing" in schedules else "karras")
+    print(f"quality: {n} images per sampler and NFE, {name} features, FD floor (real train vs test) {floor:.3f}")
+
+    def score(make_images):
+        t0 = time.perf_counter()
+        chunks = []
+        for i in range(0, n, args.fd_batch):
+            sl = slice(i, i + args.fd_batch)
+            chunks.append(make_images(noise[sl], None if labels is None else labels[sl]))
+        seconds = time.perf_counter() - t0
+        images = np.concatenate([to_uint8_nhwc(x) for x in chunks]).transpose(0, 3, 1, 2)
+        feats, probs = ext.run(images)
+        fs = FeatureSet.from_features(name, feats, probs)
+        row = {"fd": frechet_distance(fs.mu, fs.sigma, ref.mu, ref.sigma), "seconds": seconds}
+        if probs is not None and labels is not None:
+            row["conditional_accuracy"] = float(conditional_accuracy(probs, labels.numpy()))
+        return row
+
+    rows = []
+    from kuosan.sampling import sigmas_for
+
+    for sampler in args.fd_samplers:
+        for budget in args.nfe:
+            steps = steps_for(sampler, budget)
+            if grid == "vp-trailing":
+                sigmas = sigmas_for(precond, "vp-" + precond.schedule.beta_schedule, steps, spacing="trailing")
+            else:
+                sigmas = sigmas_for(precond, grid, steps)
+            row = score(lambda x, y: SAMPLERS[sampler](precond, x.clone(), sigmas.float(),
+                                                       extra_args={} if y is None else {"class_labels": y}))
+            rows.append({"label": f"{sampler} [{grid}]", "impl": "kuosan", "budget": budget, "steps": steps,
+                         "nfe": nfe(sampler, steps), **row})
+            print(f"  {rows[-1]['label']:<36} NFE {rows[-1]['nfe']:>3}  FD {row['fd']:.3f}  "
+                  f"cond. acc. {row.get('conditional_accuracy', float('nan')):.3f}  {row['seconds']:.0f} s")
+    for label, make in schedulers.items():
+        for budget in args.nfe:
+            def diffusers_images(x, y, budget=budget, make=make):
+                out, _, _ = run_diffusers(make(), precond.net, x, precond.sigma_max, y, budget)
+                return out
+            row = score(diffusers_images)
+            rows.append({"label": label, "impl": "diffusers", "budget": budget, "steps": budget, "nfe": budget, **row})
+            print(f"  {label:<36} NFE {budget:>3}  FD {row['fd']:.3f}  "
+                  f"cond. acc. {row.get('conditional_accuracy', float('nan')):.3f}  {row['seconds']:.0f} s")
+
+    summary = {}
+    for budget in args.nfe:
+        ours = min((q for q in rows if q["impl"] == "kuosan" and q["budget"] == budget), key=lambda q: q["fd"],
+                   default=None)
+        theirs = [q for q in rows if q["label"] == "diffusers DPMSolverMultistep" and q["budget"] == budget]
+        entry = {"best_kuosan_fd": ours["label"], "best_kuosan_fd_value": ours["fd"]} if ours else {}
+        if theirs:
+            entry["diffusers_dpmpp_fd"] = theirs[0]["fd"]
+        summary[f"fd_nfe_{budget}"] = entry
+    real_acc = None
+    if real.probs is not None and real.labels is not None:
+        real_acc = float((real.probs.argmax(1) == real.labels).mean())
+    return {"extractor": name, "images": n, "schedule": grid, "reference": f"{data}:test ({ref.count} images)",
+            "floor_fd": floor, "real_train_accuracy": real_acc, "rows": rows, "summary": summary}
+
+
+def print_quality(quality, budgets):
+    cell = {(q["label"], q["budget"]): q for q in quality["rows"]}
+    names = list(dict.fromkeys(q["label"] for q in quality["rows"]))
+    head = f"{'sampler [σ grid]':<36}" + "".join(f"{'NFE ' + str(b):>14}" for b in budgets)
+    print(f"\nFréchet distance ({quality['extractor']} features, {quality['images']} images vs "
+          f"{quality['reference']}; floor {quality['floor_fd']:.3f}) / conditional accuracy")
+    print(head)
+    print("-" * len(head))
+    for name in names:
+        cells = ""
+        for b in budgets:
+            q = cell.get((name, b))
+            cells += f"{q['fd']:>8.3f} {q.get('conditional_accuracy', float('nan')):>5.2f}" if q else f"{'-':>14}"
+        print(f"{name:<36}{cells}")
+    if quality.get("real_train_accuracy") is not None:
+        print(f"real training images: conditional accuracy {quality['real_train_accuracy']:.3f}")
 
 
 def summarise(results, budgets):
@@ -270,15 +394,24 @@ def print_table(results, budgets, summary):
         print(f"  {k}: {v}")
 
 
-def plot(results, png: Path) -> Path:
-    """One log-log panel per kuosan σ grid, with diffusers' schedulers drawn dashed in each."""
+def _colour(label: str) -> str:
+    """One colour per sampler in every panel; diffusers' schedulers in black (DPM-Solver++) and grey."""
+    if label.startswith("diffusers"):
+        return "black" if "DPM" in label else "gray"
+    name = label.split(" [")[0]
+    return f"C{KUOSAN.index(name) % 10}" if name in KUOSAN else "C9"
+
+
+def plot(results, png: Path, quality=None) -> Path:
+    """One log-log panel per kuosan σ grid, with diffusers' schedulers drawn dashed in each; FD last."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     grids = list(dict.fromkeys(r["schedule"] for r in results if r["impl"] == "kuosan" and "grid" not in r["sampler"]))
-    fig, axes = plt.subplots(1, len(grids), figsize=(5 * len(grids), 4.5), sharey=True, squeeze=False)
+    panels = len(grids) + bool(quality)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.5), squeeze=False)
     for ax, grid in zip(axes[0], grids):
         lines = [r["label"] for r in results if r["schedule"] == grid and r["impl"] == "kuosan"]
         lines += [r["label"] for r in results if r["impl"] == "diffusers"]
@@ -286,13 +419,24 @@ def plot(results, png: Path) -> Path:
             rows = sorted((r for r in results if r["label"] == label), key=lambda r: r["budget"])
             diff = rows[0]["impl"] == "diffusers"
             ax.loglog([r["nfe"] for r in rows], [r["rmse"] for r in rows], "--" if diff else "-", marker="o", ms=3,
-                      color="black" if "DPM" in label else "gray" if diff else None,
-                      label=label.replace(f" [{grid}]", ""))
+                      color=_colour(label), label=label.replace(f" [{grid}]", ""))
         ax.set_title(f"kuosan on the {grid} grid")
         ax.set_xlabel("network evaluations (NFE)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("RMSE to the converged ODE solution")
+    if quality:
+        ax = axes[0][-1]
+        for label in dict.fromkeys(q["label"] for q in quality["rows"]):
+            rows = sorted((q for q in quality["rows"] if q["label"] == label), key=lambda q: q["budget"])
+            diff = rows[0]["impl"] == "diffusers"
+            ax.loglog([q["nfe"] for q in rows], [q["fd"] for q in rows], "--" if diff else "-", marker="o", ms=3,
+                      color=_colour(label), label=label)
+        ax.axhline(quality["floor_fd"], color="green", lw=0.8, ls=":", label="real-data floor")
+        ax.set_title(f"Fréchet distance ({quality['extractor']}, {quality['images']} images)")
+        ax.set_xlabel("network evaluations (NFE)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
