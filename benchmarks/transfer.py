@@ -2,6 +2,12 @@
 
     .venv/bin/python benchmarks/transfer.py                                   # the default budget
     .venv/bin/python benchmarks/transfer.py --pretrain-steps 60 --steps 30 --n 100   # a smoke run
+    .venv/bin/python benchmarks/transfer.py --pretrained runs/fm                 # start from a trained run
+
+With ``--pretrained DIR`` (any kuosan run or checkpoint trained on Fashion-MNIST, e.g. ``kuosan train --config
+demo --out runs/fm``) the pretraining is skipped and every arm is built like that model (its network and
+parameterisation); otherwise a model of the ``fashion-mnist`` preset's parameterisation with the demo's widths is
+pretrained here for ``--pretrain-steps``.
 
 Arms, each trained for ``--steps`` optimiser steps on ``mnist`` (4,500 digits) with the same batches:
     scratch    a new network (lr, warm-up as a from-scratch run)
@@ -102,6 +108,11 @@ class Evaluator:
             ref = load_dataset("mnist", "test", max_images=n_ref)
             self.ref_features = self.extractor(ref.images)
 
+    def floor(self, n: int) -> dict:
+        """The same metrics for ``n`` real training digits: what a perfect model would score."""
+        real = load_dataset("mnist", "train", max_images=n)
+        return {"images": len(real), **self(real.images, real.labels)}
+
     def __call__(self, images_uint8_nchw, labels) -> dict:
         out = {"frechet_distance": None, "feature_extractor": None, "conditional_accuracy": None}
         if self.extractor is not None:
@@ -134,6 +145,7 @@ def stored_bytes(model, arm, tmp: Path, base_sha=None) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pretrained", default=None, help="a kuosan run/checkpoint on Fashion-MNIST (skips pretraining)")
     ap.add_argument("--pretrain-steps", type=int, default=3000)
     ap.add_argument("--steps", type=int, default=500, help="adaptation steps, the same for every arm")
     ap.add_argument("--batch", type=int, default=64)
@@ -155,8 +167,16 @@ def main() -> None:
     overrides = {"model.base_channels": args.base_channels, "model.channel_mults": "1,2,2", "model.num_blocks": 1,
                  "model.attn_resolutions": "7", "model.dropout": 0.0}
     cfg = load_config(None, overrides, base=resolve_config_path("fashion-mnist"))
-    spec = network_spec(cfg, channels=1, resolution=28, num_classes=10)
-    fashion = load_dataset("fashion-mnist", "train", max_images=args.max_train_images)
+    spec, diffusion = network_spec(cfg, channels=1, resolution=28, num_classes=10), cfg.diffusion
+    if args.pretrained:
+        from kuosan.finetune import read_parent
+
+        parent_config = read_parent(args.pretrained)["config"]
+        if parent_config.get("data", {}).get("spec", "").split(":")[0] != "fashion-mnist":
+            raise SystemExit(f"--pretrained {args.pretrained}: trained on {parent_config.get('data')}, "
+                             "not fashion-mnist")
+        spec, diffusion = parent_config["network"], parent_config["diffusion"]
+    fashion = None if args.pretrained else load_dataset("fashion-mnist", "train", max_images=args.max_train_images)
     mnist = load_dataset("mnist", "train")
     evaluate = Evaluator(n_ref=500)
     results = {"benchmark": "transfer", "machine": {"platform": platform.platform(), "torch": torch.__version__,
@@ -165,25 +185,35 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        # --- pretrain on Fashion-MNIST and save it as a kuosan checkpoint -------------------------
-        torch.manual_seed(0)
-        model = build_model(spec, cfg.diffusion)
-        ema, stats = fit(model, fashion, steps=args.pretrain_steps, batch=args.batch, lr=args.lr,
-                         warmup=min(200, args.pretrain_steps // 5), seed=0)
-        config = {"format": "kuosan-checkpoint", "version": 1, "network": spec, **config_to_dict(cfg),
-                  "data": {"spec": "fashion-mnist", "class_names": fashion.class_names, "resolution": 28,
-                           "channels": 1, "num_classes": 10}}
-        parent = save_checkpoint(tmp / "pretrained", args.pretrain_steps, config=config,
-                                 model=model.state_dict(), ema=ema.state_dict())
-        results["pretrain"] = {"data": fashion.name, "images": len(fashion), "steps": args.pretrain_steps,
-                               **stats, "parameters": sum(p.numel() for p in model.parameters())}
-        print(f"pretrained {args.pretrain_steps} steps in {stats['seconds']:.0f} s (loss {stats['final_loss']:.4f})")
+        # --- pretrain on Fashion-MNIST and save it as a kuosan checkpoint (or take the one given) -------
+        if args.pretrained:
+            parent = args.pretrained
+            model = build_model(spec, diffusion)
+            info = init_from(model, parent, num_classes=10)
+            results["pretrain"] = {"data": "fashion-mnist", "checkpoint": info["path"], "steps": info["step"],
+                                   "parameters": sum(p.numel() for p in model.parameters()),
+                                   "precond": diffusion["precond"]}
+            print(f"pretrained model: {info['path']} (step {info['step']}, {diffusion['precond']})")
+        else:
+            torch.manual_seed(0)
+            model = build_model(spec, diffusion)
+            ema, stats = fit(model, fashion, steps=args.pretrain_steps, batch=args.batch, lr=args.lr,
+                             warmup=min(200, args.pretrain_steps // 5), seed=0)
+            config = {"format": "kuosan-checkpoint", "version": 1, "network": spec, **config_to_dict(cfg),
+                      "data": {"spec": "fashion-mnist", "class_names": fashion.class_names, "resolution": 28,
+                               "channels": 1, "num_classes": 10}}
+            parent = save_checkpoint(tmp / "pretrained", args.pretrain_steps, config=config,
+                                     model=model.state_dict(), ema=ema.state_dict())
+            results["pretrain"] = {"data": fashion.name, "images": len(fashion), "steps": args.pretrain_steps,
+                                   **stats, "parameters": sum(p.numel() for p in model.parameters())}
+            print(f"pretrained {args.pretrain_steps} steps in {stats['seconds']:.0f} s "
+                  f"(loss {stats['final_loss']:.4f})")
 
         # --- three ways to MNIST, same steps and batches -------------------------------------------
         arms = {}
         for arm in ("scratch", "finetune", "lora"):
             torch.manual_seed(1)
-            model = build_model(spec, cfg.diffusion)
+            model = build_model(spec, diffusion)
             lr, warmup, base_sha = args.lr, min(200, args.steps // 5), None
             if arm != "scratch":
                 info = init_from(model, parent, num_classes=10)
@@ -203,6 +233,7 @@ def main() -> None:
                          "eval_seconds": time.perf_counter() - t0}
             print(f"{arm}: {stats['seconds']:.0f} s, loss {stats['final_loss']:.4f}, FD {metrics['frechet_distance']}")
         results["arms"] = arms
+    results["floor"] = evaluate.floor(args.n)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -214,6 +245,9 @@ def main() -> None:
         print(f"{arm:<9} {fmt(r['frechet_distance'], '9.2f')} {fmt(r['conditional_accuracy'], '8.3f')} "
               f"{r['trainable_parameters']:>10,} {r['stored_bytes'] / 1e6:>7.2f}MB {r['seconds']:>8.1f} "
               f"{r['cpu_seconds']:>7.1f} {r['final_loss']:>7.4f}")
+    floor = results["floor"]
+    print(f"{'real':<9} {fmt(floor['frechet_distance'], '9.2f')} {fmt(floor['conditional_accuracy'], '8.3f')}"
+          f"   ({floor['images']} training digits against the same test digits: the floor)")
     for note in results["notes"]:
         print(f"note: {note}")
     print(f"-> {out}")
