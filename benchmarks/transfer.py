@@ -111,7 +111,9 @@ class Evaluator:
     def floor(self, n: int) -> dict:
         """The same metrics for ``n`` real training digits: what a perfect model would score."""
         real = load_dataset("mnist", "train", max_images=n)
-        return {"images": len(real), **self(real.images, real.labels)}
+        return {"images": len(real), **self(real.images, real.labels),
+                "note": f"{len(real)} MNIST training digits (the classifier's own training images: accuracy 1.0; "
+                        "98.2% on test)"}
 
     def __call__(self, images_uint8_nchw, labels) -> dict:
         out = {"frechet_distance": None, "feature_extractor": None, "conditional_accuracy": None}
@@ -190,7 +192,7 @@ def main() -> None:
             parent = args.pretrained
             model = build_model(spec, diffusion)
             info = init_from(model, parent, num_classes=10)
-            results["pretrain"] = {"data": "fashion-mnist", "checkpoint": info["path"], "steps": info["step"],
+            results["pretrain"] = {"data": "fashion-mnist", "checkpoint": str(parent), "steps": info["step"],
                                    "parameters": sum(p.numel() for p in model.parameters()),
                                    "precond": diffusion["precond"]}
             print(f"pretrained model: {info['path']} (step {info['step']}, {diffusion['precond']})")
