@@ -125,16 +125,19 @@ def sample_checkpoint(args, device, out_dir, log, ctx=None):
 
 def run(args) -> int:
     """Run an evaluation from parsed arguments; prints the table and returns the exit status."""
+    import torch
+
     from kuosan.evaluation.reference import check_reference_exists
     from kuosan.evaluation.render import format_table
     from kuosan.evaluation.report import DEFAULT_REFERENCE, dataset_of, evaluate
-
-    import torch
+    from kuosan.training.distributed import init_distributed
 
     def log(msg):
         print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
 
-    device = _device(args.device)
+    # Under torchrun the processes split the sampling of a checkpoint; rank 0 alone evaluates and writes.
+    ctx = init_distributed(torch.device(_device(args.device)))
+    device = str(ctx.device)
     out_dir = Path(args.out)
     if args.max_real < 2:
         raise KuosanError(f"--max-real must be at least 2, got {args.max_real}")
@@ -143,19 +146,17 @@ def run(args) -> int:
     if args.images is not None:
         if not Path(args.images).exists():
             raise KuosanError(f"--images {args.images!r} not found; pass a folder of images or a .npz file")
+        if not ctx.is_main:
+            return 0  # nothing to sample: rank 0 evaluates
         reference = reference or DEFAULT_REFERENCE
         check_reference_exists(reference)
         generated = args.images
     else:
         if args.n < 2 and not args.seeds:
             raise KuosanError(f"--n must be at least 2 to compare image sets, got {args.n}")
-        from kuosan.training.distributed import init_distributed
-
-        ctx = init_distributed(torch.device(device))  # under torchrun: the seeds are split over the processes
-        device = str(ctx.device)
         generated, speed, pipe = sample_checkpoint(args, device, out_dir, log, ctx)
         if not ctx.is_main:
-            return 0  # rank 0 evaluates and writes the report
+            return 0
         if reference is None:
             trained_on = getattr(pipe, "dataset", None)
             reference = f"{dataset_of(trained_on)}:test" if dataset_of(trained_on) else trained_on or DEFAULT_REFERENCE
