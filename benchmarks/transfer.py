@@ -12,7 +12,8 @@ pretrained here for ``--pretrain-steps``.
 Arms, each trained for ``--steps`` optimiser steps on ``mnist`` (4,500 digits) with the same batches:
     scratch    a new network (lr, warm-up as a from-scratch run)
     finetune   every weight from the Fashion-MNIST model (kuosan.finetune.init_from; lr ÷ 10, warm-up 50)
-    lora       the Fashion-MNIST model frozen, LoRA adapters on attention and residual convolutions trained
+    lora       the Fashion-MNIST model frozen, LoRA adapters on attention and residual convolutions trained, and
+               the class embedding (MNIST's classes are new)
 Reported per arm: Fréchet distance of samples to the MNIST test digits (features of the shipped mnist-cnn
 classifier when its weights exist, else EfficientNet-Lite0; n/a without kuosan.evaluation), conditional
 accuracy (mnist-cnn, n/a without it), trainable parameters, the size of what must be stored (full model vs
@@ -45,6 +46,7 @@ from kuosan.training.ema import EMA
 from kuosan.training.loop import batch_indices
 
 RESULTS = Path(__file__).parent / "results"
+CLASS_EMBEDDING = "class_emb.weight"
 
 
 def fit(precond, data, *, steps, batch, lr, warmup, seed, label_dropout=0.1, ema_decay=0.999):
@@ -136,7 +138,9 @@ def sample_uint8(model, n, steps):
 def stored_bytes(model, arm, tmp: Path, base_sha=None) -> int:
     """Bytes of what an arm must store to be used: the full weights, or the adapter file (+ its JSON)."""
     if arm == "lora":
-        path = save_adapter(model, tmp / f"{arm}-adapter", base_sha256=base_sha, targets="attn,conv")
+        extras = {n: q for n, q in model.named_parameters() if n.endswith(CLASS_EMBEDDING)}
+        path = save_adapter(model, tmp / f"{arm}-adapter", base_sha256=base_sha, targets="attn,conv",
+                            extra_tensors=extras)
         return path.stat().st_size + path.with_suffix(".json").stat().st_size
     from safetensors.torch import save_file
 
@@ -224,7 +228,8 @@ def main() -> None:
                 base_sha = info["weights_sha256"]
                 assert base_sha == weights_checksum(model)
                 add_lora(model, args.lora_rank, targets="attn,conv")
-                mark_only_lora_trainable(model)
+                # MNIST's classes are not Fashion-MNIST's: the class embedding trains too, as in kuosan train
+                mark_only_lora_trainable(model, also=[f"*{CLASS_EMBEDDING}"])
                 lr = args.lora_lr
             ema, stats = fit(model, mnist, steps=args.steps, batch=args.batch, lr=lr, warmup=warmup, seed=1)
             t0 = time.perf_counter()

@@ -168,6 +168,20 @@ def test_transfer_hook_with_lora_writes_an_adapter_that_loads_only_on_its_base(t
         load_adapter(other, path)
 
 
+@pytest.mark.parametrize("data,trains_classes", [("digits", False), ("digits:test", False), ("mnist", True)])
+def test_lora_trains_the_class_embedding_when_the_data_set_changes(tmp_path, data, trains_classes):
+    """Same class count, other data set: the classes mean something else, so their embedding trains too."""
+    run, _ = _save_parent(tmp_path, 3)
+    child, spec = _model(_cfg(), 3, seed=1)
+    t = SimpleNamespace(init_from=str(run), lora_rank=2, lora_alpha=None, lora_targets="attn,conv", freeze=None,
+                        out=str(tmp_path / "lora-run"), data=data)
+    child, spec, extra = prepare_transfer(child, spec, SimpleNamespace(train=t), num_classes=3, log=lambda *a: None)
+    trainable = {n for n, p in child.named_parameters() if p.requires_grad}
+    assert any(n.endswith("class_emb.weight") for n in trainable) == trains_classes
+    assert bool(extra["lora"]["trains"]) == trains_classes
+    assert all(".lora." in n or n.endswith("class_emb.weight") for n in trainable)
+
+
 @pytest.mark.skipif(not HAS_CONFIG, reason="needs the config.py / loop.py / cli.py / model.py transfer patches")
 def test_command_line_fine_tune_lora_merge_and_resume(tmp_path):
     import kuosan

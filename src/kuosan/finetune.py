@@ -337,12 +337,19 @@ def _saved_run_config(out) -> dict:
         return {}
 
 
+def _other_dataset(parent: str | None, child: str | None) -> bool:
+    """Whether two data set specs name different sets (splits aside); unknown counts as the same."""
+    if not parent or not child:
+        return False
+    return str(parent).split(":")[0] != str(child).split(":")[0]
+
+
 def prepare_transfer(precond, spec: dict, cfg, *, num_classes: int, resume: bool = False, device=None,
                      log=print):
     """Apply ``cfg.train``'s transfer settings to a freshly built model: ``init_from`` (weights, or a
-    diffusers model that replaces ``precond`` and ``spec``), ``lora_rank`` (adapters; only they train,
-    plus the class embedding when classes were added), ``freeze``. On ``resume`` nothing is loaded
-    (the checkpoint will be) but the structure is rebuilt the same way. Returns
+    diffusers model that replaces ``precond`` and ``spec``), ``lora_rank`` (adapters; only they train, plus
+    the class embedding when the classes are new: another count or another data set), ``freeze``. On
+    ``resume`` nothing is loaded (the checkpoint will be) but the structure is rebuilt the same way. Returns
     ``(precond, spec, extra)``; ``extra`` ({"parent", "lora"}) belongs in the run's config.json."""
     t = cfg.train
     extra, info, saved = {}, None, _saved_run_config(t.out) if resume else {}
@@ -370,8 +377,11 @@ def prepare_transfer(precond, spec: dict, cfg, *, num_classes: int, resume: bool
         alpha = getattr(t, "lora_alpha", None)
         targets = getattr(t, "lora_targets", None) or "attn,conv"
         layers = add_lora(precond, rank, alpha, targets)
-        classes_changed = num_classes > 0 and (info is None or info.get("num_classes") != num_classes)
-        also = ["*class_emb.weight", "*class_embedding.weight"] if classes_changed else []
+        # The class embedding trains beside the adapters when the classes are new or mean something else:
+        # another count, or another data set (Fashion-MNIST's class 3 is a dress, MNIST's is a three).
+        new_classes = (info is None or info.get("num_classes") != num_classes
+                       or _other_dataset(info.get("data"), getattr(t, "data", None)))
+        also = ["*class_emb.weight", "*class_embedding.weight"] if num_classes > 0 and new_classes else []
         also = [pat for pat in also if any(fnmatchcase(_short(n), pat) for n, _ in precond.named_parameters())]
         mark_only_lora_trainable(precond, also)
         extra["lora"] = {"name": "default", "rank": rank, "alpha": float(rank if alpha is None else alpha),
