@@ -164,6 +164,9 @@ def main(argv=None):
     parser.add_argument("--fd-samplers", nargs="+", default=["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"])
     parser.add_argument("--fd-schedule", default=None, help="their σ grid (default vp-trailing, else karras)")
     parser.add_argument("--fd-batch", type=int, default=100)
+    parser.add_argument("--fd-thresholds", nargs="*", default=["clip", "0.995"],
+                        help="also score --threshold-sampler with these thresholds of the denoised image")
+    parser.add_argument("--threshold-sampler", default="dpmpp_2m")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS / "samplers.json"))
     args = parser.parse_args(argv)
@@ -258,6 +261,7 @@ def quality_columns(args, pipe, precond, schedules, schedulers):
     """FD and conditional accuracy of ``--fd-n`` images per (sampler, NFE) against the test split."""
     import numpy as np
 
+    from kuosan.diffusion.thresholding import threshold_denoiser
     from kuosan.evaluation.classifier import classifier_for_dataset
     from kuosan.evaluation.diversity import conditional_accuracy
     from kuosan.evaluation.features import get_extractor
@@ -300,18 +304,22 @@ def quality_columns(args, pipe, precond, schedules, schedulers):
     rows = []
     from kuosan.sampling import sigmas_for
 
-    for sampler in args.fd_samplers:
+    variants = [(sampler, None) for sampler in args.fd_samplers]
+    variants += [(args.threshold_sampler, t) for t in args.fd_thresholds]  # clipping the denoised image
+    for sampler, threshold in variants:
+        den = threshold_denoiser(precond, threshold)
         for budget in args.nfe:
             steps = steps_for(sampler, budget)
             if grid == "vp-trailing":
                 sigmas = sigmas_for(precond, "vp-" + precond.schedule.beta_schedule, steps, spacing="trailing")
             else:
                 sigmas = sigmas_for(precond, grid, steps)
-            row = score(lambda x, y: SAMPLERS[sampler](precond, x.clone(), sigmas.float(),
+            row = score(lambda x, y: SAMPLERS[sampler](den, x.clone(), sigmas.float(),
                                                        extra_args={} if y is None else {"class_labels": y}))
-            rows.append({"label": f"{sampler} [{grid}]", "impl": "kuosan", "budget": budget, "steps": steps,
-                         "nfe": nfe(sampler, steps), **row})
-            print(f"  {rows[-1]['label']:<36} NFE {rows[-1]['nfe']:>3}  FD {row['fd']:.3f}  "
+            suffix = "" if threshold is None else f" +threshold {threshold}"
+            rows.append({"label": f"{sampler} [{grid}]{suffix}", "impl": "kuosan", "budget": budget, "steps": steps,
+                         "nfe": nfe(sampler, steps), "threshold": threshold, **row})
+            print(f"  {rows[-1]['label']:<42} NFE {rows[-1]['nfe']:>3}  FD {row['fd']:.3f}  "
                   f"cond. acc. {row.get('conditional_accuracy', float('nan')):.3f}  {row['seconds']:.0f} s")
     for label, make in schedulers.items():
         for budget in args.nfe:
@@ -325,8 +333,8 @@ def quality_columns(args, pipe, precond, schedules, schedulers):
 
     summary = {}
     for budget in args.nfe:
-        ours = min((q for q in rows if q["impl"] == "kuosan" and q["budget"] == budget), key=lambda q: q["fd"],
-                   default=None)
+        ours = min((q for q in rows if q["impl"] == "kuosan" and q["budget"] == budget and q.get("threshold") is None),
+                   key=lambda q: q["fd"], default=None)  # like for like: diffusers' rows do not clip
         theirs = [q for q in rows if q["label"] == "diffusers DPMSolverMultistep" and q["budget"] == budget]
         entry = {"best_kuosan_fd": ours["label"], "best_kuosan_fd_value": ours["fd"]} if ours else {}
         if theirs:
@@ -342,7 +350,7 @@ def quality_columns(args, pipe, precond, schedules, schedulers):
 def print_quality(quality, budgets):
     cell = {(q["label"], q["budget"]): q for q in quality["rows"]}
     names = list(dict.fromkeys(q["label"] for q in quality["rows"]))
-    head = f"{'sampler [σ grid]':<36}" + "".join(f"{'NFE ' + str(b):>14}" for b in budgets)
+    head = f"{'sampler [σ grid]':<42}" + "".join(f"{'NFE ' + str(b):>14}" for b in budgets)
     print(f"\nFréchet distance ({quality['extractor']} features, {quality['images']} images vs "
           f"{quality['reference']}; floor {quality['floor_fd']:.3f}) / conditional accuracy")
     print(head)
@@ -352,7 +360,7 @@ def print_quality(quality, budgets):
         for b in budgets:
             q = cell.get((name, b))
             cells += f"{q['fd']:>8.3f} {q.get('conditional_accuracy', float('nan')):>5.2f}" if q else f"{'-':>14}"
-        print(f"{name:<36}{cells}")
+        print(f"{name:<42}{cells}")
     if quality.get("real_train_accuracy") is not None:
         print(f"real training images: conditional accuracy {quality['real_train_accuracy']:.3f}")
 
@@ -430,7 +438,8 @@ def plot(results, png: Path, quality=None) -> Path:
         for label in dict.fromkeys(q["label"] for q in quality["rows"]):
             rows = sorted((q for q in quality["rows"] if q["label"] == label), key=lambda q: q["budget"])
             diff = rows[0]["impl"] == "diffusers"
-            ax.loglog([q["nfe"] for q in rows], [q["fd"] for q in rows], "--" if diff else "-", marker="o", ms=3,
+            style = "--" if diff else ":" if rows[0].get("threshold") else "-"
+            ax.loglog([q["nfe"] for q in rows], [q["fd"] for q in rows], style, marker="o", ms=3,
                       color=_colour(label), label=label)
         ax.axhline(quality["floor_fd"], color="green", lw=0.8, ls=":", label="real-data floor")
         ax.set_title(f"Fréchet distance ({quality['extractor']}, {quality['images']} images)")

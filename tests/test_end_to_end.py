@@ -53,6 +53,17 @@ def test_sample_cli_writes_pngs_grid_and_npz(run_dir, tmp_path):
     Image.open(out / "grid.png").verify()
 
 
+def test_sample_cli_thresholds_the_denoised_image(run_dir, tmp_path):
+    common = ["sample", "--checkpoint", str(run_dir), "--seeds", "0-3", "--sampler", "euler", "--steps", "3",
+              "--guidance", "50"]  # far overshoots [-1, 1]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--threshold", "clip", "--out", str(tmp_path / "clip")]) == 0
+    assert main([*common, "--threshold", "0.9", "--out", str(tmp_path / "dynamic")]) == 0
+    plain, clip, dynamic = (np.load(tmp_path / d / "samples.npz")["images"] for d in ("plain", "clip", "dynamic"))
+    assert plain.shape == clip.shape == dynamic.shape
+    assert not np.array_equal(plain, clip) and not np.array_equal(plain, dynamic) and not np.array_equal(clip, dynamic)
+
+
 def test_images_per_seed_are_independent_of_batch_size(run_dir):
     pipe = kuosan.load(run_dir, device="cpu")
     for sampler in ("heun", "ddpm"):

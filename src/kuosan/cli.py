@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--schedule", default=None, help="karras, exponential, log-snr, vp-linear, ...")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight (1 = none)")
+    p.add_argument("--threshold", default=None, metavar="clip|P",
+                   help="keep the denoised image in [-1, 1]: clip, or dynamic thresholding at quantile P (0.995)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--adapter", action="append", default=[], metavar="PATH[:WEIGHT]",
@@ -145,6 +147,9 @@ def cmd_sample(args) -> int:
         raise KuosanError(f"--n {args.n} is absurdly large (at most 100000 images a command)")
     if args.guidance is not None and not 0 <= args.guidance <= 100:
         raise KuosanError(f"--guidance must be between 0 and 100, got {args.guidance}")
+    from kuosan.diffusion.thresholding import parse_threshold
+
+    parse_threshold(args.threshold)  # a bad value is a one-line error before the model loads
     seeds = parse_seeds(args.seeds) if args.seeds else list(range(args.n or 64))
     if args.n is not None and args.seeds and args.n != len(seeds):
         raise KuosanError(f"--n {args.n} disagrees with --seeds ({len(seeds)} seeds)")
@@ -162,7 +167,7 @@ def cmd_sample(args) -> int:
     with tqdm(total=len(seeds), desc="sample", unit="img", disable=not shown) as bar:
         res = pipe.sample(seeds, args.class_label, sampler=args.sampler, steps=args.steps,
                           guidance=args.guidance, schedule=args.schedule, batch_size=args.batch,
-                          progress=bar.update, distributed=ctx.enabled)
+                          progress=bar.update, distributed=ctx.enabled, threshold=args.threshold)
     if not ctx.is_main:
         return 0  # rank 0 writes the files
     saved = res.save(args.out, grid_cols=8 if len(seeds) >= 8 else None)

@@ -144,11 +144,13 @@ class Pipeline:
     def sample(self, seeds: Sequence[int] | str | int = 16, class_labels=None, *, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None, schedule: str | None = None,
                batch_size: int = 64, sampler_options: dict | None = None, progress=None,
-               distributed: bool = False) -> SampleResult:
+               distributed: bool = False, threshold=None) -> SampleResult:
         """Generate one image per seed. ``seeds`` is a list, a range string ``"0-63"`` or a count;
         ``class_labels`` one class for all (index or name), a list, or None (conditional models then
         cycle through the classes: seed k gets class k mod C). With ``distributed`` every process of
-        the torch.distributed group calls this: each samples its share of the seeds, all get every image."""
+        the torch.distributed group calls this: each samples its share of the seeds, all get every image.
+        ``threshold``: "clip" or a quantile such as 0.995 keeps the denoised image in [-1, 1] (pixel
+        models only; :mod:`kuosan.diffusion.thresholding`)."""
         from kuosan.diffusion.samplers import nfe
         from kuosan.rng import parse_seeds
         from kuosan.sampling import generate
@@ -172,12 +174,18 @@ class Pipeline:
                 labels = [self.class_index(class_labels)] * len(seeds)
         elif class_labels is not None:
             raise KuosanError("this model is unconditional: it takes no class")
+        from kuosan.diffusion.thresholding import parse_threshold
+
+        threshold = parse_threshold(threshold)
+        if threshold is not None and self.autoencoder is not None:
+            raise KuosanError("thresholding keeps pixels in [-1, 1]; this model samples latents, which have "
+                              "another range: drop the threshold")
         sample_fn = generate_distributed if distributed else generate
         t0 = time.perf_counter()
         x = sample_fn(self.precond, shape=self.image_shape, seeds=seeds, class_labels=labels, sampler=sampler,
                      steps=steps, schedule=schedule, rho=s.get("rho", 7.0), guidance=guidance,
                      null_label=self.num_classes or None, batch_size=batch_size,
-                     sampler_options=sampler_options, progress=progress)
+                     sampler_options=sampler_options, threshold=threshold, progress=progress)
         images = self.to_images(x)  # a latent model's samples are decoded here, inside the timing
         seconds = time.perf_counter() - t0
         return SampleResult(images=images, labels=None if labels is None else np.asarray(labels, np.int64),

@@ -9,6 +9,7 @@ import torch
 from kuosan.diffusion.guidance import classifier_free_guidance
 from kuosan.diffusion.samplers import get_sampler
 from kuosan.diffusion.schedules import get_sigmas
+from kuosan.diffusion.thresholding import threshold_denoiser
 from kuosan.errors import KuosanError
 from kuosan.rng import generators_for_seeds, randn
 
@@ -30,11 +31,12 @@ def generate(precond, *, shape: Sequence[int], seeds: Sequence[int], class_label
              sampler: str = "heun", steps: int = 18, schedule: str = "karras", rho: float = 7.0,
              guidance: float = 1.0, null_label: int | None = None, batch_size: int = 64,
              sampler_options: dict | None = None, sigmas: torch.Tensor | None = None,
-             denoiser=None, progress=None) -> torch.Tensor:
+             denoiser=None, threshold=None, progress=None) -> torch.Tensor:
     """Images (float32, CPU, nominally in [-1, 1]) for ``seeds``; image k depends on seed k only.
 
     ``denoiser`` overrides ``precond`` as the callable (e.g. a wrapped one); ``precond`` still
-    supplies the σ range and the device.
+    supplies the σ range and the device. ``threshold``: "clip" or a quantile for dynamic
+    thresholding of the (guided) denoised image, see :mod:`kuosan.diffusion.thresholding`.
     """
     fn = get_sampler(sampler)
     device = next(precond.parameters()).device
@@ -46,6 +48,7 @@ def generate(precond, *, shape: Sequence[int], seeds: Sequence[int], class_label
         if null_label is None:
             raise KuosanError("guidance needs a class-conditional model")
         den = classifier_free_guidance(den, guidance, null_label)
+    den = threshold_denoiser(den, threshold)  # after guidance: it is what over-saturates
     out = []
     for start in range(0, len(seeds), batch_size):
         batch_seeds = list(seeds[start:start + batch_size])

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser):
     g.add_argument("--sampler", default="heun", help="sampler name (default heun)")
     g.add_argument("--steps", type=int, default=18, help="sampling steps (default 18)")
     g.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
+    g.add_argument("--threshold", default=None, metavar="clip|P",
+                   help="keep the denoised image in [-1, 1]: clip, or dynamic thresholding at quantile P")
     g.add_argument("--batch", type=int, default=64, help="sampling batch size (default 64)")
     e = parser.add_argument_group("evaluation")
     e.add_argument("--reference", metavar="SPEC", default=None,
@@ -105,7 +107,8 @@ def sample_checkpoint(args, device, out_dir, log, ctx=None):
         log(f"sampling {len(seeds)} images ({args.sampler}, {args.steps} steps) on {where}")
     with measure(device) as m:
         out = pipe.sample(seeds=seeds, class_labels=labels, sampler=args.sampler, steps=args.steps,
-                          guidance=args.guidance, batch_size=args.batch, **spread)
+                          guidance=args.guidance, batch_size=args.batch, **spread,
+                          **({"threshold": args.threshold} if args.threshold else {}))
     what = f"sampling ({args.sampler}, {args.steps} steps, guidance {args.guidance}" + (
         f", {ctx.world} processes)" if spread else ")")
     if spread and not ctx.is_main:
