@@ -135,11 +135,11 @@ def sample_uint8(model, n, steps):
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), labels
 
 
-def stored_bytes(model, arm, tmp: Path, base_sha=None) -> int:
+def stored_bytes(model, arm, tmp: Path, base_sha=None, targets="attn,conv") -> int:
     """Bytes of what an arm must store to be used: the full weights, or the adapter file (+ its JSON)."""
     if arm == "lora":
         extras = {n: q for n, q in model.named_parameters() if n.endswith(CLASS_EMBEDDING)}
-        path = save_adapter(model, tmp / f"{arm}-adapter", base_sha256=base_sha, targets="attn,conv",
+        path = save_adapter(model, tmp / f"{arm}-adapter", base_sha256=base_sha, targets=targets,
                             extra_tensors=extras)
         return path.stat().st_size + path.with_suffix(".json").stat().st_size
     from safetensors.torch import save_file
@@ -158,6 +158,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3, help="from-scratch learning rate (fine-tune: ÷ 10)")
     ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--lora-rank", type=int, default=8)
+    ap.add_argument("--lora-targets", default="attn,conv", help="LoRA layers: attn, conv, or globs on layer names")
+    ap.add_argument("--arms", nargs="+", default=["scratch", "finetune", "lora"],
+                    choices=["scratch", "finetune", "lora"])
     ap.add_argument("--base-channels", type=int, default=32)
     ap.add_argument("--n", type=int, default=500, help="samples per arm for the metrics")
     ap.add_argument("--sample-steps", type=int, default=12, help="Heun steps when sampling")
@@ -217,7 +220,7 @@ def main() -> None:
 
         # --- three ways to MNIST, same steps and batches -------------------------------------------
         arms = {}
-        for arm in ("scratch", "finetune", "lora"):
+        for arm in args.arms:
             torch.manual_seed(1)
             model = build_model(spec, diffusion)
             lr, warmup, base_sha = args.lr, min(200, args.steps // 5), None
@@ -227,7 +230,7 @@ def main() -> None:
             if arm == "lora":
                 base_sha = info["weights_sha256"]
                 assert base_sha == weights_checksum(model)
-                add_lora(model, args.lora_rank, targets="attn,conv")
+                add_lora(model, args.lora_rank, targets=args.lora_targets)
                 # MNIST's classes are not Fashion-MNIST's: the class embedding trains too, as in kuosan train
                 mark_only_lora_trainable(model, also=[f"*{CLASS_EMBEDDING}"])
                 lr = args.lora_lr
@@ -236,7 +239,7 @@ def main() -> None:
             images, labels = sample_uint8(ema, args.n, args.sample_steps)
             metrics = evaluate(images, labels)
             arms[arm] = {**stats, "lr": lr, "warmup": warmup, **metrics,
-                         "stored_bytes": stored_bytes(ema, arm, tmp, base_sha),
+                         "stored_bytes": stored_bytes(ema, arm, tmp, base_sha, args.lora_targets),
                          "eval_seconds": time.perf_counter() - t0}
             print(f"{arm}: {stats['seconds']:.0f} s, loss {stats['final_loss']:.4f}, FD {metrics['frechet_distance']}")
         results["arms"] = arms
