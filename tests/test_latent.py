@@ -182,6 +182,8 @@ def test_tiny_latent_diffusion_end_to_end(ae_dir, tmp_path, monkeypatch):
     if getattr(pipe, "autoencoder", None) is not None:              # pipeline.py carries the latent patch
         res = pipe.sample([0, 1, 2], steps=2)
         assert res.images.shape == (3, 8, 8, 1) and res.images.dtype == np.uint8
+        with pytest.raises(KuosanError, match="latents"):  # clipping to [-1, 1] is for pixels
+            pipe.sample([0], steps=2, threshold="clip")
     else:
         ae = latent.autoencoder_for_checkpoint(pipe.config, pipe.path)
         x = generate(pipe.precond, shape=pipe.image_shape, seeds=[0, 1, 2], class_labels=[0, 1, 2], steps=2)
