@@ -92,6 +92,15 @@ def steps_for(name: str, budget: int) -> int:
     return steps
 
 
+def grid_sigmas(precond, grid: str, steps: int) -> torch.Tensor:
+    """σ grid ``grid`` (float32); ``vp-trailing`` is the discrete model's own β schedule, trailing spacing."""
+    from kuosan.sampling import sigmas_for
+
+    if grid == "vp-trailing":
+        return sigmas_for(precond, "vp-" + precond.schedule.beta_schedule, steps, spacing="trailing").float()
+    return sigmas_for(precond, grid, steps).float()
+
+
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).square().mean().sqrt())
 
@@ -214,11 +223,8 @@ def main(argv=None):
             for schedule in schedules:
                 for name in KUOSAN:
                     steps = steps_for(name, budget)
-                    if schedule == "vp-trailing":
-                        sigmas = sigmas_for(precond, "vp-" + precond.schedule.beta_schedule, steps, spacing="trailing")
-                    else:
-                        sigmas = sigmas_for(precond, schedule, steps)
-                    out, wall, den = run_kuosan(precond, name, x, sigmas.float(), extra)
+                    sigmas = grid_sigmas(precond, schedule, steps)
+                    out, wall, den = run_kuosan(precond, name, x, sigmas, extra)
                     record(budget, name, "kuosan", schedule, steps, den.calls, out, wall, den)
 
         schedulers = diffusers_schedulers(precond.schedule) if isinstance(precond, EpsPrecond) else {}
@@ -302,7 +308,6 @@ def quality_columns(args, pipe, precond, schedules, schedulers):
         return row
 
     rows = []
-    from kuosan.sampling import sigmas_for
 
     variants = [(sampler, None) for sampler in args.fd_samplers]
     variants += [(args.threshold_sampler, t) for t in args.fd_thresholds]  # clipping the denoised image
@@ -310,11 +315,8 @@ def quality_columns(args, pipe, precond, schedules, schedulers):
         den = threshold_denoiser(precond, threshold)
         for budget in args.nfe:
             steps = steps_for(sampler, budget)
-            if grid == "vp-trailing":
-                sigmas = sigmas_for(precond, "vp-" + precond.schedule.beta_schedule, steps, spacing="trailing")
-            else:
-                sigmas = sigmas_for(precond, grid, steps)
-            row = score(lambda x, y: SAMPLERS[sampler](den, x.clone(), sigmas.float(),
+            sigmas = grid_sigmas(precond, grid, steps)
+            row = score(lambda x, y: SAMPLERS[sampler](den, x.clone(), sigmas,
                                                        extra_args={} if y is None else {"class_labels": y}))
             suffix = "" if threshold is None else f" +threshold {threshold}"
             rows.append({"label": f"{sampler} [{grid}]{suffix}", "impl": "kuosan", "budget": budget, "steps": steps,
