@@ -308,7 +308,6 @@ def quality_columns(args, pipe, precond, schedules, schedulers):
         return row
 
     rows = []
-
     variants = [(sampler, None) for sampler in args.fd_samplers]
     variants += [(args.threshold_sampler, t) for t in args.fd_thresholds]  # clipping the denoised image
     for sampler, threshold in variants:
