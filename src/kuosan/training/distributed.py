@@ -148,8 +148,14 @@ def init_distributed(device: torch.device) -> Dist:
 
 
 def _destroy() -> None:
+    """At exit: wait for every rank (one that finished early, like a non-zero rank of ``kuosan evaluate``,
+    must not tear its transport down while others still talk to it: gloo then aborts the process at
+    interpreter shutdown, now and then), then leave the group."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def setup_backends(device: torch.device, tf32: bool = True) -> None:
