@@ -8,7 +8,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["timestep_embedding", "NoiseEmbedding", "zero_init", "GroupNorm32", "group_norm_act"]
+from kuosan.nets import kernels
+
+__all__ = ["timestep_embedding", "NoiseEmbedding", "zero_init", "GroupNorm32", "group_norm_act", "attention"]
 
 
 def zero_init(module: nn.Module) -> nn.Module:
@@ -16,6 +18,25 @@ def zero_init(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """``softmax(q kᵀ / √d) v`` for q, k, v [B, heads, L, d] (Vaswani et al. 2017, eq. 1), fastest kernel per case.
+
+    On the CPU, torch's fused (flash) kernel loses to plain matmuls for short sequences (≤ 128 positions: the
+    UNet's 7×7 and 14×14 maps), and its bfloat16 backward is 2–4× slower than its float32 one; so short
+    sequences take the matmul form (softmax in float32) and long bfloat16 ones the fused kernel in float32.
+    Elsewhere (CUDA, under torch.compile, with dropout) it is ``F.scaled_dot_product_attention`` as is.
+    """
+    if q.device.type != "cpu" or torch.compiler.is_compiling() or dropout_p > 0:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    if q.shape[-2] <= 128:
+        w = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        return w.float().softmax(-1).to(v.dtype) @ v
+    if q.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
+        return F.scaled_dot_product_attention(q, k, v)
+    with torch.autocast("cpu", enabled=False):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
 
 
 def timestep_embedding(c_noise: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -57,6 +78,8 @@ class GroupNorm32(nn.GroupNorm):
     """
 
     def forward(self, x, scale=None, shift=None, act: bool = False):
+        if _fused(x, self.weight, self.bias):  # reads bfloat16 itself, statistics in float32
+            return group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, scale, shift, act)
         y = group_norm_act(x.float(), self.num_groups, self.weight, self.bias, self.eps, scale, shift, act)
         return y.to(x.dtype)
 
@@ -65,12 +88,21 @@ def group_norm_act(x: torch.Tensor, groups: int, weight, bias, eps: float = 1e-5
                    act: bool = False) -> torch.Tensor:
     """``silu?(group_norm(x) * (1 + scale) + shift)`` for x [B, C, H, W], scale and shift [B, C] (or None).
 
-    torch's CPU GroupNorm is 2–3× slower on ``channels_last`` tensors than on NCHW ones, forward and
-    backward (``kuosan bench --layers``; benchmarks/results/peers.json, "layers"). For those this
-    computes the same maths in their own layout: everything after the statistics is one multiply-add
-    per element, and the backward pass is written out (:class:`_GroupNormAct`). NCHW tensors, and
-    code under torch.compile (whose compiler fuses the plain ops itself), take torch's own ops.
+    On the CPU, ``channels_last`` float32/bfloat16 tensors go to the fused kernel of
+    :mod:`kuosan.nets.kernels` (one thread per sample, two or three passes over it while it is in cache;
+    :class:`_FusedGroupNormAct`). Without it, torch's CPU GroupNorm is 2–3× slower on ``channels_last``
+    tensors than on NCHW ones (``kuosan bench --layers``), so the same maths is computed in torch ops in
+    their own layout: everything after the statistics is one multiply-add per element, and the backward
+    pass is written out (:class:`_GroupNormAct`). NCHW tensors, other devices, and code under
+    torch.compile (whose compiler fuses the plain ops itself) take torch's own ops.
     """
+    if _fused(x, weight, bias):
+        if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad
+                                                  for t in (x, weight, bias, scale, shift)):
+            return kernels.gn_forward(x, groups, weight, bias, scale, shift, eps, act)[0]
+        if scale is None:
+            scale = shift = x.new_zeros((), dtype=torch.float32)[None, None].expand(x.shape[0], x.shape[1])
+        return _FusedGroupNormAct.apply(x, weight, bias, scale, shift, groups, eps, act)
     channels_last = x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     if not channels_last or weight is None or bias is None or torch.compiler.is_compiling():
         y = F.group_norm(x, groups, weight, bias, eps)
@@ -80,6 +112,35 @@ def group_norm_act(x: torch.Tensor, groups: int, weight, bias, eps: float = 1e-5
     if scale is None:
         scale = shift = x.new_zeros(())[None, None].expand(x.shape[0], x.shape[1])
     return _GroupNormAct.apply(x, weight, bias, scale, shift, groups, eps, act)
+
+
+def _fused(x, weight, bias) -> bool:
+    return (weight is not None and bias is not None and not torch.compiler.is_compiling()
+            and kernels.available(x))
+
+
+class _FusedGroupNormAct(torch.autograd.Function):
+    """:func:`group_norm_act` through the fused kernel; the maths is that of :class:`_GroupNormAct`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, scale, shift, groups, eps, act):
+        y, mean, rstd = kernels.gn_forward(x, groups, weight, bias, scale, shift, eps, act)
+        ctx.save_for_backward(x, weight, bias, scale, shift, mean, rstd)
+        ctx.groups, ctx.act = groups, act
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, bias, scale, shift, mean, rstd = ctx.saved_tensors
+        grad_x, s1, d_gamma = kernels.gn_backward(grad_y, x, ctx.groups, weight, bias, scale, shift, mean, rstd,
+                                                  ctx.act)
+        need = ctx.needs_input_grad
+        one_s = 1 + scale.float()
+        grad_w = (d_gamma * one_s).sum(0).to(weight.dtype) if need[1] else None
+        grad_b = (s1 * one_s).sum(0).to(bias.dtype) if need[2] else None
+        grad_scale = (d_gamma * weight.float() + s1 * bias.float()).to(scale.dtype) if need[3] else None
+        grad_shift = s1.to(shift.dtype) if need[4] else None
+        return grad_x if need[0] else None, grad_w, grad_b, grad_scale, grad_shift, None, None, None
 
 
 def _affine(x, groups, weight, bias, scale, shift, eps):

@@ -1,0 +1,163 @@
+"""Fused CPU kernels, compiled on first use, with torch ops as the fallback.
+
+``groupnorm.cpp`` fuses GroupNorm, the per-sample AdaGN scale/shift and SiLU for ``channels_last`` float32 or
+bfloat16 tensors, forward and backward: two to three passes over each sample while it sits in the core's
+cache, where the same maths in torch ops takes a dozen kernels and reads the activations from memory each
+time. It is plain C++ with OpenMP, built once per machine with the system compiler (``c++ -O3
+-march=native``) into ``$KUOSAN_CACHE`` (default ``~/.cache/kuosan``) and called through ctypes: no torch
+headers, about a second to build. Without a compiler, on another device, or with ``KUOSAN_KERNELS=0``, callers
+use torch ops instead (:func:`available` says which); the results agree to float rounding
+(tests/test_kernels.py). Numbers: ``kuosan bench --layers`` and benchmarks/results/peers*.json.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "gn_forward", "gn_backward", "status"]
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("groupnorm.cpp")
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+# -fno-trapping-math: the exp in SiLU converts floats to ints, which GCC only vectorises when it need not
+# preserve floating-point exception flags (nothing here reads them).
+_FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-std=c++17", "-fPIC", "-shared", "-fopenmp"]
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_status = "not loaded"
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("KUOSAN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                          os.path.join(Path.home(), ".cache"), "kuosan")
+    return Path(root) / "kernels"
+
+
+def _machine_key() -> str:
+    """What the binary depends on: source, compiler, and (for -march=native) the CPU's feature flags."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    return "\n".join([_SOURCE.read_text(), _compiler() or "", *_FLAGS, platform.machine(), platform.processor(), flags])
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or shutil.which("clang++")
+
+
+def _build(target: Path) -> None:
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (set CXX)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: concurrent builders (torchrun ranks) never see half a file.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    cmd = [cxx, *_FLAGS, str(_SOURCE), "-o", tmp]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load() -> ctypes.CDLL | None:
+    global _lib, _status
+    if _lib is not None or _status != "not loaded":
+        return _lib
+    with _lock:
+        if _lib is not None or _status != "not loaded":
+            return _lib
+        if os.environ.get("KUOSAN_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
+            _status = "disabled (KUOSAN_KERNELS=0)"
+            return None
+        try:
+            digest = hashlib.sha256(_machine_key().encode()).hexdigest()[:16]
+            target = _cache_dir() / f"groupnorm-{digest}.so"
+            if not target.is_file():
+                _build(target)
+            lib = ctypes.CDLL(str(target))
+            vp, i, lg, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
+            lib.kuosan_gn_forward.argtypes = [vp, vp, i, lg, lg, lg, lg, vp, vp, vp, vp, f, i, vp, vp]
+            lib.kuosan_gn_backward.argtypes = [vp, vp, vp, i, lg, lg, lg, lg, vp, vp, vp, vp, vp, vp, i, vp, vp]
+            lib.kuosan_gn_forward.restype = lib.kuosan_gn_backward.restype = i
+            _lib, _status = lib, f"loaded {target}"
+        except Exception as exc:  # no compiler, a read-only home, a foreign libgomp: fall back to torch ops
+            _status = f"unavailable ({exc})"
+            log.info("kuosan: fused kernels %s; using torch ops", _status)
+        return _lib
+
+
+def status() -> str:
+    """'loaded <path>', 'disabled …' or 'unavailable (<why>)' (after the first :func:`available`)."""
+    _load()
+    return _status
+
+
+def available(x: torch.Tensor) -> bool:
+    """Whether the fused kernels can take ``x``: a CPU float32/bfloat16 [B, C, H, W] in ``channels_last``."""
+    return (x.device.type == "cpu" and x.dtype in _DTYPES and x.ndim == 4
+            and x.is_contiguous(memory_format=torch.channels_last) and _load() is not None)
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def _floats(t: torch.Tensor | None, shape) -> torch.Tensor | None:
+    return None if t is None else t.detach().to(torch.float32).contiguous().expand(shape).contiguous()
+
+
+def gn_forward(x: torch.Tensor, groups: int, weight, bias, scale=None, shift=None, eps: float = 1e-5,
+               act: bool = False):
+    """``silu?(group_norm(x) * (1 + scale) + shift)`` → (y, mean [B, G], rstd [B, G]); y like x."""
+    B, C, H, W = x.shape
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    mean = torch.empty(B, groups, dtype=torch.float32)
+    rstd = torch.empty(B, groups, dtype=torch.float32)
+    w, b = _floats(weight, (C,)), _floats(bias, (C,))
+    s, t = _floats(scale, (B, C)), _floats(shift, (B, C))
+    rc = _lib.kuosan_gn_forward(x.data_ptr(), y.data_ptr(), _DTYPES[x.dtype], B, H * W, C, groups, w.data_ptr(),
+                                b.data_ptr(), _ptr(s), _ptr(t), float(eps), int(act), mean.data_ptr(),
+                                rstd.data_ptr())
+    if rc:
+        raise ValueError(f"group norm kernel: {C} channels do not split into {groups} groups")
+    return y, mean, rstd
+
+
+def gn_backward(grad_y: torch.Tensor, x: torch.Tensor, groups: int, weight, bias, scale, shift, mean, rstd,
+                act: bool):
+    """→ (grad_x like x, s1 = ∂L/∂β [B, C], dgamma = ∂L/∂γ [B, C]) for the forward above."""
+    B, C, H, W = x.shape
+    grad_y = grad_y.to(x.dtype).contiguous(memory_format=torch.channels_last)
+    grad_x = torch.empty_like(x, memory_format=torch.channels_last)
+    s1 = torch.empty(B, C, dtype=torch.float32)
+    dgamma = torch.empty(B, C, dtype=torch.float32)
+    w, b = _floats(weight, (C,)), _floats(bias, (C,))
+    s, t = _floats(scale, (B, C)), _floats(shift, (B, C))
+    rc = _lib.kuosan_gn_backward(x.data_ptr(), grad_y.data_ptr(), grad_x.data_ptr(), _DTYPES[x.dtype], B, H * W, C,
+                                 groups, w.data_ptr(), b.data_ptr(), _ptr(s), _ptr(t), mean.data_ptr(),
+                                 rstd.data_ptr(), int(act), s1.data_ptr(), dgamma.data_ptr())
+    if rc:
+        raise ValueError(f"group norm kernel: {C} channels do not split into {groups} groups")
+    return grad_x, s1, dgamma
