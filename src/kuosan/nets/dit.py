@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kuosan.errors import KuosanError
-from kuosan.nets.layers import NoiseEmbedding
+from kuosan.nets.layers import NoiseEmbedding, attention
 
 __all__ = ["DiT", "DiTConfig", "DiTBlock", "sincos_pos_embed_2d"]
 
@@ -105,7 +105,7 @@ class SelfAttention(nn.Module):
     def forward(self, x):
         B, N, D = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # each (B, h, N, D/h)
-        h = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        h = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(h.transpose(1, 2).reshape(B, N, D))
 
 

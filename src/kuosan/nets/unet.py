@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kuosan.nets.layers import GroupNorm32, NoiseEmbedding, zero_init
+from kuosan.nets.layers import GroupNorm32, NoiseEmbedding, attention, zero_init
 
 __all__ = ["UNet", "UNetConfig"]
 
@@ -73,7 +73,7 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over the H·W positions, with fused attention kernels."""
+    """Multi-head self-attention over the H·W positions (:func:`kuosan.nets.layers.attention`)."""
 
     def __init__(self, channels: int, head_channels: int):
         super().__init__()
@@ -87,7 +87,7 @@ class Attention(nn.Module):
         # Channels as the last axis: a free view of a channels_last tensor (a small copy otherwise).
         qkv = self.qkv(self.norm(x)).permute(0, 2, 3, 1).reshape(B, H * W, 3, self.heads, C // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, HW, C/heads)
-        h = F.scaled_dot_product_attention(q, k, v)      # (B, heads, HW, C/heads)
+        h = attention(q, k, v)                           # (B, heads, HW, C/heads)
         h = h.permute(0, 2, 1, 3).reshape(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W), channels_last
         return self.proj(h.contiguous(memory_format=_layout(x))).add_(x).mul_(2 ** -0.5)
 
