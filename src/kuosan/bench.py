@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 
 from kuosan.errors import KuosanError
+from kuosan.nets import kernels
 
 __all__ = ["add_arguments", "run", "alternate", "count_flops", "Contender"]
 
@@ -65,7 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads, the same for all (default: kuosan.perf.configure_threads)")
-    p.add_argument("--peers", default="diffusers,lucidrains", help="comma list, or 'none'")
+    p.add_argument("--peers", default="diffusers,lucidrains",
+                   help="comma list, or 'none'; a -bf16 suffix (diffusers-bf16) adds that peer under bfloat16 "
+                        "autocast, the mixed precision its training scripts use")
     p.add_argument("--layouts", default="channels_last,nchw",
                    help="kuosan variants to time: channels_last, nchw, and either with -bf16 (bfloat16 autocast "
                         "for that variant alone), comma list; the first is the headline")
@@ -116,16 +119,28 @@ def count_flops(fn: Callable) -> int:
 
 
 def _ceiling(batch: int, res: int) -> dict[str, tuple[Callable, int]]:
-    """The reference kernels: 3×3 conv 64→64 (both layouts) and a 2048² matmul, with their FLOPs."""
+    """The reference kernels: 3×3 conv 64→64 (both layouts; and bfloat16 channels_last, the ceiling of the
+    bfloat16 contenders) and a 2048² matmul, with their FLOPs."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 64, res, res, generator=g)
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).requires_grad_(False)
     conv_cl = torch.nn.Conv2d(64, 64, 3, padding=1).requires_grad_(False).to(memory_format=torch.channels_last)
+    conv_bf = torch.nn.Conv2d(64, 64, 3, padding=1).requires_grad_(False).to(torch.bfloat16,
+                                                                            memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
+    x_bf = x_cl.to(torch.bfloat16)
     a = torch.randn(2048, 2048, generator=g)
     conv_flops = 2 * batch * 64 * 64 * 9 * res * res
-    return {"conv3x3_nchw": (lambda: conv(x), conv_flops), "conv3x3_channels_last": (lambda: conv_cl(x_cl), conv_flops),
-            "matmul_2048": (lambda: a @ a, 2 * 2048 ** 3)}
+
+    def fp32(f):  # the float32 ceilings stay float32 under --bf16
+        def run():
+            with torch.autocast("cpu", enabled=False):
+                return f()
+        return run
+    return {"conv3x3_nchw": (fp32(lambda: conv(x)), conv_flops),
+            "conv3x3_channels_last": (fp32(lambda: conv_cl(x_cl)), conv_flops),
+            "conv3x3_channels_last_bf16": (lambda: conv_bf(x_bf), conv_flops),
+            "matmul_2048": (fp32(lambda: a @ a), 2 * 2048 ** 3)}
 
 
 # --- contenders -----------------------------------------------------------------------------------
@@ -293,14 +308,20 @@ def _peers(names: list[str], model: dict, a, log) -> list[Contender]:
     """The peers that can be built here; a missing one is reported and skipped."""
     makers = {"diffusers": _diffusers, "lucidrains": _lucidrains}
     out = []
-    for name in names:
+    for full in names:
+        name, bf16 = full.removesuffix("-bf16"), full.endswith("-bf16")
         if name not in makers:
-            raise KuosanError(f"unknown peer {name!r} in --peers; choose from {', '.join(makers)} or none")
+            raise KuosanError(f"unknown peer {full!r} in --peers; choose from "
+                              f"{', '.join(f'{m}, {m}-bf16' for m in makers)} or none")
         if model.get("kind", "unet") != "unet":
             log(f"skipping {name}: it has no equivalent of a {model.get('kind')} network")
             continue
         try:
-            out.append(makers[name](model, a))
+            c = makers[name](model, a)
+            if bf16:  # the peer as its users run mixed precision: its own code under bfloat16 autocast
+                c = dataclasses.replace(c, name=full, forward=_bf16(c.forward), train_step=_bf16(c.train_step),
+                                        sample=_bf16(c.sample), info={**c.info, "bf16_autocast": True})
+            out.append(c)
         except Exception as e:  # ImportError, or a peer's own import-time failure (torchvision)
             log(f"skipping {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                 f"(pip install {'diffusers' if name == 'diffusers' else 'denoising-diffusion-pytorch'}; "
@@ -403,7 +424,7 @@ def _environment(tuned: bool) -> dict:
     return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"), "allocator_tuned": tuned,
-            "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
+            "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(), "fused_kernels": kernels.status()}
 
 
 def _warm_compiled(contenders: list[Contender], args, log) -> dict:
@@ -425,11 +446,19 @@ def _warm_compiled(contenders: list[Contender], args, log) -> dict:
 
 
 def _summary(result: dict, contenders: list[Contender], args) -> dict:
-    ceiling = max(result["forward"][k]["gflop_per_s"] for k in ("conv3x3_nchw", "conv3x3_channels_last"))
+    """Per contender: times, GFLOP/s, the fraction of the convolution ceiling in its own precision, and
+    ratios to diffusers in float32 (``*_vs_diffusers``) and in the contender's precision (``*_same_precision``:
+    bfloat16 rows against ``diffusers-bf16`` when it ran)."""
+    fw = result["forward"]
+    ceilings = {"float32": max(fw[k]["gflop_per_s"] for k in ("conv3x3_nchw", "conv3x3_channels_last")),
+                "bfloat16": fw["conv3x3_channels_last_bf16"]["gflop_per_s"]}
     rows = {}
     for c in contenders:
         f = result["forward"][c.name]["median_s"]
-        row = {"params_m": c.params / 1e6, "gflop_forward": c.flops_forward / 1e9, "forward_s": f,
+        precision = "bfloat16" if c.info.get("bf16_autocast") or args.bf16 else "float32"
+        ceiling = ceilings[precision]
+        row = {"precision": precision, "params_m": c.params / 1e6, "gflop_forward": c.flops_forward / 1e9,
+               "forward_s": f,
                "forward_gflop_per_s": c.flops_forward / f / 1e9,
                "forward_fraction_of_conv_ceiling": c.flops_forward / f / 1e9 / ceiling}
         if "train_step" in result:
@@ -440,20 +469,25 @@ def _summary(result: dict, contenders: list[Contender], args) -> dict:
         if "sample" in result:
             row["sample_images_per_s"] = args.batch / result["sample"][c.name]["median_s"]
         rows[c.name] = row
-    ref = rows.get("diffusers")
-    if ref:
-        for row in rows.values():
-            row["forward_speedup_vs_diffusers"] = ref["forward_s"] / row["forward_s"]
+    refs = {"": rows.get("diffusers")}
+    for row in rows.values():
+        refs["_same_precision"] = rows.get("diffusers-bf16" if row["precision"] == "bfloat16" else "diffusers")
+        for suffix, ref in refs.items():
+            if ref is None:
+                continue
+            row[f"forward_speedup_vs_diffusers{suffix}"] = ref["forward_s"] / row["forward_s"]
             for k in ("train_images_per_s", "sample_images_per_s"):
                 if k in row:
-                    row[k.replace("_per_s", "") + "_speedup_vs_diffusers"] = row[k] / ref[k]
-    return {"conv_ceiling_gflop_per_s": ceiling, "rows": rows}
+                    row[k.replace("_per_s", "") + f"_speedup_vs_diffusers{suffix}"] = row[k] / ref[k]
+    return {"conv_ceiling_gflop_per_s": ceilings["float32"], "conv_ceiling_bf16_gflop_per_s": ceilings["bfloat16"],
+            "rows": rows}
 
 
 def _print_table(summary: dict, result: dict, args, log) -> None:
     fw = result["forward"]
     log(f"\nceiling: conv3x3 64->64 {fw['conv3x3_nchw']['gflop_per_s']:.0f} GFLOP/s (NCHW), "
-        f"{fw['conv3x3_channels_last']['gflop_per_s']:.0f} (channels_last); "
+        f"{fw['conv3x3_channels_last']['gflop_per_s']:.0f} (channels_last), "
+        f"{fw['conv3x3_channels_last_bf16']['gflop_per_s']:.0f} (channels_last, bfloat16); "
         f"matmul 2048 {fw['matmul_2048']['gflop_per_s']:.0f}")
     cols = [("params M", "params_m", "{:.2f}"), ("GFLOP/fwd", "gflop_forward", "{:.1f}"),
             ("fwd s", "forward_s", "{:.3f}"), ("fwd GF/s", "forward_gflop_per_s", "{:.0f}"),
@@ -463,7 +497,9 @@ def _print_table(summary: dict, result: dict, args, log) -> None:
             (f"sample img/s ({args.sample_steps} st)", "sample_images_per_s", "{:.2f}"),
             ("fwd x", "forward_speedup_vs_diffusers", "{:.2f}"),
             ("train x", "train_images_speedup_vs_diffusers", "{:.2f}"),
-            ("sample x", "sample_images_speedup_vs_diffusers", "{:.2f}")]
+            ("sample x", "sample_images_speedup_vs_diffusers", "{:.2f}"),
+            ("train x same", "train_images_speedup_vs_diffusers_same_precision", "{:.2f}"),
+            ("sample x same", "sample_images_speedup_vs_diffusers_same_precision", "{:.2f}")]
     rows = summary["rows"]
     cols = [c for c in cols if any(c[1] in r for r in rows.values())]
     width = max(len(n) for n in rows) + 2
@@ -472,7 +508,9 @@ def _print_table(summary: dict, result: dict, args, log) -> None:
         log(name.ljust(width) + "  ".join(fmt.format(r[k]).rjust(len(h)) if k in r else "-".rjust(len(h))
                                           for h, k, fmt in cols))
     if "diffusers" in rows:
-        log("(x: ratio to diffusers, higher is faster; medians of alternated rounds)")
+        log("(x: ratio to diffusers in float32, higher is faster; x same: to diffusers in the row's precision, "
+            "diffusers-bf16 for bfloat16 rows; %ceil: of the convolution ceiling in the row's precision; "
+            "medians of alternated rounds)")
     if "layers" in result:
         for k, v in result["layers"].items():
             log(f"  {k:42s} {v['median_s'] * 1e3:8.2f} ms")
