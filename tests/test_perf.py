@@ -195,3 +195,31 @@ def test_bench_runs_on_a_tiny_model_and_writes_ratios(tmp_path):
     assert set(rows) == {"kuosan-channels_last", "kuosan-nchw-bf16", "diffusers"}
     assert rows["diffusers"]["train_images_speedup_vs_diffusers"] == pytest.approx(1.0)
     assert all(r["gflop_forward"] > 0 and r["sample_images_per_s"] > 0 for r in rows.values())
+
+
+def test_fused_adamw_after_a_reload_matches_the_loop_implementation():
+    """A reloaded optimiser state is NCHW beside channels_last weights; match_state_layout realigns it
+    (without it torch's fused CPU AdamW applies the moments to the wrong elements)."""
+    from kuosan.perf import adamw, match_state_layout
+
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(8, 4, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)
+    grads = [torch.randn(8, 4, 3, 3, generator=g).contiguous(memory_format=torch.channels_last) for _ in range(3)]
+
+    def run(make, reload):
+        p = start.clone(memory_format=torch.channels_last).requires_grad_()
+        opt = make([p])
+        for i, grad in enumerate(grads):
+            p.grad = grad.clone(memory_format=torch.channels_last)
+            opt.step()
+            if i == 0 and reload:  # as if read back from optimizer.safetensors
+                sd = opt.state_dict()
+                for st in sd["state"].values():
+                    st.update({k: v.contiguous() for k, v in st.items() if v.ndim == 4})
+                opt.load_state_dict(sd)
+                match_state_layout(opt)
+        return p.detach()
+
+    loop = run(lambda ps: torch.optim.AdamW(ps, lr=0.1, foreach=False), reload=False)
+    fused = run(lambda ps: adamw(ps, lr=0.1), reload=True)
+    torch.testing.assert_close(fused, loop, rtol=1e-5, atol=1e-6)

@@ -167,7 +167,7 @@ def _kuosan(model: dict, diffusion: dict, a, name: str, channels_last: bool, com
     from kuosan.config import Config, DiffusionConfig, ModelConfig
     from kuosan.diffusion.objectives import loss_for
     from kuosan.model import build_model, network_spec
-    from kuosan.perf import prepare_model
+    from kuosan.perf import adamw, prepare_model
     from kuosan.sampling import generate
 
     def fields(cls, values):  # a checkpoint's sections may hold more than the dataclass
@@ -182,7 +182,7 @@ def _kuosan(model: dict, diffusion: dict, a, name: str, channels_last: bool, com
     x = torch.randn(a.batch, a.channels, a.resolution, a.resolution, generator=g)
     c_noise = torch.randn(a.batch, generator=g)
     x0 = x.clamp(-1, 1)
-    objective, opt = loss_for(precond), torch.optim.AdamW(precond.parameters(), lr=1e-4)
+    objective, opt = loss_for(precond), adamw(precond.parameters(), lr=1e-4)  # as kuosan train does
 
     def forward():
         with torch.inference_mode():

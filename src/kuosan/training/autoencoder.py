@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kuosan.errors import KuosanError
+from kuosan.perf import adamw, match_state_layout
 
 __all__ = ["AutoencoderTrainConfig", "PRESETS", "train_autoencoder", "Perceptual", "build_perceptual",
            "hinge_d_loss", "adaptive_gan_weight"]
@@ -274,7 +275,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, resume: bool = False, log=
     perceptual = perceptual.to(device) if perceptual is not None else None
     ema = EMA(ae, cfg.ema_decay) if cfg.ema_decay > 0 else None
     params = [{"params": ae.parameters()}] + ([{"params": disc.parameters()}] if disc is not None else [])
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=0.0)
+    opt = adamw(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=0.0)
     noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
     pixels = data.channels * data.resolution ** 2
     start_step, elapsed_before = 0, 0.0
@@ -299,6 +300,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, resume: bool = False, log=
                 ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
             opt.load_state_dict(optimizer_from_tensors(load_file(str(ckpt / "optimizer.safetensors")),
                                                        state["optimizer_param_groups"]))
+            match_state_layout(opt)
             start_step, elapsed_before = int(state["step"]), float(state["elapsed"])
             noise_gen.set_state(decode_rng(state["rng_noise"]))
             torch.set_rng_state(decode_rng(state["rng_torch"]))

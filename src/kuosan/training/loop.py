@@ -170,7 +170,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
     from kuosan.finetune import finish_transfer, prepare_transfer
     from kuosan.model import build_model, network_spec
     from kuosan.nets.build import count_flops, count_parameters
-    from kuosan.perf import prepare_model
+    from kuosan.perf import adamw, match_state_layout, prepare_model
 
     t = cfg.train
     out = Path(t.out)
@@ -212,7 +212,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
     prepare_model(precond)  # UNets compute in channels_last (faster convolutions; same keys and outputs)
     ema = EMA(precond, t.ema_decay)  # a copy: channels_last too
     trainable = [p for p in precond.parameters() if p.requires_grad]  # fine-tuning may freeze some
-    opt = torch.optim.AdamW(trainable, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    opt = adamw(trainable, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
     objective = loss_for(precond)
     obj_kw = ({"p_mean": cfg.diffusion.p_mean, "p_std": cfg.diffusion.p_std} if cfg.diffusion.precond == "edm"
               else {"min_snr_gamma": cfg.diffusion.min_snr_gamma} if cfg.diffusion.precond != "flow" else {})
@@ -243,6 +243,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
             if saved["optimizer"] is None:
                 raise KeyError("optimizer.safetensors")
             opt.load_state_dict(saved["optimizer"])
+            match_state_layout(opt)  # channels_last weights, NCHW moments on disk (see kuosan.perf.adamw)
             start_step, nonfinite, elapsed_before = int(st["step"]), int(st["nonfinite"]), float(st["elapsed"])
             window_loss, window_n = float(st.get("window_loss", 0.0)), int(st.get("window_n", 0))
             noise_gen.set_state(decode_rng(st["rng_noise"]))
