@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "gn_forward", "gn_backward", "status"]
+__all__ = ["available", "gn_forward", "gn_backward", "scaled_sum", "status"]
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,8 @@ def _load() -> ctypes.CDLL | None:
             vp, i, lg, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
             lib.kuosan_gn_forward.argtypes = [vp, vp, i, lg, lg, lg, lg, vp, vp, vp, vp, f, i, vp, vp]
             lib.kuosan_gn_backward.argtypes = [vp, vp, vp, i, lg, lg, lg, lg, vp, vp, vp, vp, vp, vp, i, vp, vp]
-            lib.kuosan_gn_forward.restype = lib.kuosan_gn_backward.restype = i
+            lib.kuosan_scaled_sum.argtypes = [vp, vp, vp, i, lg, f]
+            lib.kuosan_gn_forward.restype = lib.kuosan_gn_backward.restype = lib.kuosan_scaled_sum.restype = i
             _lib, _status = lib, f"loaded {target}"
         except Exception as exc:  # no compiler, a read-only home, a foreign libgomp: fall back to torch ops
             _status = f"unavailable ({exc})"
@@ -161,3 +162,21 @@ def gn_backward(grad_y: torch.Tensor, x: torch.Tensor, groups: int, weight, bias
     if rc:
         raise ValueError(f"group norm kernel: {C} channels do not split into {groups} groups")
     return grad_x, s1, dgamma
+
+
+def scaled_sum(a: torch.Tensor, b: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """``(a + b) * scale`` (or ``a * scale``) in one pass, into a new tensor like ``a``; a and b of one dtype
+    and the same strides (check with :func:`same_layout`)."""
+    out = torch.empty_like(a)
+    rc = _lib.kuosan_scaled_sum(a.data_ptr(), _ptr(b), out.data_ptr(), _DTYPES[a.dtype], a.numel(), float(scale))
+    if rc:
+        raise ValueError(f"scaled sum kernel: unsupported dtype {a.dtype}")
+    return out
+
+
+def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the fused kernels can take ``a`` and ``b`` element by element: CPU, one supported dtype, one
+    shape, identical strides, and dense (no gaps, no overlaps)."""
+    return (a.shape == b.shape and a.dtype == b.dtype and a.stride() == b.stride() and a.device.type == "cpu"
+            and a.dtype in _DTYPES and (a.is_contiguous() or a.is_contiguous(memory_format=torch.channels_last))
+            and _load() is not None)
