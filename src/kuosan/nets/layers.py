@@ -10,7 +10,8 @@ from torch.nn import functional as F
 
 from kuosan.nets import kernels
 
-__all__ = ["timestep_embedding", "NoiseEmbedding", "zero_init", "GroupNorm32", "group_norm_act", "attention"]
+__all__ = ["timestep_embedding", "NoiseEmbedding", "zero_init", "GroupNorm32", "group_norm_act", "attention",
+           "scaled_residual"]
 
 
 def zero_init(module: nn.Module) -> nn.Module:
@@ -25,18 +26,43 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: floa
 
     On the CPU, torch's fused (flash) kernel loses to plain matmuls for short sequences (≤ 128 positions: the
     UNet's 7×7 and 14×14 maps), and its bfloat16 backward is 2–4× slower than its float32 one; so short
-    sequences take the matmul form (softmax in float32) and long bfloat16 ones the fused kernel in float32.
+    sequences take the matmul form and long bfloat16 ones the fused kernel in float32.
     Elsewhere (CUDA, under torch.compile, with dropout) it is ``F.scaled_dot_product_attention`` as is.
     """
     if q.device.type != "cpu" or torch.compiler.is_compiling() or dropout_p > 0:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    if q.shape[-2] <= 128:
-        w = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-        return w.float().softmax(-1).to(v.dtype) @ v
+    if q.shape[-2] <= 128:  # torch's CPU softmax accumulates bfloat16 in float32 itself
+        return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ v
     if q.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
         return F.scaled_dot_product_attention(q, k, v)
     with torch.autocast("cpu", enabled=False):
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+
+
+def scaled_residual(h: torch.Tensor, skip: torch.Tensor, scale: float) -> torch.Tensor:
+    """``(h + skip) * scale``: a residual sum kept at unit variance (EDM, DDPM++ "skip_scale" = 1/√2).
+
+    On the CPU one pass of the fused kernel (:mod:`kuosan.nets.kernels`), forward and backward, where torch
+    needs two (and its bfloat16 element-wise kernels run slower than its float32 ones); elsewhere, or with
+    operands of different dtypes or layouts, torch's in-place ``add_`` and ``mul_`` on ``h``.
+    """
+    if not torch.compiler.is_compiling() and kernels.same_layout(h, skip):
+        if h.requires_grad or skip.requires_grad:
+            return _ScaledResidual.apply(h, skip, scale)
+        return kernels.scaled_sum(h, skip, scale)
+    return h.add_(skip).mul_(scale)
+
+
+class _ScaledResidual(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, skip, scale):
+        ctx.scale = scale
+        return kernels.scaled_sum(h, skip, scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = kernels.scaled_sum(grad, None, ctx.scale) if kernels.same_layout(grad, grad) else grad * ctx.scale
+        return g, g, None
 
 
 def timestep_embedding(c_noise: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

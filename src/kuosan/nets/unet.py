@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kuosan.nets.layers import GroupNorm32, NoiseEmbedding, attention, zero_init
+from kuosan.nets.layers import GroupNorm32, NoiseEmbedding, attention, scaled_residual, zero_init
 
 __all__ = ["UNet", "UNetConfig"]
 
@@ -69,7 +69,7 @@ class ResBlock(nn.Module):
         h = self.conv1(self.norm1(x, act=True))                     # silu(norm1(x)), fused
         scale, shift = self.emb(F.silu(emb)).chunk(2, dim=1)          # each [B, cout]
         h = self.conv2(self.dropout(self.norm2(h, scale, shift, act=True)))
-        return h.add_(self.skip(x)).mul_(2 ** -0.5)  # unit-variance skip sum (EDM, DDPM++ "skip_scale")
+        return scaled_residual(h, self.skip(x), 2 ** -0.5)  # unit-variance skip sum (EDM, DDPM++ "skip_scale")
 
 
 class Attention(nn.Module):
@@ -89,7 +89,7 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, HW, C/heads)
         h = attention(q, k, v)                           # (B, heads, HW, C/heads)
         h = h.permute(0, 2, 1, 3).reshape(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W), channels_last
-        return self.proj(h.contiguous(memory_format=_layout(x))).add_(x).mul_(2 ** -0.5)
+        return scaled_residual(self.proj(h.contiguous(memory_format=_layout(x))), x, 2 ** -0.5)
 
 
 class Down(nn.Module):
