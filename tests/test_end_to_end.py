@@ -64,6 +64,17 @@ def test_sample_cli_thresholds_the_denoised_image(run_dir, tmp_path):
     assert not np.array_equal(plain, clip) and not np.array_equal(plain, dynamic) and not np.array_equal(clip, dynamic)
 
 
+def test_sample_cli_in_bfloat16_stays_close_to_float32(run_dir, tmp_path):
+    common = ["sample", "--checkpoint", str(run_dir), "--seeds", "0-7", "--sampler", "heun", "--steps", "4"]
+    assert main([*common, "--out", str(tmp_path / "fp32")]) == 0
+    assert main([*common, "--bf16", "--out", str(tmp_path / "bf16")]) == 0
+    assert main([*common, "--bf16", "--out", str(tmp_path / "again")]) == 0
+    fp32, bf16, again = (np.load(tmp_path / d / "samples.npz")["images"].astype(int) for d in ("fp32", "bf16", "again"))
+    assert np.array_equal(bf16, again)  # reproducible
+    assert not np.array_equal(fp32, bf16)  # it did run in bfloat16
+    assert np.abs(fp32 - bf16).mean() < 1  # grey levels of 255: the same images, rounded differently
+
+
 def test_images_per_seed_are_independent_of_batch_size(run_dir):
     pipe = kuosan.load(run_dir, device="cpu")
     for sampler in ("heun", "ddpm"):

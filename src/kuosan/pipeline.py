@@ -144,13 +144,14 @@ class Pipeline:
     def sample(self, seeds: Sequence[int] | str | int = 16, class_labels=None, *, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None, schedule: str | None = None,
                batch_size: int = 64, sampler_options: dict | None = None, progress=None,
-               distributed: bool = False, threshold=None) -> SampleResult:
+               distributed: bool = False, threshold=None, bf16: bool = False) -> SampleResult:
         """Generate one image per seed. ``seeds`` is a list, a range string ``"0-63"`` or a count;
         ``class_labels`` one class for all (index or name), a list, or None (conditional models then
         cycle through the classes: seed k gets class k mod C). With ``distributed`` every process of
         the torch.distributed group calls this: each samples its share of the seeds, all get every image.
         ``threshold``: "clip" or a quantile such as 0.995 keeps the denoised image in [-1, 1] (pixel
-        models only; :mod:`kuosan.diffusion.thresholding`)."""
+        models only; :mod:`kuosan.diffusion.thresholding`). ``bf16``: the network under bfloat16 autocast
+        (:func:`kuosan.sampling.bf16_denoiser`)."""
         from kuosan.diffusion.samplers import nfe
         from kuosan.rng import parse_seeds
         from kuosan.sampling import generate
@@ -185,7 +186,7 @@ class Pipeline:
         x = sample_fn(self.precond, shape=self.image_shape, seeds=seeds, class_labels=labels, sampler=sampler,
                      steps=steps, schedule=schedule, rho=s.get("rho", 7.0), guidance=guidance,
                      null_label=self.num_classes or None, batch_size=batch_size,
-                     sampler_options=sampler_options, threshold=threshold, progress=progress)
+                     sampler_options=sampler_options, threshold=threshold, progress=progress, bf16=bf16)
         images = self.to_images(x)  # a latent model's samples are decoded here, inside the timing
         seconds = time.perf_counter() - t0
         return SampleResult(images=images, labels=None if labels is None else np.asarray(labels, np.int64),

@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser):
     g.add_argument("--threshold", default=None, metavar="clip|P",
                    help="keep the denoised image in [-1, 1]: clip, or dynamic thresholding at quantile P")
     g.add_argument("--batch", type=int, default=64, help="sampling batch size (default 64)")
+    g.add_argument("--bf16", action="store_true", help="sample with the network under bfloat16 autocast")
     e = parser.add_argument_group("evaluation")
     e.add_argument("--reference", metavar="SPEC", default=None,
                    help="real images: a data set split (fashion-mnist:test), a folder, or a stats .npz "
@@ -108,9 +109,10 @@ def sample_checkpoint(args, device, out_dir, log, ctx=None):
     with measure(device) as m:
         out = pipe.sample(seeds=seeds, class_labels=labels, sampler=args.sampler, steps=args.steps,
                           guidance=args.guidance, batch_size=args.batch, **spread,
+                          **({"bf16": True} if args.bf16 else {}),
                           **({"threshold": args.threshold} if args.threshold else {}))
     what = f"sampling ({args.sampler}, {args.steps} steps, guidance {args.guidance}" + (
-        f", {ctx.world} processes)" if spread else ")")
+        ", bfloat16" if args.bf16 else "") + (f", {ctx.world} processes)" if spread else ")")
     if spread and not ctx.is_main:
         return None, None, pipe
     speed = speed_summary(len(out.images), m.seconds, getattr(out, "nfe", None), m.peak_bytes, device,
