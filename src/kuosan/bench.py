@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import io
 import json
@@ -185,7 +186,7 @@ def _kuosan(model: dict, diffusion: dict, a, name: str, channels_last: bool, com
     objective, opt = loss_for(precond), adamw(precond.parameters(), lr=1e-4)  # as kuosan train does
 
     def forward():
-        with torch.inference_mode():
+        with torch.no_grad() if bf16 else torch.inference_mode():  # as kuosan.sampling.generate does
             return precond.net(x, c_noise)
 
     def train_step():
@@ -196,13 +197,13 @@ def _kuosan(model: dict, diffusion: dict, a, name: str, channels_last: bool, com
 
     def sample(steps):
         return generate(precond, shape=(a.channels, a.resolution, a.resolution), seeds=range(a.batch),
-                        sampler="euler", steps=steps, batch_size=a.batch)
+                        sampler="euler", steps=steps, batch_size=a.batch, bf16=bf16)
 
     flops = count_flops(forward)  # counted eagerly, before any compilation
     flops_train = 0 if a.skip_train else count_flops(train_step)
     prepare_model(precond, channels_last=channels_last, compile=compile)
-    if bf16:
-        forward, train_step, sample = (_bf16(f) for f in (forward, train_step, sample))
+    if bf16:  # training as kuosan train --bf16 runs it; sampling through generate(bf16=True) above
+        forward, train_step = _bf16(forward), _bf16(train_step)
     return Contender(name, sum(p.numel() for p in precond.net.parameters()), forward, train_step, sample,
                      flops, flops_train, {"spec": spec, "channels_last": channels_last, "compile": compile,
                                           "bf16_autocast": bf16, "sampler": "euler", "precond": cfg.diffusion.precond})
@@ -215,7 +216,10 @@ def _bf16(fn: Callable) -> Callable:
     return wrapped
 
 
-def _diffusers(model: dict, a) -> Contender:
+def _diffusers(model: dict, a, bf16: bool = False) -> Contender:
+    """diffusers' UNet2DModel; with ``bf16`` as diffusers runs mixed precision: training under bfloat16
+    autocast (accelerate's ``mixed_precision="bf16"``), inference on a bfloat16 copy of the weights
+    (``torch_dtype=torch.bfloat16``), both inside ``no_grad`` like its pipelines."""
     import diffusers
     from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
@@ -235,9 +239,11 @@ def _diffusers(model: dict, a) -> Contender:
     t = torch.randint(0, 1000, (a.batch,), generator=g)
     train_sched, opt = DDPMScheduler(num_train_timesteps=1000), torch.optim.AdamW(net.parameters(), lr=1e-4)
 
+    infer, dtype = (copy.deepcopy(net).to(torch.bfloat16), torch.bfloat16) if bf16 else (net, torch.float32)
+
     def forward():
-        with torch.inference_mode():
-            return net(x, t).sample
+        with torch.no_grad():
+            return infer(x.to(dtype), t).sample
 
     def train_step():
         noise = torch.randn(x.shape, generator=g)
@@ -247,19 +253,23 @@ def _diffusers(model: dict, a) -> Contender:
         loss.backward()
         opt.step()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def sample(steps):
         sched = DDIMScheduler(num_train_timesteps=1000)
         sched.set_timesteps(steps)
-        xt = torch.randn(x.shape, generator=g)
+        xt = torch.randn(x.shape, generator=g).to(dtype)
         for step_t in sched.timesteps:
-            xt = sched.step(net(xt, step_t).sample, step_t, xt).prev_sample
+            xt = sched.step(infer(xt, step_t).sample, step_t, xt).prev_sample
         return xt
 
     flops = count_flops(forward)
     flops_train = 0 if a.skip_train else count_flops(train_step)
-    return Contender("diffusers", sum(p.numel() for p in net.parameters()), forward, train_step, sample, flops,
-                     flops_train, {"version": diffusers.__version__, "config": config, "sampler": "DDIM"})
+    if bf16:
+        train_step = _bf16(train_step)
+    return Contender("diffusers-bf16" if bf16 else "diffusers", sum(p.numel() for p in net.parameters()), forward,
+                     train_step, sample, flops, flops_train,
+                     {"version": diffusers.__version__, "config": config, "sampler": "DDIM", "bf16_autocast": bf16,
+                      "bf16_inference": "bfloat16 weights" if bf16 else None})
 
 
 def _lucidrains(model: dict, a) -> Contender:
@@ -317,10 +327,13 @@ def _peers(names: list[str], model: dict, a, log) -> list[Contender]:
             log(f"skipping {name}: it has no equivalent of a {model.get('kind')} network")
             continue
         try:
-            c = makers[name](model, a)
-            if bf16:  # the peer as its users run mixed precision: its own code under bfloat16 autocast
-                c = dataclasses.replace(c, name=full, forward=_bf16(c.forward), train_step=_bf16(c.train_step),
-                                        sample=_bf16(c.sample), info={**c.info, "bf16_autocast": True})
+            if name == "diffusers":
+                c = _diffusers(model, a, bf16=bf16)
+            else:
+                c = makers[name](model, a)
+                if bf16:  # the peer's own code under bfloat16 autocast
+                    c = dataclasses.replace(c, name=full, forward=_bf16(c.forward), train_step=_bf16(c.train_step),
+                                            sample=_bf16(c.sample), info={**c.info, "bf16_autocast": True})
             out.append(c)
         except Exception as e:  # ImportError, or a peer's own import-time failure (torchvision)
             log(f"skipping {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
