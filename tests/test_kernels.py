@@ -166,3 +166,12 @@ def test_silu_holds_far_out_in_both_tails(gain):
     for a, r, own in ((y, y64, y32), (gx, gx64, gx32), (gw, gw64, gw32)):
         assert a.isfinite().all()
         assert relative_error(a, r) < max(3 * relative_error(own, r), 1e-5)
+
+
+@needs_compiler
+def test_an_unwritable_cache_builds_in_the_temporary_directory(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    status = _status_in_subprocess({"KUOSAN_KERNELS": "1", "KUOSAN_CACHE": str(blocker / "cache"),
+                                    "CXX": kernels._compiler()})
+    assert status.startswith("loaded") and "kuosan-" in status, status

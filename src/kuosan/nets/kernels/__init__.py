@@ -95,7 +95,12 @@ def _load() -> ctypes.CDLL | None:
             digest = hashlib.sha256(_machine_key().encode()).hexdigest()[:16]
             target = _cache_dir() / f"groupnorm-{digest}.so"
             if not target.is_file():
-                _build(target)
+                try:
+                    _build(target)
+                except OSError:  # a read-only cache directory: build in the temporary one instead
+                    target = Path(tempfile.gettempdir()) / f"kuosan-{os.getuid()}" / target.name
+                    if not target.is_file():
+                        _build(target)
             lib = ctypes.CDLL(str(target))
             vp, i, lg, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
             lib.kuosan_gn_forward.argtypes = [vp, vp, i, lg, lg, lg, lg, vp, vp, vp, vp, f, i, vp, vp]
