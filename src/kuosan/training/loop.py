@@ -303,6 +303,8 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
     log_file = open(log_path if main else os.devnull, "a")
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext())
+    if t.bf16 and device.type == "cpu" and main and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log("note: this CPU has no native bfloat16 (AVX512-BF16 or AMX): --bf16 will run slower than float32")
     # This rank's rows of each global batch, DDP, gradient accumulation, torch.compile; with one
     # process and none of these it is the plain forward and backward pass.
     sharded = ShardedStep(precond, ctx, batch=t.batch, batch_per_device=t.batch_per_device,
