@@ -4,9 +4,11 @@
 
 All three at batch 64 on 28×28×1 and about 35 GFLOP a forward (kuosan: base 32, mults 1,2,2, 2 blocks,
 attention at 7; diffusers: widths 32/64/64, 2 layers a level, attention at 7; lucidrains: dim 32, mults
-1,2,2), timed alternately with a 3×3 convolution ceiling. Prints a table and writes
-benchmarks/results/peers.json (see ``kuosan bench --help`` for the options; this script only sets the
-output path and makes lucidrains' package importable without a working torchvision).
+1,2,2), timed alternately with 3×3 convolution ceilings. On CPUs with native bfloat16 convolutions the
+defaults add kuosan and diffusers in mixed precision (kuosan ``--bf16``; diffusers as its scripts and
+pipelines run it). Prints a table and writes benchmarks/results/peers.json (see ``kuosan bench --help`` for
+the options; this script sets the output path and those defaults, and makes lucidrains' package importable
+without a working torchvision).
 
 Peers are optional benchmark dependencies:  pip install diffusers denoising-diffusion-pytorch
 """
@@ -32,7 +34,12 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_arguments(ap)
-    ap.set_defaults(out=str(HERE / "results" / "peers.json"))
+    import torch
+
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # AVX512-BF16 or AMX: bfloat16 convolutions run natively
+    ap.set_defaults(out=str(HERE / "results" / "peers.json"),
+                    peers="diffusers,diffusers-bf16,lucidrains" if bf16 else "diffusers,lucidrains",
+                    layouts="channels_last,channels_last-bf16" if bf16 else "channels_last,nchw")
     args = ap.parse_args(argv)
     if shimmed:
         print("torchvision does not load here: lucidrains' package gets a placeholder (its Unet never calls it)")
