@@ -108,6 +108,11 @@ def test_training_writes_an_autoencoder_checkpoint_and_resumes(tmp_path):
     assert config["latent"]["scale"] > 0 and config["latent"]["images"] == 256
     for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"):
         assert (ckpts[-1] / name).is_file()
+    from safetensors.torch import load_file
+
+    before, after = (load_file(str(c / "model.safetensors")) for c in ckpts)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) > len(before) // 2, "the optimiser did not move the autoencoder's weights"
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [3, 6] and "d_loss" in lines[1]
     train_autoencoder(_tiny(tmp_path, disc_weight=0.5, disc_start=3, steps=9), resume=True, log=lambda *a: None)

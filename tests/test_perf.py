@@ -221,5 +221,65 @@ def test_fused_adamw_after_a_reload_matches_the_loop_implementation():
         return p.detach()
 
     loop = run(lambda ps: torch.optim.AdamW(ps, lr=0.1, foreach=False), reload=False)
-    fused = run(lambda ps: adamw(ps, lr=0.1), reload=True)
-    torch.testing.assert_close(fused, loop, rtol=1e-5, atol=1e-6)
+    fused = run(lambda ps: torch.optim.AdamW(ps, lr=0.1, fused=True), reload=True)  # what adamw() uses on CUDA
+    ours = run(lambda ps: adamw(ps, lr=0.1), reload=True)
+    torch.testing.assert_close(ours, loop, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fused, loop, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_kuosan_adamw_matches_torch_and_shares_its_state(weight_decay):
+    from kuosan.nets import kernels
+    from kuosan.perf import adamw
+    from kuosan.training.optim import FusedAdamW
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(16, 8, 3, 3), (16,), (5, 7), (40000,)]  # the last spans several work items
+    start = [torch.randn(s, generator=g) for s in shapes]
+    start[0] = start[0].contiguous(memory_format=torch.channels_last)
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(4)]
+
+    def run(make):
+        ps = [t.clone(memory_format=torch.preserve_format).requires_grad_() for t in start]
+        opt = make(ps)
+        for step_grads in grads:
+            for p, gr in zip(ps, step_grads):
+                p.grad = torch.empty_like(p).copy_(gr)  # the parameter's layout, as autograd makes it
+            opt.step()
+        return ps, opt
+
+    kw = dict(lr=0.01, betas=(0.9, 0.99), weight_decay=weight_decay)
+    ours, opt = run(lambda ps: adamw(ps, **kw))
+    ref, ref_opt = run(lambda ps: torch.optim.AdamW(ps, foreach=False, **kw))
+    assert isinstance(opt, FusedAdamW) and kernels.loaded()
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # The state is torch's: it loads into torch's AdamW and back.
+    sd = opt.state_dict()
+    assert set(sd["state"][0]) == set(ref_opt.state_dict()["state"][0])
+    torch.testing.assert_close(sd["state"][3]["exp_avg_sq"], ref_opt.state_dict()["state"][3]["exp_avg_sq"])
+    assert float(sd["state"][0]["step"]) == 4
+
+
+def test_kuosan_adamw_falls_back_to_torch_for_what_its_kernel_does_not_take():
+    from kuosan.perf import adamw
+
+    p = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    q = p.detach().clone().requires_grad_()
+    opt, ref = adamw([p], lr=0.1, amsgrad=True), torch.optim.AdamW([q], lr=0.1, amsgrad=True)
+    for _ in range(3):
+        p.grad = torch.ones_like(p)
+        q.grad = torch.ones_like(q)
+        opt.step()
+        ref.step()
+    torch.testing.assert_close(p, q)
+
+
+def test_adamw_keeps_every_parameter_of_groups_given_as_generators():
+    from kuosan.perf import adamw
+
+    a, b = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+    opt = adamw([{"params": a.parameters()}, {"params": b.parameters()}], lr=0.1)
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 2]
+    opt = adamw(a.parameters(), lr=0.1)
+    assert sum(len(g["params"]) for g in opt.param_groups) == 2
