@@ -1,5 +1,7 @@
 """Fused CPU kernels, compiled on first use, with torch ops as the fallback.
 
+``adamw.cpp`` updates many float32 tensors with AdamW in one parallel pass (:class:`kuosan.perf.FusedAdamW`).
+
 ``groupnorm.cpp`` fuses GroupNorm, the per-sample AdaGN scale/shift and SiLU for ``channels_last`` float32 or
 bfloat16 tensors, forward and backward: two to three passes over each sample while it sits in the core's
 cache, where the same maths in torch ops takes a dozen kernels and reads the activations from memory each
@@ -25,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "gn_forward", "gn_backward", "scaled_sum", "status"]
+__all__ = ["available", "gn_forward", "gn_backward", "scaled_sum", "adamw_step", "status"]
 
 log = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("groupnorm.cpp")
+_SOURCES = [Path(__file__).with_name(name) for name in ("groupnorm.cpp", "adamw.cpp")]
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 # -fno-trapping-math: the exp in SiLU converts floats to ints, which GCC only vectorises when it need not
 # preserve floating-point exception flags (nothing here reads them).
@@ -55,7 +57,8 @@ def _machine_key() -> str:
                 break
     except OSError:
         pass
-    return "\n".join([_SOURCE.read_text(), _compiler() or "", *_FLAGS, platform.machine(), platform.processor(), flags])
+    return "\n".join([*(src.read_text() for src in _SOURCES), _compiler() or "", *_FLAGS, platform.machine(),
+                      platform.processor(), flags])
 
 
 def _compiler() -> str | None:
@@ -70,7 +73,7 @@ def _build(target: Path) -> None:
     # Build beside the target and rename: concurrent builders (torchrun ranks) never see half a file.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
-    cmd = [cxx, *_FLAGS, str(_SOURCE), "-o", tmp]
+    cmd = [cxx, *_FLAGS, *map(str, _SOURCES), "-o", tmp]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
@@ -93,7 +96,7 @@ def _load() -> ctypes.CDLL | None:
             return None
         try:
             digest = hashlib.sha256(_machine_key().encode()).hexdigest()[:16]
-            target = _cache_dir() / f"groupnorm-{digest}.so"
+            target = _cache_dir() / f"kernels-{digest}.so"
             if not target.is_file():
                 try:
                     _build(target)
@@ -106,6 +109,8 @@ def _load() -> ctypes.CDLL | None:
             lib.kuosan_gn_forward.argtypes = [vp, vp, i, lg, lg, lg, lg, vp, vp, vp, vp, f, i, vp, vp]
             lib.kuosan_gn_backward.argtypes = [vp, vp, vp, i, lg, lg, lg, lg, vp, vp, vp, vp, vp, vp, i, vp, vp]
             lib.kuosan_scaled_sum.argtypes = [vp, vp, vp, i, lg, f]
+            lib.kuosan_adamw.argtypes = [lg, vp, vp, vp, vp, vp, f, f, f, f, f, f, f]
+            lib.kuosan_adamw.restype = i
             lib.kuosan_gn_forward.restype = lib.kuosan_gn_backward.restype = lib.kuosan_scaled_sum.restype = i
             _lib, _status = lib, f"loaded {target}"
         except Exception as exc:  # no compiler, a read-only home, a foreign libgomp: fall back to torch ops
@@ -185,3 +190,18 @@ def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     return (a.shape == b.shape and a.dtype == b.dtype and a.stride() == b.stride() and a.device.type == "cpu"
             and a.dtype in _DTYPES and (a.is_contiguous() or a.is_contiguous(memory_format=torch.channels_last))
             and _load() is not None)
+
+
+def loaded() -> bool:
+    """Whether the kernel library is built and loaded (building it on first call)."""
+    return _load() is not None
+
+
+def adamw_step(params, grads, exp_avgs, exp_avg_sqs, *, lr: float, beta1: float, beta2: float, eps: float,
+               weight_decay: float, bias_correction1: float, bias_correction2_sqrt: float) -> None:
+    """One AdamW update of float32 CPU tensors in place; each tensor's gradient and moments share its strides
+    and all are dense (:class:`kuosan.perf.FusedAdamW` checks)."""
+    n = len(params)
+    arrays = [(ctypes.c_void_p * n)(*(t.data_ptr() for t in ts)) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
+    sizes = (ctypes.c_long * n)(*(t.numel() for t in params))
+    _lib.kuosan_adamw(n, *arrays, sizes, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt)
