@@ -137,7 +137,11 @@ def adamw(params, **kwargs):
     NCHW beside ``channels_last`` weights)."""
     import torch
 
-    groups = [dict(g, params=list(g["params"])) if isinstance(g, dict) else g for g in params]
+    def as_list(ps):
+        return [ps] if isinstance(ps, torch.Tensor) else list(ps)
+
+    # Read generators once, here: torch reads them again when it builds the groups.
+    groups = [dict(g, params=as_list(g["params"])) if isinstance(g, dict) else g for g in as_list(params)]
     tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
     if tensors and all(p.device.type == "cpu" for p in tensors):
         from kuosan.training.optim import FusedAdamW

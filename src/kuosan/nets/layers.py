@@ -126,8 +126,6 @@ def group_norm_act(x: torch.Tensor, groups: int, weight, bias, eps: float = 1e-5
         if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad
                                                   for t in (x, weight, bias, scale, shift)):
             return kernels.gn_forward(x, groups, weight, bias, scale, shift, eps, act)[0]
-        if scale is None:
-            scale = shift = x.new_zeros((), dtype=torch.float32)[None, None].expand(x.shape[0], x.shape[1])
         return _FusedGroupNormAct.apply(x, weight, bias, scale, shift, groups, eps, act)
     channels_last = x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     if not channels_last or weight is None or bias is None or torch.compiler.is_compiling():
@@ -160,8 +158,8 @@ class _FusedGroupNormAct(torch.autograd.Function):
         x, weight, bias, scale, shift, mean, rstd = ctx.saved_tensors
         grad_x, s1, d_gamma = kernels.gn_backward(grad_y, x, ctx.groups, weight, bias, scale, shift, mean, rstd,
                                                   ctx.act)
-        need = ctx.needs_input_grad
-        one_s = 1 + scale.float()
+        need = ctx.needs_input_grad  # scale and shift may be None (plain GroupNorm): no gradient for them
+        one_s = 1 if scale is None else 1 + scale.float()
         grad_w = (d_gamma * one_s).sum(0).to(weight.dtype) if need[1] else None
         grad_b = (s1 * one_s).sum(0).to(bias.dtype) if need[2] else None
         grad_scale = (d_gamma * weight.float() + s1 * bias.float()).to(scale.dtype) if need[3] else None
