@@ -1,15 +1,16 @@
 """Fused CPU kernels, compiled on first use, with torch ops as the fallback.
 
-``adamw.cpp`` updates many float32 tensors with AdamW in one parallel pass (:class:`kuosan.perf.FusedAdamW`).
-
 ``groupnorm.cpp`` fuses GroupNorm, the per-sample AdaGN scale/shift and SiLU for ``channels_last`` float32 or
 bfloat16 tensors, forward and backward: two to three passes over each sample while it sits in the core's
 cache, where the same maths in torch ops takes a dozen kernels and reads the activations from memory each
-time. It is plain C++ with OpenMP, built once per machine with the system compiler (``c++ -O3
--march=native``) into ``$KUOSAN_CACHE`` (default ``~/.cache/kuosan``) and called through ctypes: no torch
-headers, about a second to build. Without a compiler, on another device, or with ``KUOSAN_KERNELS=0``, callers
-use torch ops instead (:func:`available` says which); the results agree to float rounding
-(tests/test_kernels.py). Numbers: ``kuosan bench --layers`` and benchmarks/results/peers*.json.
+time; it also holds the one-pass scaled residual sum. ``adamw.cpp`` updates many float32 tensors with AdamW
+in one parallel pass (:class:`kuosan.training.optim.FusedAdamW`).
+
+Plain C++ with OpenMP, built once per machine with the system compiler (``c++ -O3 -march=native``) into
+``$KUOSAN_CACHE`` (default ``~/.cache/kuosan``) and called through ctypes: no torch headers, about two seconds
+to build. Without a compiler, on another device, or with ``KUOSAN_KERNELS=0``, callers use torch ops instead
+(:func:`available` and :func:`status` say which); the results agree to float rounding (tests/test_kernels.py).
+Numbers: ``kuosan bench --layers`` and benchmarks/results/peers*.json.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "gn_forward", "gn_backward", "scaled_sum", "adamw_step", "status"]
+__all__ = ["available", "loaded", "same_layout", "gn_forward", "gn_backward", "scaled_sum", "adamw_step",
+           "status"]
 
 log = logging.getLogger(__name__)
 
