@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Sequence
 
 import torch
@@ -39,8 +41,17 @@ def generate(precond, *, shape: Sequence[int], seeds: Sequence[int], class_label
     ``bf16``: the network runs under bfloat16 autocast (:func:`bf16_denoiser`); the sampler's own
     arithmetic stays float32.
     """
-    # no_grad rather than inference_mode under autocast: only there does autocast keep its cast weights
-    with torch.no_grad() if bf16 else torch.inference_mode():
+    with contextlib.ExitStack() as stack:
+        if bf16:
+            # Autocast keeps its cast weights until the outermost autocast context closes (and only outside
+            # inference_mode): an enabled one around the whole loop holds them from step to step, a disabled
+            # one inside keeps the sampler's own arithmetic float32; bf16_denoiser enables it per call.
+            device_type = next(precond.parameters()).device.type
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
+            stack.enter_context(torch.autocast(device_type, enabled=False))
+        else:
+            stack.enter_context(torch.inference_mode())
         return _generate(precond, shape, seeds, class_labels, sampler, steps, schedule, rho, guidance, null_label,
                          batch_size, sampler_options, sigmas, denoiser, threshold, progress, bf16)
 
@@ -48,8 +59,8 @@ def generate(precond, *, shape: Sequence[int], seeds: Sequence[int], class_label
 def bf16_denoiser(den, device_type: str):
     """``den`` with its network under bfloat16 autocast, returning float32: convolutions and matmuls in
     bfloat16 (about twice the float32 rate on CPUs with AVX512-BF16, and on GPUs), the preconditioning,
-    normalisation statistics and softmax in float32. Measured in benchmarks/results/peers*.json (speed)
-    and bf16_quality.json (Fréchet distance against float32 sampling)."""
+    normalisation statistics in float32. Measured in benchmarks/results/peers*.json (speed) and
+    precision.json (Fréchet distance against float32 sampling)."""
     def run(x, sigma, *args, **kwargs):
         with torch.autocast(device_type, dtype=torch.bfloat16):
             return den(x, sigma, *args, **kwargs).float()
