@@ -131,8 +131,8 @@ def to_channels_last(x):
 def adamw(params, **kwargs):
     """AdamW (Loshchilov & Hutter 2019, Algorithm 2) as fast as this machine allows, same maths and state as
     ``torch.optim.AdamW``: on CPU :class:`kuosan.training.optim.FusedAdamW` (one parallel pass over all
-    parameters: 2.6 ms a step for a 1.7 M-parameter UNet on 2 cores, where torch's fused kernel takes 12 and
-    its for-loop 19; ``kuosan bench``), elsewhere torch's fused kernel where it runs (CUDA), else its
+    parameters: 2.7 ms a step for a 1.7 M-parameter UNet on 2 cores, where torch's fused kernel takes 12 and
+    its for-loop 19; benchmarks/profile_step.py), elsewhere torch's fused kernel where it runs (CUDA), else its
     for-loop. After ``load_state_dict`` call :func:`match_state_layout` (moments read back from a file are
     NCHW beside ``channels_last`` weights)."""
     import torch
