@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kuosan.errors import KuosanError
-from kuosan.nets.layers import GroupNorm32
+from kuosan.nets.layers import Conv2d, GroupNorm32
 from kuosan.nets.unet import _groups
 
 __all__ = ["AutoencoderConfig", "Autoencoder", "DiagonalGaussian", "PatchDiscriminator", "default_mults",
@@ -74,9 +74,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2, self.conv2 = _norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.norm1, self.conv1 = _norm(cin), Conv2d(cin, cout, 3, padding=1)
+        self.norm2, self.conv2 = _norm(cout), Conv2d(cout, cout, 3, padding=1)
+        self.skip = Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x):
         h = self.conv1(F.silu(self.norm1(x)))
@@ -88,7 +88,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: AutoencoderConfig):
         super().__init__()
         levels, base = _levels(cfg), cfg.base_channels
-        self.conv_in = nn.Conv2d(cfg.in_channels, base, 3, padding=1)
+        self.conv_in = Conv2d(cfg.in_channels, base, 3, padding=1)
         layers, ch = [], base
         for level, mult in enumerate(cfg.channel_mults):
             for _ in range(cfg.num_blocks):
@@ -99,7 +99,7 @@ class Encoder(nn.Module):
         layers.append(ResBlock(ch, ch))
         self.body = nn.Sequential(*layers)
         self.norm_out = _norm(ch)
-        self.conv_out = nn.Conv2d(ch, 2 * cfg.latent_channels, 3, padding=1)   # μ and log σ²
+        self.conv_out = Conv2d(ch, 2 * cfg.latent_channels, 3, padding=1)   # μ and log σ²
 
     def forward(self, x):
         return self.conv_out(F.silu(self.norm_out(self.body(self.conv_in(x)))))
@@ -111,7 +111,7 @@ class Decoder(nn.Module):
         levels, base = _levels(cfg), cfg.base_channels
         self.sizes = _sizes(cfg.resolution, levels)
         ch = base * cfg.channel_mults[-1]
-        self.conv_in = nn.Conv2d(cfg.latent_channels, ch, 3, padding=1)
+        self.conv_in = Conv2d(cfg.latent_channels, ch, 3, padding=1)
         self.mid = ResBlock(ch, ch)
         self.blocks, self.ups = nn.ModuleList(), nn.ModuleList()
         for level in reversed(range(levels + 1)):
@@ -121,10 +121,10 @@ class Decoder(nn.Module):
                 ch = base * cfg.channel_mults[level]
             self.blocks.append(nn.Sequential(*blocks))
             if level > 0:                              # the upsampling conv already narrows to the next width
-                self.ups.append(nn.Conv2d(ch, base * cfg.channel_mults[level - 1], 3, padding=1))
+                self.ups.append(Conv2d(ch, base * cfg.channel_mults[level - 1], 3, padding=1))
                 ch = base * cfg.channel_mults[level - 1]
         self.norm_out = _norm(ch)
-        self.conv_out = nn.Conv2d(ch, cfg.in_channels, 3, padding=1)
+        self.conv_out = Conv2d(ch, cfg.in_channels, 3, padding=1)
 
     def forward(self, z):
         h = self.mid(self.conv_in(z))

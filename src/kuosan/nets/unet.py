@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kuosan.nets.layers import GroupNorm32, NoiseEmbedding, attention, scaled_residual, zero_init
+from kuosan.nets.layers import Conv2d, GroupNorm32, NoiseEmbedding, attention, scaled_residual, zero_init
 
 __all__ = ["UNet", "UNetConfig"]
 
@@ -58,12 +58,12 @@ class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float):
         super().__init__()
         self.norm1 = GroupNorm32(_groups(cin), cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv1 = Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * cout)  # scale and shift (Improved DDPM, "AdaGN")
         self.norm2 = GroupNorm32(_groups(cout), cout)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = zero_init(nn.Conv2d(cout, cout, 3, padding=1))
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.conv2 = zero_init(Conv2d(cout, cout, 3, padding=1))
+        self.skip = Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x, emb):
         h = self.conv1(self.norm1(x, act=True))                     # silu(norm1(x)), fused
@@ -79,8 +79,8 @@ class Attention(nn.Module):
         super().__init__()
         self.heads = max(1, channels // head_channels)
         self.norm = GroupNorm32(_groups(channels), channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = zero_init(nn.Conv2d(channels, channels, 1))
+        self.qkv = Conv2d(channels, 3 * channels, 1)
+        self.proj = zero_init(Conv2d(channels, channels, 1))
 
     def forward(self, x):
         B, C, H, W = x.shape
@@ -95,7 +95,7 @@ class Attention(nn.Module):
 class Down(nn.Module):
     def __init__(self, channels):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.conv = Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x):
         return self.conv(x)
@@ -104,7 +104,7 @@ class Down(nn.Module):
 class Up(nn.Module):
     def __init__(self, channels):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x, size):
         return self.conv(F.interpolate(x, size=size, mode="nearest"))
@@ -118,7 +118,7 @@ class UNet(nn.Module):
         self.cfg = cfg
         base, emb_dim = cfg.base_channels, 4 * cfg.base_channels
         self.embed = NoiseEmbedding(base, emb_dim, cfg.num_classes, cfg.noise_scale)
-        self.conv_in = nn.Conv2d(cfg.in_channels, base, 3, padding=1)
+        self.conv_in = Conv2d(cfg.in_channels, base, 3, padding=1)
 
         # Encoder: remember every output's channel count for the skip connections.
         self.down = nn.ModuleList()
@@ -151,7 +151,7 @@ class UNet(nn.Module):
                 self.up.append(nn.ModuleList([Up(ch)]))
                 res = res * 2  # the exact size comes from the matching skip at run time
         self.norm_out = GroupNorm32(_groups(ch), ch)
-        self.conv_out = zero_init(nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        self.conv_out = zero_init(Conv2d(ch, cfg.out_channels, 3, padding=1))
 
     def memory_format(self) -> torch.memory_format:
         """``channels_last`` when the weights are stored so (see the module docstring), else NCHW."""

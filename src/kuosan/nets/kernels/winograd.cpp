@@ -1,0 +1,486 @@
+// 3x3 stride-1 padding-1 convolution of channels_last float32 tensors by Winograd's minimal filtering
+// F(2x2, 3x3) (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks", eq. 8):
+//   Y = A^T [ U (.) V ] A,   U = G g G^T,   V = B^T d B,
+// for each 2x2 output tile Y of one channel pair, its 4x4 input patch d and the 3x3 filter g; summed over
+// input channels, the 16 element-wise products become 16 matrix products M_k = V_k U_k ([tiles, Ci] x
+// [Ci, Co]): 16 multiply-adds per 4 outputs where the direct convolution takes 36 (2.25x fewer).
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
+//   A^T = [1 1 1 0; 0 1 -1 -1].
+// Backward: the input gradient is the same convolution of dY with the flipped, transposed filter (the
+// caller transforms it); the filter gradient is dU_k = V_k^T dM_k with dM = A dY A^T (then dg = G^T dU G,
+// done by the caller), so it takes the same 2.25x fewer multiply-adds.
+//
+// Tiles are processed in blocks of TB: transform the block's input into V (in the core's cache), run the
+// 16 products with a register-blocked kernel, transform back. U is [16, Ci, Co]; Ci and Co multiples of 16.
+// The caller (kuosan.nets.kernels) checks shapes, layouts and dtypes.
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include <omp.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));  // unaligned loads and stores
+
+inline v16 ld(const float* p) { return *reinterpret_cast<const v16u*>(p); }
+inline void st(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
+inline v16 bc(const float* p) {  // broadcast p[0] (not v16{} + s: an add of +0 that -0 forbids eliding)
+#ifdef __AVX512F__
+    return reinterpret_cast<v16>(_mm512_set1_ps(*p));
+#else
+    const float s = *p;
+    return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
+#endif
+}
+
+constexpr int TB = 24;  // tiles per block: a multiple of both kernels' row counts (6 and 12)
+
+// The transforms of F(m x m, 3 x 3) on n x n = (m + 2) x (m + 2) patches. F(2, 3): Lavin & Gray 2016, eq. 7;
+// F(4, 3): their section 4.2 (interpolation points 0, +-1, +-2 and infinity).
+template <int m> struct Wino;
+template <> struct Wino<2> {
+    static constexpr int n = 4;
+    static constexpr float BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+    static constexpr float G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
+    static constexpr float AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+};
+template <> struct Wino<4> {
+    static constexpr int n = 6;
+    static constexpr float BT[6][6] = {{4, 0, -5, 0, 1, 0}, {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                                       {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+    static constexpr float G[6][3] = {{0.25f, 0, 0}, {-1 / 6.0f, -1 / 6.0f, -1 / 6.0f}, {-1 / 6.0f, 1 / 6.0f, -1 / 6.0f},
+                                      {1 / 24.0f, 1 / 12.0f, 1 / 6.0f}, {1 / 24.0f, -1 / 12.0f, 1 / 6.0f}, {0, 0, 1}};
+    static constexpr float AT[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0},
+                                       {0, 1, -1, 8, -8, 1}};
+};
+
+// sum_j c[j] v[j] over the non-zero constants c (the loops unroll, so the zeros and ones cost nothing).
+template <int len>
+inline v16 combine(const float (&c)[len], const v16* v, long stride = 1) {
+    v16 acc{};
+    bool first = true;
+#pragma GCC unroll 8
+    for (int j = 0; j < len; ++j) {
+        if (c[j] == 0.0f) continue;
+        const v16 term = c[j] == 1.0f ? v[j * stride] : c[j] == -1.0f ? -v[j * stride] : c[j] * v[j * stride];
+        acc = first ? term : acc + term;
+        first = false;
+    }
+    return acc;
+}
+
+template <int m>
+struct Geometry {
+    long N, H, W, th, tw, tiles;
+    explicit Geometry(long n, long h, long w) : N(n), H(h), W(w), th((h + m - 1) / m), tw((w + m - 1) / m),
+                                                 tiles(n * ((h + m - 1) / m) * ((w + m - 1) / m)) {}
+    void locate(long t, long& image, long& row, long& col) const {
+        const long per_image = th * tw;
+        image = t / per_image;
+        row = m * ((t % per_image) / tw);
+        col = m * (t % tw);
+    }
+};
+
+// V[k][r][c] = (B^T d B)[k] for the tiles t0 .. t0+count of x ([N, H, W, C]); rows past count are zero.
+template <int m>
+void input_transform(const float* x, const Geometry<m>& g, long C, long t0, int count, float* V) {
+    using T = Wino<m>;
+    constexpr int n = T::n;
+    for (int r = 0; r < TB; ++r) {
+        if (r >= count) {
+            for (int k = 0; k < n * n; ++k) std::memset(V + (k * TB + r) * C, 0, sizeof(float) * C);
+            continue;
+        }
+        long img, y0, x0;
+        g.locate(t0 + r, img, y0, x0);
+        --y0, --x0;  // padding 1
+        const float* rows[n];
+        bool col_ok[n];
+        for (int a = 0; a < n; ++a) {
+            const long yy = y0 + a;
+            rows[a] = (yy >= 0 && yy < g.H) ? x + ((img * g.H + yy) * g.W) * C : nullptr;
+            col_ok[a] = (x0 + a >= 0 && x0 + a < g.W);
+        }
+        for (long c = 0; c < C; c += 16) {
+            v16 d[n][n], t[n][n];
+            for (int a = 0; a < n; ++a)
+                for (int b = 0; b < n; ++b)
+                    d[a][b] = (rows[a] && col_ok[b]) ? ld(rows[a] + (x0 + b) * C + c) : v16{};
+#pragma GCC unroll 8
+            for (int a = 0; a < n; ++a)  // B^T d
+#pragma GCC unroll 8
+                for (int b = 0; b < n; ++b) t[a][b] = combine<n>(T::BT[a], &d[0][b], n);
+#pragma GCC unroll 8
+            for (int a = 0; a < n; ++a)  // (B^T d) B
+#pragma GCC unroll 8
+                for (int b = 0; b < n; ++b) st(V + ((a * n + b) * TB + r) * C + c, combine<n>(T::BT[b], t[a]));
+        }
+    }
+}
+
+// dM[k][r][c] = (A dY A^T)[k] for the tiles' m x m output gradients (zero outside the image); rows past count
+// are zero.
+template <int m>
+void grad_transform(const float* dy, const Geometry<m>& g, long C, long t0, int count, float* dM) {
+    using T = Wino<m>;
+    constexpr int n = T::n;
+    for (int r = 0; r < TB; ++r) {
+        if (r >= count) {
+            for (int k = 0; k < n * n; ++k) std::memset(dM + (k * TB + r) * C, 0, sizeof(float) * C);
+            continue;
+        }
+        long img, y0, x0;
+        g.locate(t0 + r, img, y0, x0);
+        for (long c = 0; c < C; c += 16) {
+            v16 e[m][m], q[n][m];
+            for (int i = 0; i < m; ++i)
+                for (int j = 0; j < m; ++j)
+                    e[i][j] = (y0 + i < g.H && x0 + j < g.W) ? ld(dy + ((img * g.H + y0 + i) * g.W + x0 + j) * C + c)
+                                                            : v16{};
+#pragma GCC unroll 8
+            for (int a = 0; a < n; ++a)  // A dY
+#pragma GCC unroll 8
+                for (int j = 0; j < m; ++j) {
+                    v16 acc{};
+#pragma GCC unroll 8
+                    for (int i = 0; i < m; ++i)
+                        if (T::AT[i][a] != 0.0f) acc += T::AT[i][a] * e[i][j];
+                    q[a][j] = acc;
+                }
+#pragma GCC unroll 8
+            for (int a = 0; a < n; ++a)  // (A dY) A^T
+#pragma GCC unroll 8
+                for (int b = 0; b < n; ++b) {
+                    v16 acc{};
+#pragma GCC unroll 8
+                    for (int j = 0; j < m; ++j)
+                        if (T::AT[j][b] != 0.0f) acc += T::AT[j][b] * q[a][j];
+                    st(dM + ((a * n + b) * TB + r) * C + c, acc);
+                }
+        }
+    }
+}
+
+// y tiles = A^T M A (+ bias) from M[k][r][c], written where they fall inside the image.
+template <int m>
+void output_transform(const float* M, const float* bias, const Geometry<m>& g, long C, long t0, int count, float* y) {
+    using T = Wino<m>;
+    constexpr int n = T::n;
+    for (int r = 0; r < count; ++r) {
+        long img, y0, x0;
+        g.locate(t0 + r, img, y0, x0);
+        const int rows = static_cast<int>(std::min<long>(m, g.H - y0)), cols = static_cast<int>(std::min<long>(m, g.W - x0));
+        float* p = y + ((img * g.H + y0) * g.W + x0) * C;
+        for (long c = 0; c < C; c += 16) {
+            v16 mm[n][n], s[m][n];
+            for (int k = 0; k < n * n; ++k) mm[k / n][k % n] = ld(M + (k * TB + r) * C + c);
+#pragma GCC unroll 8
+            for (int i = 0; i < m; ++i)  // A^T M
+#pragma GCC unroll 8
+                for (int b = 0; b < n; ++b) s[i][b] = combine<n>(T::AT[i], &mm[0][b], n);
+            const v16 bb = bias ? ld(bias + c) : v16{};
+#pragma GCC unroll 8
+            for (int i = 0; i < m; ++i)
+#pragma GCC unroll 8
+                for (int j = 0; j < m; ++j)
+                    if (i < rows && j < cols) st(p + (i * g.W + j) * C + c, combine<n>(T::AT[j], s[i]) + bb);
+        }
+    }
+}
+
+// out[R rows][16 J] = a[R][K] (row stride lda) x b[K][16 J] (row stride ldb) (+ bias[16 J]); overwrite.
+template <int R, int J>
+inline void gemm_block(const float* a, long lda, const float* b, long ldb, long K, float* out, long ldo,
+                       const float* bias) {
+    v16 acc[R][J];
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < J; ++j) acc[r][j] = bias ? ld(bias + 16 * j) : v16{};
+    for (long k = 0; k < K; ++k) {
+        v16 bv[J];
+        for (int j = 0; j < J; ++j) bv[j] = ld(b + k * ldb + 16 * j);
+        for (int r = 0; r < R; ++r) {
+            const v16 av = bc(a + r * lda + k);
+            for (int j = 0; j < J; ++j) acc[r][j] += av * bv[j];
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < J; ++j) st(out + r * ldo + 16 * j, acc[r][j]);
+}
+
+// The last M % R rows, one kernel instantiation per count.
+template <int R, int J>
+inline void gemm_tail(int rows, const float* a, long lda, const float* b, long ldb, long K, float* out, long ldo,
+                      const float* bias) {
+    if constexpr (R > 0) {
+        if (rows == R) return gemm_block<R, J>(a, lda, b, ldb, K, out, ldo, bias);
+        gemm_tail<R - 1, J>(rows, a, lda, b, ldb, K, out, ldo, bias);
+    }
+}
+
+template <int R, int J>
+inline void gemm_rows(const float* a, long lda, const float* b, long ldb, long M, long K, float* out, long ldo,
+                      const float* bias) {
+    long r = 0;
+    for (; r + R <= M; r += R) gemm_block<R, J>(a + r * lda, lda, b, ldb, K, out + r * ldo, ldo, bias);
+    if (r < M) gemm_tail<R - 1, J>(static_cast<int>(M - r), a + r * lda, lda, b, ldb, K, out + r * ldo, ldo, bias);
+}
+
+// out[M][N] = a[M][K] b[K][N] (+ bias[N]), N a multiple of 16; register blocks of 6 x 64 or 12 x 32/16.
+void gemm_nn(const float* a, long lda, const float* b, long ldb, long M, long K, long N, float* out, long ldo,
+             const float* bias) {
+    long j = 0;
+    for (; j + 64 <= N; j += 64) gemm_rows<6, 4>(a, lda, b + j, ldb, M, K, out + j, ldo, bias ? bias + j : nullptr);
+    for (; j + 32 <= N; j += 32) gemm_rows<12, 2>(a, lda, b + j, ldb, M, K, out + j, ldo, bias ? bias + j : nullptr);
+    for (; j < N; j += 16) gemm_rows<12, 1>(a, lda, b + j, ldb, M, K, out + j, ldo, bias ? bias + j : nullptr);
+}
+
+// M_k = V_k U_k for the n^2 k: V [n^2][TB][Ci], U [n^2][Ci][Co], M [n^2][TB][Co].
+void block_products(int nn, const float* V, const float* U, long Ci, long Co, float* M) {
+    for (int k = 0; k < nn; ++k) gemm_nn(V + k * TB * Ci, Ci, U + k * Ci * Co, Co, TB, Ci, Co, M + k * TB * Co, Co,
+                                         nullptr);
+}
+
+// out[R m][16 J n] += sum_t a[t][m] b[t][n] over T rows (row strides lda, ldb).
+template <int R, int J>
+inline void gemm_tn_block(const float* a, long lda, const float* b, long ldb, long T, float* out, long ldo) {
+    v16 acc[R][J];
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < J; ++j) acc[r][j] = ld(out + r * ldo + 16 * j);
+    for (long t = 0; t < T; ++t) {
+        v16 bv[J];
+        for (int j = 0; j < J; ++j) {
+            bv[j] = ld(b + t * ldb + 16 * j);
+            __asm__("" : "+v"(bv[j]));  // keep the row in a register: folded into each FMA it is loaded R times
+        }
+        for (int r = 0; r < R; ++r) {
+            const v16 av = bc(a + t * lda + r);
+            for (int j = 0; j < J; ++j) acc[r][j] += av * bv[j];
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < J; ++j) st(out + r * ldo + 16 * j, acc[r][j]);
+}
+
+// out[M][N] += a[T][M]^T b[T][N]; M a multiple of 4, N of 16.
+void gemm_tn(const float* a, long lda, const float* b, long ldb, long T, long M, long N, float* out, long ldo) {
+    for (long i = 0; i < M; i += 4) {
+        long j = 0;
+        for (; j + 64 <= N; j += 64) gemm_tn_block<4, 4>(a + i, lda, b + j, ldb, T, out + i * ldo + j, ldo);
+        for (; j + 32 <= N; j += 32) gemm_tn_block<4, 2>(a + i, lda, b + j, ldb, T, out + i * ldo + j, ldo);
+        for (; j < N; j += 16) gemm_tn_block<4, 1>(a + i, lda, b + j, ldb, T, out + i * ldo + j, ldo);
+    }
+}
+
+void block_weight_products(int nn, const float* V, const float* dM, long Ci, long Co, float* dU) {
+    for (int k = 0; k < nn; ++k) gemm_tn(V + k * TB * Ci, Ci, dM + k * TB * Co, Co, TB, Ci, Co, dU + k * Ci * Co, Co);
+}
+
+// sum[c] += sum of rows of x [rows][C] (C a multiple of 16).
+void add_rows(const float* x, long rows, long C, float* sum) {
+    for (long c = 0; c < C; c += 16) {
+        v16 acc = ld(sum + c);
+        for (long r = 0; r < rows; ++r) acc += ld(x + r * C + c);
+        st(sum + c, acc);
+    }
+}
+
+float* scratch(long floats) {
+    return static_cast<float*>(std::aligned_alloc(64, ((floats * sizeof(float) + 63) / 64) * 64));
+}
+
+// Each thread accumulates into its own zeroed buffer of size (+ bias_size) floats, work(id, n, acc, bias_acc),
+// then the buffers are summed into out (and bias_out, when not null).
+template <class Work>
+void reduce_over_threads(long size, long bias_size, float* out, float* bias_out, Work work) {
+    const int threads = omp_get_max_threads();
+    std::vector<float*> partial(threads, nullptr);
+    const long total = size + (bias_out ? bias_size : 0);
+#pragma omp parallel num_threads(threads)
+    {
+        const int id = omp_get_thread_num(), n = omp_get_num_threads();
+        float* acc = scratch(total);
+        std::memset(acc, 0, sizeof(float) * total);
+        partial[id] = acc;
+        work(id, n, acc, bias_out ? acc + size : nullptr);
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (long i = 0; i < total; ++i) {
+            float v = 0;
+            for (int p = 0; p < n; ++p) v += partial[p][i];
+            if (i < size) out[i] = v; else bias_out[i - size] = v;
+        }
+    }
+    for (float* p : partial) std::free(p);
+}
+
+template <int m>
+void winograd_forward(const float* x, const float* U, const float* bias, float* y, long N, long H, long W, long Ci,
+                      long Co) {
+    constexpr int nn = Wino<m>::n * Wino<m>::n;
+    const Geometry<m> g(N, H, W);
+    const long blocks = (g.tiles + TB - 1) / TB;
+#pragma omp parallel
+    {
+        float* V = scratch(nn * TB * Ci);
+        float* M = scratch(nn * TB * Co);
+#pragma omp for schedule(static)
+        for (long blk = 0; blk < blocks; ++blk) {
+            const long t0 = blk * TB;
+            const int count = static_cast<int>(std::min<long>(TB, g.tiles - t0));
+            input_transform<m>(x, g, Ci, t0, count, V);
+            block_products(nn, V, U, Ci, Co, M);
+            output_transform<m>(M, bias, g, Co, t0, count, y);
+        }
+        std::free(V);
+        std::free(M);
+    }
+}
+
+template <int m>
+void winograd_weight_grad(const float* x, const float* dy, float* dU, float* db, long N, long H, long W, long Ci,
+                          long Co) {
+    constexpr int nn = Wino<m>::n * Wino<m>::n;
+    const Geometry<m> g(N, H, W);
+    const long blocks = (g.tiles + TB - 1) / TB;
+    reduce_over_threads(nn * Ci * Co, Co, dU, db, [&](int id, int n, float* acc, float* bias_acc) {
+        float* V = scratch(nn * TB * Ci);
+        float* dM = scratch(nn * TB * Co);
+        for (long blk = blocks * id / n, hi = blocks * (id + 1) / n; blk < hi; ++blk) {
+            const long t0 = blk * TB;
+            const int count = static_cast<int>(std::min<long>(TB, g.tiles - t0));
+            input_transform<m>(x, g, Ci, t0, count, V);
+            grad_transform<m>(dy, g, Co, t0, count, dM);
+            block_weight_products(nn, V, dM, Ci, Co, acc);
+        }
+        std::free(V);
+        std::free(dM);
+        if (bias_acc) {
+            const long rows = N * H * W;
+            add_rows(dy + rows * id / n * Co, rows * (id + 1) / n - rows * id / n, Co, bias_acc);
+        }
+    });
+}
+
+// U = G g G^T (n x n) for a filter w [Co, Ci, 3, 3] with element strides s: U [n^2, Ci, Co]; with flip, the
+// filter of the input gradient (g'[ci][co] = w[co][ci] rotated by 180 degrees): U [n^2, Co, Ci].
+template <int m>
+void winograd_filter(const float* w, long s0, long s1, long s2, long s3, long Co, long Ci, int flip, float* U) {
+    using T = Wino<m>;
+    constexpr int n = T::n;
+#pragma omp parallel for schedule(static)
+    for (long o = 0; o < Co; ++o)
+        for (long i = 0; i < Ci; ++i) {
+            float g[3][3], t[n][3];
+            for (int a = 0; a < 3; ++a)
+                for (int b = 0; b < 3; ++b)
+                    g[a][b] = flip ? w[o * s0 + i * s1 + (2 - a) * s2 + (2 - b) * s3] : w[o * s0 + i * s1 + a * s2 + b * s3];
+            for (int a = 0; a < n; ++a)
+                for (int b = 0; b < 3; ++b) t[a][b] = T::G[a][0] * g[0][b] + T::G[a][1] * g[1][b] + T::G[a][2] * g[2][b];
+            for (int a = 0; a < n; ++a)
+                for (int b = 0; b < n; ++b) {
+                    const float u = t[a][0] * T::G[b][0] + t[a][1] * T::G[b][1] + t[a][2] * T::G[b][2];
+                    U[(a * n + b) * Ci * Co + (flip ? o * Ci + i : i * Co + o)] = u;
+                }
+        }
+}
+
+// dw = G^T dU G: dU [n^2, Ci, Co] to the filter gradient dw [Co, Ci, 3, 3] with element strides s.
+template <int m>
+void winograd_filter_grad(const float* dU, float* dw, long s0, long s1, long s2, long s3, long Co, long Ci) {
+    using T = Wino<m>;
+    constexpr int n = T::n;
+#pragma omp parallel for schedule(static)
+    for (long o = 0; o < Co; ++o)
+        for (long i = 0; i < Ci; ++i) {
+            float t[3][n];
+            for (int a = 0; a < 3; ++a)
+                for (int b = 0; b < n; ++b) {
+                    float v = 0;
+                    for (int k = 0; k < n; ++k) v += T::G[k][a] * dU[(k * n + b) * Ci * Co + i * Co + o];
+                    t[a][b] = v;
+                }
+            for (int a = 0; a < 3; ++a)
+                for (int b = 0; b < 3; ++b) {
+                    float v = 0;
+                    for (int k = 0; k < n; ++k) v += t[a][k] * T::G[k][b];
+                    dw[o * s0 + i * s1 + a * s2 + b * s3] = v;
+                }
+        }
+}
+
+}  // namespace
+
+extern "C" {
+
+// y [N, H, W, Co] = conv3x3(x [N, H, W, Ci], U [n^2, Ci, Co]) + bias [Co] (bias may be null), with
+// F(tile x tile, 3 x 3), tile 2 or 4.
+int kuosan_winograd_forward(int tile, const float* x, const float* U, const float* bias, float* y, long N, long H,
+                            long W, long Ci, long Co) {
+    if (Ci % 16 || Co % 16 || (tile != 2 && tile != 4)) return 1;
+    (tile == 2 ? winograd_forward<2> : winograd_forward<4>)(x, U, bias, y, N, H, W, Ci, Co);
+    return 0;
+}
+
+// dU [n^2, Ci, Co] = sum over tiles of V^T dM for x [N, H, W, Ci] and dy [N, H, W, Co]; db [Co] = sum of dy
+// (skipped when db is null).
+int kuosan_winograd_weight_grad(int tile, const float* x, const float* dy, float* dU, float* db, long N, long H,
+                                long W, long Ci, long Co) {
+    if (Ci % 16 || Co % 16 || (tile != 2 && tile != 4)) return 1;
+    (tile == 2 ? winograd_weight_grad<2> : winograd_weight_grad<4>)(x, dy, dU, db, N, H, W, Ci, Co);
+    return 0;
+}
+
+int kuosan_winograd_filter(int tile, const float* w, long s0, long s1, long s2, long s3, long Co, long Ci, int flip,
+                           float* U) {
+    if (tile != 2 && tile != 4) return 1;
+    (tile == 2 ? winograd_filter<2> : winograd_filter<4>)(w, s0, s1, s2, s3, Co, Ci, flip, U);
+    return 0;
+}
+
+int kuosan_winograd_filter_grad(int tile, const float* dU, float* dw, long s0, long s1, long s2, long s3, long Co,
+                                long Ci) {
+    if (tile != 2 && tile != 4) return 1;
+    (tile == 2 ? winograd_filter_grad<2> : winograd_filter_grad<4>)(dU, dw, s0, s1, s2, s3, Co, Ci);
+    return 0;
+}
+
+// y [rows, Co] = x [rows, Ci] wt [Ci, Co] (+ bias): a 1x1 convolution of channels_last tensors (and, with
+// wt = the weight [Co, Ci] itself, its input gradient). oneDNN's channels_last 1x1 convolutions ran at
+// 100-400 GFLOP/s on the benchmark's shapes (their backward slowest).
+int kuosan_conv1x1_forward(const float* x, const float* wt, const float* bias, float* y, long rows, long Ci,
+                           long Co) {
+    if (Co % 16) return 1;
+    constexpr long RB = 96;  // rows per task: a multiple of the kernels' 6 and 12
+    const long blocks = (rows + RB - 1) / RB;
+#pragma omp parallel for schedule(static)
+    for (long blk = 0; blk < blocks; ++blk) {
+        const long r0 = blk * RB, count = std::min(RB, rows - r0);
+        gemm_nn(x + r0 * Ci, Ci, wt, Co, count, Ci, Co, y + r0 * Co, Co, bias);
+    }
+    return 0;
+}
+
+// dwt [Ci, Co] = x^T dy and db [Co] = sum of dy rows (skipped when null) for the 1x1 convolution above.
+int kuosan_conv1x1_weight_grad(const float* x, const float* dy, float* dwt, float* db, long rows, long Ci, long Co) {
+    if (Ci % 4 || Co % 16) return 1;
+    reduce_over_threads(Ci * Co, Co, dwt, db, [&](int id, int n, float* acc, float* bias_acc) {
+        constexpr long T = 128;
+        const long lo = rows * id / n, hi = rows * (id + 1) / n;
+        for (long r0 = lo; r0 < hi; r0 += T) {
+            const long count = std::min(T, hi - r0);
+            gemm_tn(x + r0 * Ci, Ci, dy + r0 * Co, Co, count, Ci, Co, acc, Co);
+            if (bias_acc) add_rows(dy + r0 * Co, count, Co, bias_acc);
+        }
+    });
+    return 0;
+}
+
+}  // extern "C"

@@ -1,0 +1,101 @@
+"""The Winograd 3×3 and the 1×1 convolution kernels (kuosan.nets.layers.Conv2d) against float64 torch."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kuosan.nets import kernels
+from kuosan.nets.layers import Conv2d
+
+needs_compiler = pytest.mark.skipif(kernels._compiler() is None or os.environ.get("KUOSAN_KERNELS") == "0",
+                                    reason="no C++ compiler: the convolutions fall back to torch's")
+
+# kernel, Ci, Co, H, W, batch: odd and unequal sides leave partial tiles at the right and bottom edges
+CASES = [(3, 32, 32, 28, 28, 3), (3, 64, 16, 7, 9, 2), (3, 16, 48, 5, 6, 2), (3, 128, 64, 14, 14, 2),
+         (3, 48, 32, 13, 12, 1), (1, 64, 32, 9, 9, 3), (1, 96, 192, 7, 5, 2), (1, 16, 16, 3, 3, 1)]
+# |error| / max |exact|: F(2×2, 3×3) rounds less than oneDNN's direct convolution (about 1e-6 here), F(4×4, 3×3)
+# about 5x more (its transforms hold 1/6, 1/24 and 8); float32 rounding either way.
+TOL = {2: 2e-6, 4: 2e-5}
+
+
+def relative_error(a, ref):
+    return ((a.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+@needs_compiler
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("case", CASES)
+def test_forward_and_gradients_match_float64_torch(case, bias, tile, monkeypatch):
+    monkeypatch.setenv("KUOSAN_WINOGRAD_TILE", str(tile))
+    k, ci, co, h, w, batch = case
+    g = torch.Generator().manual_seed(sum(case))
+    conv = Conv2d(ci, co, k, padding=k // 2, bias=bias).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    x = torch.randn(batch, ci, h, w, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert kernels.conv_ok(x, conv.weight), kernels.status()
+    y = conv(x)
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.grad_fn.name() == "_KernelConvBackward"
+    grad = torch.randn(y.shape, generator=g)
+    params = [x, conv.weight] + ([conv.bias] if bias else [])
+    grads = torch.autograd.grad(y, params, grad)
+
+    p64 = [p.detach().double().requires_grad_() for p in params]
+    y64 = F.conv2d(p64[0], p64[1], p64[2] if bias else None, padding=k // 2)
+    grads64 = torch.autograd.grad(y64, p64, grad.double())
+    tol = TOL[tile] if k == 3 else 2e-6
+    assert relative_error(y, y64) < tol
+    for name, a, r in zip(["x", "weight", "bias"], grads, grads64):
+        assert relative_error(a, r) < tol, name
+    assert grads[1].stride() == conv.weight.stride()  # the optimiser's fused update wants one layout
+
+    with torch.no_grad():  # inference takes the kernel without a graph
+        assert torch.equal(conv(x), y.detach())
+
+
+@needs_compiler
+def test_the_tile_follows_the_map_size(monkeypatch):
+    monkeypatch.delenv("KUOSAN_WINOGRAD_TILE", raising=False)
+    assert kernels.winograd_tile(28, 28) == 4 and kernels.winograd_tile(32, 32) == 4
+    assert kernels.winograd_tile(14, 14) == 2 and kernels.winograd_tile(8, 8) == 2
+    assert kernels.winograd_tile(30, 30) == 2  # 4 would waste most of the last row of tiles
+    monkeypatch.setenv("KUOSAN_WINOGRAD_TILE", "2")
+    assert kernels.winograd_tile(28, 28) == 2
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: Conv2d(24, 32, 3, padding=1), (2, 24, 8, 8)),            # 24 input channels: not a multiple of 16
+    (lambda: Conv2d(32, 32, 3, stride=2, padding=1), (2, 32, 8, 8)),  # strided
+    (lambda: Conv2d(32, 32, 3, padding=2, dilation=2), (2, 32, 8, 8)),
+    (lambda: Conv2d(32, 32, 4, padding=1), (2, 32, 8, 8)),
+])
+def test_what_the_kernels_do_not_take_is_torchs_convolution(make, shape):
+    torch.manual_seed(0)
+    conv = make().to(memory_format=torch.channels_last)
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = conv(x)
+    assert y.grad_fn.name() != "_KernelConvBackward"
+    torch.testing.assert_close(y, conv._conv_forward.__func__(conv, x, conv.weight, conv.bias))
+    torch.testing.assert_close(y, F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation))
+
+
+def test_nchw_inputs_and_bfloat16_autocast_take_torchs_convolution():
+    conv = Conv2d(32, 32, 3, padding=1)
+    x = torch.randn(2, 32, 8, 8, requires_grad=True)  # NCHW
+    assert conv(x).grad_fn.name() != "_KernelConvBackward"
+    conv = conv.to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x.contiguous(memory_format=torch.channels_last))
+    assert y.dtype == torch.bfloat16 and y.grad_fn.name() != "_KernelConvBackward"
+
+
+def test_the_state_dict_is_nn_conv2ds():
+    ours, theirs = Conv2d(32, 16, 3, padding=1), nn.Conv2d(32, 16, 3, padding=1)
+    theirs.load_state_dict(ours.state_dict())
+    ours.load_state_dict(theirs.state_dict())
+    assert isinstance(ours, nn.Conv2d) and list(ours.state_dict()) == ["weight", "bias"]
