@@ -168,7 +168,7 @@ def _kuosan(model: dict, diffusion: dict, a, name: str, channels_last: bool, com
     from kuosan.config import Config, DiffusionConfig, ModelConfig
     from kuosan.diffusion.objectives import loss_for
     from kuosan.model import build_model, network_spec
-    from kuosan.perf import adamw, prepare_model
+    from kuosan.perf import adamw, match_state_layout, prepare_model
     from kuosan.sampling import generate
 
     def fields(cls, values):  # a checkpoint's sections may hold more than the dataclass
@@ -202,6 +202,9 @@ def _kuosan(model: dict, diffusion: dict, a, name: str, channels_last: bool, com
     flops = count_flops(forward)  # counted eagerly, before any compilation
     flops_train = 0 if a.skip_train else count_flops(train_step)
     prepare_model(precond, channels_last=channels_last, compile=compile)
+    # The FLOP count's step made the AdamW moments in the old layout; kuosan train makes them after
+    # prepare_model (NCHW moments beside channels_last weights would send FusedAdamW to torch's slower path).
+    match_state_layout(opt)
     if bf16:  # training as kuosan train --bf16 runs it; sampling through generate(bf16=True) above
         forward, train_step = _bf16(forward), _bf16(train_step)
     return Contender(name, sum(p.numel() for p in precond.net.parameters()), forward, train_step, sample,
