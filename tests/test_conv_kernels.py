@@ -99,3 +99,34 @@ def test_the_state_dict_is_nn_conv2ds():
     theirs.load_state_dict(ours.state_dict())
     ours.load_state_dict(theirs.state_dict())
     assert isinstance(ours, nn.Conv2d) and list(ours.state_dict()) == ["weight", "bias"]
+
+
+needs_bf16 = pytest.mark.skipif(not (kernels.loaded() and kernels._lib.kuosan_winograd_bf16_supported()),
+                                reason="the CPU has no AVX512-BF16: bfloat16 convolutions stay oneDNN's")
+
+
+@needs_bf16
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] == 3])
+def test_bfloat16_autocast_stays_as_close_as_onednns_bfloat16(case, monkeypatch):
+    monkeypatch.setenv("KUOSAN_WINOGRAD_TILE", "4")  # ignored in bfloat16: F(2×2, 3×3) only
+    _, ci, co, h, w, batch = case
+    g = torch.Generator().manual_seed(sum(case))
+    conv = Conv2d(ci, co, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, ci, h, w, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+    grad = torch.randn(batch, co, h, w, generator=g)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, conv.weight, conv.bias))
+    y64 = F.conv2d(x64, w64, b64, padding=1)
+    exact = [y64, *torch.autograd.grad(y64, (x64, w64, b64), grad.double())]
+
+    errors = {}
+    for name, fast in (("kernel", True), ("onednn", False)):
+        conv._fast = fast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv(x)
+        assert y.dtype == torch.bfloat16
+        assert (y.grad_fn.name() == "_KernelConvBF16Backward") == fast
+        grads = torch.autograd.grad(y, (x, conv.weight, conv.bias), grad.to(y.dtype))
+        assert grads[1].dtype == torch.float32 and grads[1].stride() == conv.weight.stride()
+        errors[name] = [relative_error(a, r) for a, r in zip([y, *grads], exact)]
+    for ours, theirs in zip(errors["kernel"], errors["onednn"]):  # both about 2^-8 (bfloat16's rounding)
+        assert ours < max(2 * theirs, 4e-3), errors

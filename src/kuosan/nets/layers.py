@@ -42,12 +42,16 @@ class Conv2d(nn.Conv2d):
                            or (k == one and self.padding == (0, 0))))
 
     def _conv_forward(self, x, weight, bias):
-        if (self._fast and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
-                and kernels.conv_ok(x, weight)):
-            if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                            or (bias is not None and bias.requires_grad)):
-                return _KernelConv.apply(x, weight, bias)
-            return _KernelConv.run(x, weight, bias)
+        if self._fast and not torch.compiler.is_compiling():
+            grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                                or (bias is not None and bias.requires_grad))
+            if not torch.is_autocast_enabled("cpu"):
+                if kernels.conv_ok(x, weight):
+                    return _KernelConv.apply(x, weight, bias) if grad else _KernelConv.run(x, weight, bias)
+            elif (self.kernel_size == (3, 3) and torch.get_autocast_dtype("cpu") == torch.bfloat16
+                  and kernels.conv_bf16_ok(x, weight)):  # what autocast would run in bfloat16
+                x = x.to(torch.bfloat16)
+                return _KernelConvBF16.apply(x, weight, bias) if grad else kernels.winograd_conv_bf16(x, weight, bias)
         return super()._conv_forward(x, weight, bias)
 
 
@@ -68,6 +72,23 @@ class _KernelConv(torch.autograd.Function):
         need = ctx.needs_input_grad
         backward = kernels.winograd_conv_backward if weight.shape[-1] == 3 else kernels.conv1x1_backward
         return backward(grad_y, x, weight, need[0], need[1], ctx.has_bias and need[2])
+
+
+class _KernelConvBF16(torch.autograd.Function):
+    """A 3×3 convolution under bfloat16 autocast: bfloat16 activations and input gradient, float32 weight,
+    bias and their gradients (autocast's cast of the weight is folded into the filter transform)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return kernels.winograd_conv_bf16(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        return kernels.winograd_conv_backward_bf16(grad_y, x, weight, need[0], need[1], ctx.has_bias and need[2])
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:

@@ -15,6 +15,7 @@
 // The caller (kuosan.nets.kernels) checks shapes, layouts and dtypes.
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -39,6 +40,19 @@ inline v16 bc(const float* p) {  // broadcast p[0] (not v16{} + s: an add of +0 
     return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s};
 #endif
 }
+
+// bfloat16 storage (uint16_t): widened to float for all arithmetic, rounded to nearest even when stored.
+inline v16 ldx(const float* p) { return ld(p); }
+inline void stx(float* p, v16 v) { st(p, v); }
+#ifdef __AVX512BF16__
+inline v16 ldx(const uint16_t* p) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return reinterpret_cast<v16>(_mm512_slli_epi32(wide, 16));
+}
+inline void stx(uint16_t* p, v16 v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(reinterpret_cast<__m512>(v))));
+}
+#endif
 
 constexpr int TB = 24;  // tiles per block: a multiple of both kernels' row counts (6 and 12)
 
@@ -90,19 +104,19 @@ struct Geometry {
 };
 
 // V[k][r][c] = (B^T d B)[k] for the tiles t0 .. t0+count of x ([N, H, W, C]); rows past count are zero.
-template <int m>
-void input_transform(const float* x, const Geometry<m>& g, long C, long t0, int count, float* V) {
+template <int m, class In, class VOut>
+void input_transform(const In* x, const Geometry<m>& g, long C, long t0, int count, VOut* V) {
     using T = Wino<m>;
     constexpr int n = T::n;
     for (int r = 0; r < TB; ++r) {
         if (r >= count) {
-            for (int k = 0; k < n * n; ++k) std::memset(V + (k * TB + r) * C, 0, sizeof(float) * C);
+            for (int k = 0; k < n * n; ++k) std::memset(V + (k * TB + r) * C, 0, sizeof(VOut) * C);
             continue;
         }
         long img, y0, x0;
         g.locate(t0 + r, img, y0, x0);
         --y0, --x0;  // padding 1
-        const float* rows[n];
+        const In* rows[n];
         bool col_ok[n];
         for (int a = 0; a < n; ++a) {
             const long yy = y0 + a;
@@ -113,7 +127,7 @@ void input_transform(const float* x, const Geometry<m>& g, long C, long t0, int 
             v16 d[n][n], t[n][n];
             for (int a = 0; a < n; ++a)
                 for (int b = 0; b < n; ++b)
-                    d[a][b] = (rows[a] && col_ok[b]) ? ld(rows[a] + (x0 + b) * C + c) : v16{};
+                    d[a][b] = (rows[a] && col_ok[b]) ? ldx(rows[a] + (x0 + b) * C + c) : v16{};
 #pragma GCC unroll 8
             for (int a = 0; a < n; ++a)  // B^T d
 #pragma GCC unroll 8
@@ -121,15 +135,15 @@ void input_transform(const float* x, const Geometry<m>& g, long C, long t0, int 
 #pragma GCC unroll 8
             for (int a = 0; a < n; ++a)  // (B^T d) B
 #pragma GCC unroll 8
-                for (int b = 0; b < n; ++b) st(V + ((a * n + b) * TB + r) * C + c, combine<n>(T::BT[b], t[a]));
+                for (int b = 0; b < n; ++b) stx(V + ((a * n + b) * TB + r) * C + c, combine<n>(T::BT[b], t[a]));
         }
     }
 }
 
 // dM[k][r][c] = (A dY A^T)[k] for the tiles' m x m output gradients (zero outside the image); rows past count
 // are zero.
-template <int m>
-void grad_transform(const float* dy, const Geometry<m>& g, long C, long t0, int count, float* dM) {
+template <int m, class In>
+void grad_transform(const In* dy, const Geometry<m>& g, long C, long t0, int count, float* dM) {
     using T = Wino<m>;
     constexpr int n = T::n;
     for (int r = 0; r < TB; ++r) {
@@ -143,7 +157,7 @@ void grad_transform(const float* dy, const Geometry<m>& g, long C, long t0, int 
             v16 e[m][m], q[n][m];
             for (int i = 0; i < m; ++i)
                 for (int j = 0; j < m; ++j)
-                    e[i][j] = (y0 + i < g.H && x0 + j < g.W) ? ld(dy + ((img * g.H + y0 + i) * g.W + x0 + j) * C + c)
+                    e[i][j] = (y0 + i < g.H && x0 + j < g.W) ? ldx(dy + ((img * g.H + y0 + i) * g.W + x0 + j) * C + c)
                                                             : v16{};
 #pragma GCC unroll 8
             for (int a = 0; a < n; ++a)  // A dY
@@ -170,15 +184,15 @@ void grad_transform(const float* dy, const Geometry<m>& g, long C, long t0, int 
 }
 
 // y tiles = A^T M A (+ bias) from M[k][r][c], written where they fall inside the image.
-template <int m>
-void output_transform(const float* M, const float* bias, const Geometry<m>& g, long C, long t0, int count, float* y) {
+template <int m, class Out>
+void output_transform(const float* M, const float* bias, const Geometry<m>& g, long C, long t0, int count, Out* y) {
     using T = Wino<m>;
     constexpr int n = T::n;
     for (int r = 0; r < count; ++r) {
         long img, y0, x0;
         g.locate(t0 + r, img, y0, x0);
         const int rows = static_cast<int>(std::min<long>(m, g.H - y0)), cols = static_cast<int>(std::min<long>(m, g.W - x0));
-        float* p = y + ((img * g.H + y0) * g.W + x0) * C;
+        Out* p = y + ((img * g.H + y0) * g.W + x0) * C;
         for (long c = 0; c < C; c += 16) {
             v16 mm[n][n], s[m][n];
             for (int k = 0; k < n * n; ++k) mm[k / n][k % n] = ld(M + (k * TB + r) * C + c);
@@ -191,7 +205,7 @@ void output_transform(const float* M, const float* bias, const Geometry<m>& g, l
             for (int i = 0; i < m; ++i)
 #pragma GCC unroll 8
                 for (int j = 0; j < m; ++j)
-                    if (i < rows && j < cols) st(p + (i * g.W + j) * C + c, combine<n>(T::AT[j], s[i]) + bb);
+                    if (i < rows && j < cols) stx(p + (i * g.W + j) * C + c, combine<n>(T::AT[j], s[i]) + bb);
         }
     }
 }
@@ -258,7 +272,9 @@ inline void gemm_tn_block(const float* a, long lda, const float* b, long ldb, lo
         v16 bv[J];
         for (int j = 0; j < J; ++j) {
             bv[j] = ld(b + t * ldb + 16 * j);
+#ifdef __AVX512F__
             __asm__("" : "+v"(bv[j]));  // keep the row in a register: folded into each FMA it is loaded R times
+#endif
         }
         for (int r = 0; r < R; ++r) {
             const v16 av = bc(a + t * lda + r);
@@ -284,13 +300,116 @@ void block_weight_products(int nn, const float* V, const float* dM, long Ci, lon
 }
 
 // sum[c] += sum of rows of x [rows][C] (C a multiple of 16).
-void add_rows(const float* x, long rows, long C, float* sum) {
+template <class In>
+void add_rows(const In* x, long rows, long C, float* sum) {
     for (long c = 0; c < C; c += 16) {
         v16 acc = ld(sum + c);
-        for (long r = 0; r < rows; ++r) acc += ld(x + r * C + c);
+        for (long r = 0; r < rows; ++r) acc += ldx(x + r * C + c);
         st(sum + c, acc);
     }
 }
+
+#ifdef __AVX512BF16__
+// bfloat16 products with AVX512-BF16 (vdpbf16ps: each float32 lane adds the product of a pair of bfloat16
+// values), float32 accumulation. The reduction dimension is stored in pairs: b[kp][n] holds the bfloat16 values
+// of rows 2 kp and 2 kp + 1 of column n in one 32-bit word.
+
+// out[R][16 J] = a[R][K] (bfloat16 rows, stride lda in pairs) x b[K/2][16 J] (pairs, stride ldb).
+template <int R, int J>
+inline void gemm_block_bf16(const uint32_t* a, long lda, const uint32_t* b, long ldb, long K2, float* out, long ldo) {
+    __m512 acc[R][J];
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < J; ++j) acc[r][j] = _mm512_setzero_ps();
+    for (long k = 0; k < K2; ++k) {
+        __m512bh bv[J];
+        for (int j = 0; j < J; ++j) bv[j] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(b + k * ldb + 16 * j));
+        for (int r = 0; r < R; ++r) {
+            const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(a[r * lda + k])));
+            for (int j = 0; j < J; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], av, bv[j]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < J; ++j) _mm512_storeu_ps(out + r * ldo + 16 * j, acc[r][j]);
+}
+
+template <int R, int J>
+inline void gemm_rows_bf16(const uint32_t* a, long lda, const uint32_t* b, long ldb, long M, long K2, float* out,
+                           long ldo) {
+    for (long r = 0; r < M; r += R) gemm_block_bf16<R, J>(a + r * lda, lda, b, ldb, K2, out + r * ldo, ldo);
+}
+
+// M_k = V_k U_k: V [n^2][TB][Ci] bfloat16, U [n^2][Ci/2][Co] pairs, M [n^2][TB][Co] float32 (TB rows: a
+// multiple of 6 and 12).
+void block_products_bf16(int nn, const uint16_t* V, const uint32_t* U, long Ci, long Co, float* M) {
+    const long K2 = Ci / 2;
+    for (int k = 0; k < nn; ++k) {
+        const uint32_t* a = reinterpret_cast<const uint32_t*>(V + k * TB * Ci);
+        const uint32_t* b = U + k * K2 * Co;
+        float* out = M + k * TB * Co;
+        long j = 0;
+        for (; j + 64 <= Co; j += 64) gemm_rows_bf16<6, 4>(a, K2, b + j, Co, TB, K2, out + j, Co);
+        for (; j + 32 <= Co; j += 32) gemm_rows_bf16<12, 2>(a, K2, b + j, Co, TB, K2, out + j, Co);
+        for (; j < Co; j += 16) gemm_rows_bf16<12, 1>(a, K2, b + j, Co, TB, K2, out + j, Co);
+    }
+}
+
+// out[R m][16 J n] += sum_tp a[tp][m] . b[tp][n] (both in pairs of rows t = 2 tp, 2 tp + 1).
+template <int R, int J>
+inline void gemm_tn_block_bf16(const uint32_t* a, long lda, const uint32_t* b, long ldb, long T2, float* out,
+                               long ldo) {
+    __m512 acc[R][J];
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < J; ++j) acc[r][j] = _mm512_loadu_ps(out + r * ldo + 16 * j);
+    for (long t = 0; t < T2; ++t) {
+        __m512bh bv[J];
+        for (int j = 0; j < J; ++j) bv[j] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(b + t * ldb + 16 * j));
+        for (int r = 0; r < R; ++r) {
+            const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(a[t * lda + r])));
+            for (int j = 0; j < J; ++j) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], av, bv[j]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int j = 0; j < J; ++j) _mm512_storeu_ps(out + r * ldo + 16 * j, acc[r][j]);
+}
+
+// dU_k += V_k^T dM_k from V [n^2][TB/2][Ci] and dM [n^2][TB/2][Co] in pairs of tiles.
+void block_weight_products_bf16(int nn, const uint32_t* V, const uint32_t* dM, long Ci, long Co, float* dU) {
+    constexpr long T2 = TB / 2;
+    for (int k = 0; k < nn; ++k) {
+        const uint32_t* a = V + k * T2 * Ci;
+        const uint32_t* b = dM + k * T2 * Co;
+        float* out = dU + k * Ci * Co;
+        for (long i = 0; i < Ci; i += 4) {
+            long j = 0;
+            for (; j + 64 <= Co; j += 64) gemm_tn_block_bf16<4, 4>(a + i, Ci, b + j, Co, T2, out + i * Co + j, Co);
+            for (; j + 32 <= Co; j += 32) gemm_tn_block_bf16<4, 2>(a + i, Ci, b + j, Co, T2, out + i * Co + j, Co);
+            for (; j < Co; j += 16) gemm_tn_block_bf16<4, 1>(a + i, Ci, b + j, Co, T2, out + i * Co + j, Co);
+        }
+    }
+}
+
+inline uint32_t bf16_bits(float f) {  // round to nearest even (finite values)
+    const uint32_t u = __builtin_bit_cast(uint32_t, f);
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+// x [P][2 Q][C] float32 -> out [P][Q][C] pairs of consecutive rows (q = 2 i, 2 i + 1) per column; C a
+// multiple of 16.
+void pair_rows(const float* x, long P, long Q, long C, uint32_t* out) {
+    static const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                       23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (long p = 0; p < P; ++p)
+        for (long q = 0; q < Q; ++q) {
+            const float* lo = x + (p * 2 * Q + 2 * q) * C;
+            const float* hi = lo + C;
+            uint32_t* o = out + (p * Q + q) * C;
+            for (long c = 0; c < C; c += 16) {  // [lo 0..15, hi 0..15] -> [lo 0, hi 0, lo 1, hi 1, ...]
+                const __m512bh both = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(hi + c), _mm512_loadu_ps(lo + c));
+                _mm512_storeu_si512(o + c, _mm512_permutexvar_epi16(interleave, reinterpret_cast<__m512i>(both)));
+            }
+        }
+}
+#endif
 
 float* scratch(long floats) {
     return static_cast<float*>(std::aligned_alloc(64, ((floats * sizeof(float) + 63) / 64) * 64));
@@ -368,6 +487,60 @@ void winograd_weight_grad(const float* x, const float* dy, float* dU, float* db,
         }
     });
 }
+
+#ifdef __AVX512BF16__
+template <int m>
+void winograd_forward_bf16(const uint16_t* x, const uint32_t* U, const float* bias, uint16_t* y, long N, long H,
+                           long W, long Ci, long Co) {
+    constexpr int nn = Wino<m>::n * Wino<m>::n;
+    const Geometry<m> g(N, H, W);
+    const long blocks = (g.tiles + TB - 1) / TB;
+#pragma omp parallel
+    {
+        uint16_t* V = reinterpret_cast<uint16_t*>(scratch((nn * TB * Ci + 1) / 2));
+        float* M = scratch(nn * TB * Co);
+#pragma omp for schedule(static)
+        for (long blk = 0; blk < blocks; ++blk) {
+            const long t0 = blk * TB;
+            const int count = static_cast<int>(std::min<long>(TB, g.tiles - t0));
+            input_transform<m>(x, g, Ci, t0, count, V);
+            block_products_bf16(nn, V, U, Ci, Co, M);
+            output_transform<m>(M, bias, g, Co, t0, count, y);
+        }
+        std::free(V);
+        std::free(M);
+    }
+}
+
+template <int m>
+void winograd_weight_grad_bf16(const uint16_t* x, const uint16_t* dy, float* dU, float* db, long N, long H, long W,
+                               long Ci, long Co) {
+    constexpr int nn = Wino<m>::n * Wino<m>::n;
+    const Geometry<m> g(N, H, W);
+    const long blocks = (g.tiles + TB - 1) / TB;
+    reduce_over_threads(nn * Ci * Co, Co, dU, db, [&](int id, int n, float* acc, float* bias_acc) {
+        float* V = scratch(nn * TB * Ci);
+        float* dM = scratch(nn * TB * Co);
+        uint32_t* Vp = reinterpret_cast<uint32_t*>(scratch(nn * TB / 2 * Ci));
+        uint32_t* dMp = reinterpret_cast<uint32_t*>(scratch(nn * TB / 2 * Co));
+        for (long blk = blocks * id / n, hi = blocks * (id + 1) / n; blk < hi; ++blk) {
+            const long t0 = blk * TB;
+            const int count = static_cast<int>(std::min<long>(TB, g.tiles - t0));
+            input_transform<m>(x, g, Ci, t0, count, V);
+            grad_transform<m>(dy, g, Co, t0, count, dM);
+            pair_rows(V, nn, TB / 2, Ci, Vp);
+            pair_rows(dM, nn, TB / 2, Co, dMp);
+            block_weight_products_bf16(nn, Vp, dMp, Ci, Co, acc);
+        }
+        for (void* p : {static_cast<void*>(V), static_cast<void*>(dM), static_cast<void*>(Vp), static_cast<void*>(dMp)})
+            std::free(p);
+        if (bias_acc) {
+            const long rows = N * H * W;
+            add_rows(dy + rows * id / n * Co, rows * (id + 1) / n - rows * id / n, Co, bias_acc);
+        }
+    });
+}
+#endif
 
 // U = G g G^T (n x n) for a filter w [Co, Ci, 3, 3] with element strides s: U [n^2, Ci, Co]; with flip, the
 // filter of the input gradient (g'[ci][co] = w[co][ci] rotated by 180 degrees): U [n^2, Co, Ci].
@@ -482,5 +655,44 @@ int kuosan_conv1x1_weight_grad(const float* x, const float* dy, float* dwt, floa
     });
     return 0;
 }
+
+
+// The same in bfloat16 (AVX512-BF16 CPUs): x, y and dy bfloat16, products in bfloat16 pairs with float32
+// sums, bias, dU and db float32; the filter packed by kuosan_winograd_filter_bf16 ([n^2][K/2][N] pairs).
+int kuosan_winograd_bf16_supported() {
+#ifdef __AVX512BF16__
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+#ifdef __AVX512BF16__
+int kuosan_winograd_filter_bf16(int tile, const float* w, long s0, long s1, long s2, long s3, long Co, long Ci,
+                                int flip, uint32_t* U) {
+    if (tile != 2 && tile != 4) return 1;
+    const int nn = (tile + 2) * (tile + 2);
+    const long K = flip ? Co : Ci, Nc = flip ? Ci : Co;
+    float* full = scratch(nn * K * Nc);
+    (tile == 2 ? winograd_filter<2> : winograd_filter<4>)(w, s0, s1, s2, s3, Co, Ci, flip, full);
+    pair_rows(full, nn, K / 2, Nc, U);
+    std::free(full);
+    return 0;
+}
+
+int kuosan_winograd_forward_bf16(int tile, const uint16_t* x, const uint32_t* U, const float* bias, uint16_t* y,
+                                 long N, long H, long W, long Ci, long Co) {
+    if (Ci % 16 || Co % 16 || (tile != 2 && tile != 4)) return 1;
+    (tile == 2 ? winograd_forward_bf16<2> : winograd_forward_bf16<4>)(x, U, bias, y, N, H, W, Ci, Co);
+    return 0;
+}
+
+int kuosan_winograd_weight_grad_bf16(int tile, const uint16_t* x, const uint16_t* dy, float* dU, float* db, long N,
+                                     long H, long W, long Ci, long Co) {
+    if (Ci % 16 || Co % 16 || (tile != 2 && tile != 4)) return 1;
+    (tile == 2 ? winograd_weight_grad_bf16<2> : winograd_weight_grad_bf16<4>)(x, dy, dU, db, N, H, W, Ci, Co);
+    return 0;
+}
+#endif
 
 }  // extern "C"
