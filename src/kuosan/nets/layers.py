@@ -23,15 +23,15 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters, same state dict) whose 3×3 (stride 1, padding 1) and 1×1 convolutions
-    of ``channels_last`` float32 CPU tensors run on the kernels of :mod:`kuosan.nets.kernels`, forward and
-    backward.
+    of ``channels_last`` CPU tensors run on the kernels of :mod:`kuosan.nets.kernels`, forward and backward.
 
     oneDNN's direct 3×3 convolution already runs near the CPU's peak multiply-add rate (500–560 GFLOP/s on
-    the 2-core benchmark machine); Winograd's F(2×2, 3×3) needs 2.25× fewer multiply-adds (Lavin & Gray
-    2016), which made these layers 1.2–1.7× faster there, at a rounding error no larger than oneDNN's. Its
-    1×1 convolutions of ``channels_last`` tensors ran at 100–400 GFLOP/s, their backward slowest; they are
-    plain matrix products here. Channel counts that are not multiples of 16, other kernel sizes and strides,
-    bfloat16 autocast, other devices and torch.compile take torch's convolution.
+    the 2-core benchmark machine, whose FMA peak measured 540); Winograd's F(2×2, 3×3) needs 2.25× and
+    F(4×4, 3×3) 4× fewer multiply-adds (Lavin & Gray 2016), which made these layers 1.1–1.7× faster there
+    (float32 F(2×2) rounds less than oneDNN, F(4×4), used on maps of 24×24 and up, about 5× more). Under
+    bfloat16 autocast, on CPUs with AVX512-BF16, 3×3 layers take F(2×2, 3×3) with bfloat16 products (an error
+    within 1.5× of oneDNN's bfloat16 one). 1×1 layers are plain matrix products. Channel counts that are not
+    multiples of 16, other kernel sizes and strides, other devices and torch.compile take torch's convolution.
     """
 
     def __init__(self, *args, **kwargs):
@@ -42,17 +42,20 @@ class Conv2d(nn.Conv2d):
                            or (k == one and self.padding == (0, 0))))
 
     def _conv_forward(self, x, weight, bias):
-        if self._fast and not torch.compiler.is_compiling():
-            grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                or (bias is not None and bias.requires_grad))
-            if not torch.is_autocast_enabled("cpu"):
-                if kernels.conv_ok(x, weight):
-                    return _KernelConv.apply(x, weight, bias) if grad else _KernelConv.run(x, weight, bias)
-            elif (self.kernel_size == (3, 3) and torch.get_autocast_dtype("cpu") == torch.bfloat16
-                  and kernels.conv_bf16_ok(x, weight)):  # what autocast would run in bfloat16
-                x = x.to(torch.bfloat16)
-                return _KernelConvBF16.apply(x, weight, bias) if grad else kernels.winograd_conv_bf16(x, weight, bias)
-        return super()._conv_forward(x, weight, bias)
+        if not self._fast or torch.compiler.is_compiling():
+            return super()._conv_forward(x, weight, bias)
+        if not torch.is_autocast_enabled("cpu"):
+            ok = kernels.conv_ok(x, weight)
+        else:  # what autocast would run in bfloat16; the weight and bias stay float32 until their transform
+            ok = (self.kernel_size == (3, 3) and torch.get_autocast_dtype("cpu") == torch.bfloat16
+                  and kernels.conv_bf16_ok(x, weight))
+            x = x.to(torch.bfloat16) if ok else x
+        if not ok:
+            return super()._conv_forward(x, weight, bias)
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad)):
+            return _KernelConv.apply(x, weight, bias)
+        return _KernelConv.run(x, weight, bias)
 
 
 class _KernelConv(torch.autograd.Function):
@@ -72,23 +75,6 @@ class _KernelConv(torch.autograd.Function):
         need = ctx.needs_input_grad
         backward = kernels.winograd_conv_backward if weight.shape[-1] == 3 else kernels.conv1x1_backward
         return backward(grad_y, x, weight, need[0], need[1], ctx.has_bias and need[2])
-
-
-class _KernelConvBF16(torch.autograd.Function):
-    """A 3×3 convolution under bfloat16 autocast: bfloat16 activations and input gradient, float32 weight,
-    bias and their gradients (autocast's cast of the weight is folded into the filter transform)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return kernels.winograd_conv_bf16(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, weight = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        return kernels.winograd_conv_backward_bf16(grad_y, x, weight, need[0], need[1], ctx.has_bias and need[2])
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:

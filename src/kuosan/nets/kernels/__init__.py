@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["available", "loaded", "same_layout", "gn_forward", "gn_backward", "scaled_sum", "adamw_step",
-           "conv_ok", "winograd_conv", "winograd_conv_backward", "conv1x1", "conv1x1_backward", "conv_bf16_ok",
-           "winograd_conv_bf16", "winograd_conv_backward_bf16", "status"]
+           "conv_ok", "conv_bf16_ok", "winograd_conv", "winograd_conv_backward", "conv1x1", "conv1x1_backward",
+           "status"]
 
 log = logging.getLogger(__name__)
 
@@ -243,15 +243,20 @@ def _filter(weight: torch.Tensor, flip: bool, tile: int) -> torch.Tensor:
 
 
 def winograd_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``conv2d(x, weight, bias, padding=1)`` for a 3×3 weight and what :func:`conv_ok` accepts;
-    ``channels_last`` out."""
+    """``conv2d(x, weight, bias, padding=1)`` for a 3×3 weight: float32 x (:func:`conv_ok`), or bfloat16 x as
+    autocast runs it (:func:`conv_bf16_ok`: float32 weight and bias rounded after the Winograd transform,
+    float32 sums, F(2×2, 3×3) only); a ``channels_last`` result of x's dtype."""
     B, Ci, H, W = x.shape
     Co = weight.shape[0]
-    tile = winograd_tile(H, W)
-    y = torch.empty(B, Co, H, W, memory_format=torch.channels_last)
+    y = torch.empty(B, Co, H, W, dtype=x.dtype, memory_format=torch.channels_last)
     b = None if bias is None else bias.detach().to(torch.float32).contiguous()
-    U = _filter(weight, False, tile)  # held here: a temporary's memory would be freed before the call reads it
-    rc = _lib.kuosan_winograd_forward(tile, x.data_ptr(), U.data_ptr(), _ptr(b), y.data_ptr(), B, H, W, Ci, Co)
+    if x.dtype == torch.bfloat16:
+        U = _filter_bf16(weight, False, 2)  # held here: a temporary's memory would be freed before the call
+        rc = _lib.kuosan_winograd_forward_bf16(2, x.data_ptr(), U.data_ptr(), _ptr(b), y.data_ptr(), B, H, W, Ci, Co)
+    else:
+        tile = winograd_tile(H, W)
+        U = _filter(weight, False, tile)
+        rc = _lib.kuosan_winograd_forward(tile, x.data_ptr(), U.data_ptr(), _ptr(b), y.data_ptr(), B, H, W, Ci, Co)
     if rc:
         raise ValueError(f"winograd kernel: {Ci} -> {Co} channels are not multiples of 16")
     return y
@@ -259,33 +264,33 @@ def winograd_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 def winograd_conv_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_x: bool = True,
                            need_w: bool = True, need_b: bool = False):
-    """(∂L/∂x, ∂L/∂weight, ∂L/∂bias) of :func:`winograd_conv`, each None when not needed; the weight gradient
-    in the weight's own layout."""
+    """(∂L/∂x like x, ∂L/∂weight in the weight's own layout, ∂L/∂bias float32) of :func:`winograd_conv`, each
+    None when not needed."""
     B, Ci, H, W = x.shape
     Co = weight.shape[0]
-    tile = winograd_tile(H, W)
-    grad_y = grad_y.to(torch.float32).contiguous(memory_format=torch.channels_last)
+    bf16 = x.dtype == torch.bfloat16
+    tile = 2 if bf16 else winograd_tile(H, W)
+    grad_y = grad_y.to(x.dtype).contiguous(memory_format=torch.channels_last)
     grad_x = grad_w = grad_b = None
     if need_x:
         grad_x = torch.empty_like(x, memory_format=torch.channels_last)
-        U = _filter(weight, True, tile)
-        _lib.kuosan_winograd_forward(tile, grad_y.data_ptr(), U.data_ptr(), None, grad_x.data_ptr(), B, H, W, Co,
-                                     Ci)
+        U = (_filter_bf16 if bf16 else _filter)(weight, True, tile)
+        forward = _lib.kuosan_winograd_forward_bf16 if bf16 else _lib.kuosan_winograd_forward
+        forward(tile, grad_y.data_ptr(), U.data_ptr(), None, grad_x.data_ptr(), B, H, W, Co, Ci)
     if need_b:
         grad_b = torch.empty(Co)
-    if need_w:
+    if need_w or need_b:
         dU = torch.empty((tile + 2) ** 2, Ci, Co)
-        _lib.kuosan_winograd_weight_grad(tile, x.data_ptr(), grad_y.data_ptr(), dU.data_ptr(), _ptr(grad_b), B, H,
-                                         W, Ci, Co)
-        grad_w = torch.empty_like(weight)
-        _lib.kuosan_winograd_filter_grad(tile, dU.data_ptr(), grad_w.data_ptr(), *grad_w.stride(), Co, Ci)
-    elif need_b:
-        grad_b = grad_y.sum((0, 2, 3))
+        weight_grad = _lib.kuosan_winograd_weight_grad_bf16 if bf16 else _lib.kuosan_winograd_weight_grad
+        weight_grad(tile, x.data_ptr(), grad_y.data_ptr(), dU.data_ptr(), _ptr(grad_b), B, H, W, Ci, Co)
+        if need_w:
+            grad_w = torch.empty_like(weight)
+            _lib.kuosan_winograd_filter_grad(tile, dU.data_ptr(), grad_w.data_ptr(), *grad_w.stride(), Co, Ci)
     return grad_x, grad_w, grad_b
 
 
 def conv_bf16_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether :func:`winograd_conv_bf16` takes this 3×3 convolution: a CPU with AVX512-BF16 (the kernel was
+    """Whether :func:`winograd_conv` takes this 3×3 convolution in bfloat16: a CPU with AVX512-BF16 (the kernel was
     built for it), x [B, Ci, H, W] float32 or bfloat16 in ``channels_last``, a float32 weight [Co, Ci, 3, 3],
     Ci and Co multiples of 16."""
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == torch.float32
@@ -302,46 +307,6 @@ def _filter_bf16(weight: torch.Tensor, flip: bool, tile: int) -> torch.Tensor:
     w = weight.detach()
     _lib.kuosan_winograd_filter_bf16(tile, w.data_ptr(), *w.stride(), Co, Ci, int(flip), U.data_ptr())
     return U
-
-
-def winograd_conv_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """:func:`winograd_conv` in bfloat16 (as autocast runs a convolution): x bfloat16, weight and bias
-    float32 (rounded to bfloat16 after the Winograd transform), float32 sums, a bfloat16 ``channels_last``
-    result."""
-    B, Ci, H, W = x.shape
-    Co = weight.shape[0]
-    tile = 2  # F(4×4, 3×3) on bfloat16 products: errors of 5–8%, against 0.3–0.6% for F(2×2, 3×3)
-    y = torch.empty(B, Co, H, W, dtype=torch.bfloat16, memory_format=torch.channels_last)
-    b = None if bias is None else bias.detach().to(torch.float32).contiguous()
-    U = _filter_bf16(weight, False, tile)
-    _lib.kuosan_winograd_forward_bf16(tile, x.data_ptr(), U.data_ptr(), _ptr(b), y.data_ptr(), B, H, W, Ci, Co)
-    return y
-
-
-def winograd_conv_backward_bf16(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, need_x: bool = True,
-                                need_w: bool = True, need_b: bool = False):
-    """(∂L/∂x bfloat16, ∂L/∂weight float32, ∂L/∂bias float32) of :func:`winograd_conv_bf16`, None where not
-    needed."""
-    B, Ci, H, W = x.shape
-    Co = weight.shape[0]
-    tile = 2
-    grad_y = grad_y.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    grad_x = grad_w = grad_b = None
-    if need_x:
-        grad_x = torch.empty_like(x, memory_format=torch.channels_last)
-        U = _filter_bf16(weight, True, tile)
-        _lib.kuosan_winograd_forward_bf16(tile, grad_y.data_ptr(), U.data_ptr(), None, grad_x.data_ptr(), B, H, W, Co,
-                                          Ci)
-    if need_b:
-        grad_b = torch.empty(Co)
-    if need_w or need_b:
-        dU = torch.empty((tile + 2) ** 2, Ci, Co)
-        _lib.kuosan_winograd_weight_grad_bf16(tile, x.data_ptr(), grad_y.data_ptr(), dU.data_ptr(), _ptr(grad_b), B,
-                                              H, W, Ci, Co)
-        if need_w:
-            grad_w = torch.empty_like(weight)
-            _lib.kuosan_winograd_filter_grad(tile, dU.data_ptr(), grad_w.data_ptr(), *grad_w.stride(), Co, Ci)
-    return grad_x, grad_w, grad_b
 
 
 def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
@@ -440,71 +441,33 @@ void reduce_over_threads(long size, long bias_size, float* out, float* bias_out,
     for (float* p : partial) std::free(p);
 }
 
-template <int m>
-void winograd_forward(const float* x, const float* U, const float* bias, float* y, long N, long H, long W, long Ci,
-                      long Co) {
-    constexpr int nn = Wino<m>::n * Wino<m>::n;
-    const Geometry<m> g(N, H, W);
-    const long blocks = (g.tiles + TB - 1) / TB;
-#pragma omp parallel
-    {
-        float* V = scratch(nn * TB * Ci);
-        float* M = scratch(nn * TB * Co);
-#pragma omp for schedule(static)
-        for (long blk = 0; blk < blocks; ++blk) {
-            const long t0 = blk * TB;
-            const int count = static_cast<int>(std::min<long>(TB, g.tiles - t0));
-            input_transform<m>(x, g, Ci, t0, count, V);
-            block_products(nn, V, U, Ci, Co, M);
-            output_transform<m>(M, bias, g, Co, t0, count, y);
-        }
-        std::free(V);
-        std::free(M);
-    }
+// One block's 16 (or 36) products: float32, or bfloat16 pairs (T = uint16_t) where the CPU has AVX512-BF16.
+inline void products(int nn, const float* V, const void* U, long Ci, long Co, float* M) {
+    block_products(nn, V, static_cast<const float*>(U), Ci, Co, M);
 }
-
-template <int m>
-void winograd_weight_grad(const float* x, const float* dy, float* dU, float* db, long N, long H, long W, long Ci,
-                          long Co) {
-    constexpr int nn = Wino<m>::n * Wino<m>::n;
-    const Geometry<m> g(N, H, W);
-    const long blocks = (g.tiles + TB - 1) / TB;
-    reduce_over_threads(nn * Ci * Co, Co, dU, db, [&](int id, int n, float* acc, float* bias_acc) {
-        float* V = scratch(nn * TB * Ci);
-        float* dM = scratch(nn * TB * Co);
-        for (long blk = blocks * id / n, hi = blocks * (id + 1) / n; blk < hi; ++blk) {
-            const long t0 = blk * TB;
-            const int count = static_cast<int>(std::min<long>(TB, g.tiles - t0));
-            input_transform<m>(x, g, Ci, t0, count, V);
-            grad_transform<m>(dy, g, Co, t0, count, dM);
-            block_weight_products(nn, V, dM, Ci, Co, acc);
-        }
-        std::free(V);
-        std::free(dM);
-        if (bias_acc) {
-            const long rows = N * H * W;
-            add_rows(dy + rows * id / n * Co, rows * (id + 1) / n - rows * id / n, Co, bias_acc);
-        }
-    });
-}
-
 #ifdef __AVX512BF16__
-template <int m>
-void winograd_forward_bf16(const uint16_t* x, const uint32_t* U, const float* bias, uint16_t* y, long N, long H,
-                           long W, long Ci, long Co) {
+inline void products(int nn, const uint16_t* V, const void* U, long Ci, long Co, float* M) {
+    block_products_bf16(nn, V, static_cast<const uint32_t*>(U), Ci, Co, M);
+}
+#endif
+
+// y = conv3x3(x) + bias for x, y of element type T (float or bfloat16 bits); U from winograd_filter (float32)
+// or its bfloat16 packing.
+template <int m, class T>
+void winograd_forward(const T* x, const void* U, const float* bias, T* y, long N, long H, long W, long Ci, long Co) {
     constexpr int nn = Wino<m>::n * Wino<m>::n;
     const Geometry<m> g(N, H, W);
     const long blocks = (g.tiles + TB - 1) / TB;
 #pragma omp parallel
     {
-        uint16_t* V = reinterpret_cast<uint16_t*>(scratch((nn * TB * Ci + 1) / 2));
+        T* V = reinterpret_cast<T*>(scratch((nn * TB * Ci * sizeof(T) + 3) / 4));
         float* M = scratch(nn * TB * Co);
 #pragma omp for schedule(static)
         for (long blk = 0; blk < blocks; ++blk) {
             const long t0 = blk * TB;
             const int count = static_cast<int>(std::min<long>(TB, g.tiles - t0));
             input_transform<m>(x, g, Ci, t0, count, V);
-            block_products_bf16(nn, V, U, Ci, Co, M);
+            products(nn, V, U, Ci, Co, M);
             output_transform<m>(M, bias, g, Co, t0, count, y);
         }
         std::free(V);
@@ -512,25 +475,33 @@ void winograd_forward_bf16(const uint16_t* x, const uint32_t* U, const float* bi
     }
 }
 
-template <int m>
-void winograd_weight_grad_bf16(const uint16_t* x, const uint16_t* dy, float* dU, float* db, long N, long H, long W,
-                               long Ci, long Co) {
+// dU = sum over tiles of V^T dM (float32) and db = sum of dy for x, dy of element type T. In bfloat16 the
+// transformed blocks are rounded and paired along the tiles for the AVX512-BF16 products.
+template <int m, class T>
+void winograd_weight_grad(const T* x, const T* dy, float* dU, float* db, long N, long H, long W, long Ci, long Co) {
     constexpr int nn = Wino<m>::n * Wino<m>::n;
+    constexpr bool bf16 = !std::is_same_v<T, float>;
     const Geometry<m> g(N, H, W);
     const long blocks = (g.tiles + TB - 1) / TB;
     reduce_over_threads(nn * Ci * Co, Co, dU, db, [&](int id, int n, float* acc, float* bias_acc) {
         float* V = scratch(nn * TB * Ci);
         float* dM = scratch(nn * TB * Co);
-        uint32_t* Vp = reinterpret_cast<uint32_t*>(scratch(nn * TB / 2 * Ci));
-        uint32_t* dMp = reinterpret_cast<uint32_t*>(scratch(nn * TB / 2 * Co));
+        uint32_t* Vp = bf16 ? reinterpret_cast<uint32_t*>(scratch(nn * TB / 2 * Ci)) : nullptr;
+        uint32_t* dMp = bf16 ? reinterpret_cast<uint32_t*>(scratch(nn * TB / 2 * Co)) : nullptr;
         for (long blk = blocks * id / n, hi = blocks * (id + 1) / n; blk < hi; ++blk) {
             const long t0 = blk * TB;
             const int count = static_cast<int>(std::min<long>(TB, g.tiles - t0));
             input_transform<m>(x, g, Ci, t0, count, V);
             grad_transform<m>(dy, g, Co, t0, count, dM);
-            pair_rows(V, nn, TB / 2, Ci, Vp);
-            pair_rows(dM, nn, TB / 2, Co, dMp);
-            block_weight_products_bf16(nn, Vp, dMp, Ci, Co, acc);
+            if constexpr (bf16) {
+#ifdef __AVX512BF16__
+                pair_rows(V, nn, TB / 2, Ci, Vp);
+                pair_rows(dM, nn, TB / 2, Co, dMp);
+                block_weight_products_bf16(nn, Vp, dMp, Ci, Co, acc);
+#endif
+            } else {
+                block_weight_products(nn, V, dM, Ci, Co, acc);
+            }
         }
         for (void* p : {static_cast<void*>(V), static_cast<void*>(dM), static_cast<void*>(Vp), static_cast<void*>(dMp)})
             std::free(p);
@@ -540,7 +511,6 @@ void winograd_weight_grad_bf16(const uint16_t* x, const uint16_t* dy, float* dU,
         }
     });
 }
-#endif
 
 // U = G g G^T (n x n) for a filter w [Co, Ci, 3, 3] with element strides s: U [n^2, Ci, Co]; with flip, the
 // filter of the input gradient (g'[ci][co] = w[co][ci] rotated by 180 degrees): U [n^2, Co, Ci].
@@ -598,7 +568,7 @@ extern "C" {
 int kuosan_winograd_forward(int tile, const float* x, const float* U, const float* bias, float* y, long N, long H,
                             long W, long Ci, long Co) {
     if (Ci % 16 || Co % 16 || (tile != 2 && tile != 4)) return 1;
-    (tile == 2 ? winograd_forward<2> : winograd_forward<4>)(x, U, bias, y, N, H, W, Ci, Co);
+    (tile == 2 ? winograd_forward<2, float> : winograd_forward<4, float>)(x, U, bias, y, N, H, W, Ci, Co);
     return 0;
 }
 
@@ -607,7 +577,7 @@ int kuosan_winograd_forward(int tile, const float* x, const float* U, const floa
 int kuosan_winograd_weight_grad(int tile, const float* x, const float* dy, float* dU, float* db, long N, long H,
                                 long W, long Ci, long Co) {
     if (Ci % 16 || Co % 16 || (tile != 2 && tile != 4)) return 1;
-    (tile == 2 ? winograd_weight_grad<2> : winograd_weight_grad<4>)(x, dy, dU, db, N, H, W, Ci, Co);
+    (tile == 2 ? winograd_weight_grad<2, float> : winograd_weight_grad<4, float>)(x, dy, dU, db, N, H, W, Ci, Co);
     return 0;
 }
 
@@ -683,14 +653,14 @@ int kuosan_winograd_filter_bf16(int tile, const float* w, long s0, long s1, long
 int kuosan_winograd_forward_bf16(int tile, const uint16_t* x, const uint32_t* U, const float* bias, uint16_t* y,
                                  long N, long H, long W, long Ci, long Co) {
     if (Ci % 16 || Co % 16 || (tile != 2 && tile != 4)) return 1;
-    (tile == 2 ? winograd_forward_bf16<2> : winograd_forward_bf16<4>)(x, U, bias, y, N, H, W, Ci, Co);
+    (tile == 2 ? winograd_forward<2, uint16_t> : winograd_forward<4, uint16_t>)(x, U, bias, y, N, H, W, Ci, Co);
     return 0;
 }
 
 int kuosan_winograd_weight_grad_bf16(int tile, const uint16_t* x, const uint16_t* dy, float* dU, float* db, long N,
                                      long H, long W, long Ci, long Co) {
     if (Ci % 16 || Co % 16 || (tile != 2 && tile != 4)) return 1;
-    (tile == 2 ? winograd_weight_grad_bf16<2> : winograd_weight_grad_bf16<4>)(x, dy, dU, db, N, H, W, Ci, Co);
+    (tile == 2 ? winograd_weight_grad<2, uint16_t> : winograd_weight_grad<4, uint16_t>)(x, dy, dU, db, N, H, W, Ci, Co);
     return 0;
 }
 #endif
