@@ -76,7 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="also time kuosan under torch.compile (slow start)")
     p.add_argument("--bf16", action="store_true", help="run every contender under bfloat16 autocast")
     p.add_argument("--skip-train", action="store_true")
-    p.add_argument("--layers", action="store_true", help="also time GroupNorm variants in both layouts")
+    p.add_argument("--layers", action="store_true",
+                   help="also time GroupNorm variants in both layouts and 3x3 convolutions, torch's against kuosan's")
     p.add_argument("--out", default=None, help="write the results as JSON here")
 
 
@@ -371,12 +372,37 @@ def _layer_fns(batch: int, res: int) -> dict[str, Callable]:
         for name, f in (("torch", torch_ops), ("kuosan", ours)):
             fns[f"{name}_{layout}_forward"] = lambda f=f, xf=xf: _no_grad(f, xf)
             fns[f"{name}_{layout}_forward_backward"] = lambda f=f, xf=xf: f(xf).sum().backward()
+    return {**fns, **_conv_fns(batch, res)}
+
+
+def _conv_fns(batch: int, res: int) -> dict[str, Callable]:
+    """A 3×3 convolution 64→64 (channels_last) at ``res`` and ``res // 2``: torch's (oneDNN's direct
+    convolution) against kuosan's Winograd kernels, float32 and, where the CPU has native bfloat16, under
+    bfloat16 autocast."""
+    from kuosan.nets.layers import Conv2d
+
+    precisions = ["fp32"] + (["bf16"] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else [])
+    g = torch.Generator().manual_seed(0)
+    fns = {}
+    for side in (res, res // 2):
+        conv = Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last)
+        x = torch.randn(batch, 64, side, side, generator=g).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        for precision in precisions:
+            for name, fast in (("torch", False), ("kuosan", True)):
+                def forward(conv=conv, x=x, fast=fast, bf16=precision == "bf16"):
+                    conv._fast = fast
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        return conv(x)
+                key = f"conv3x3_{side}x{side}_{name}_{precision}"
+                fns[f"{key}_forward"] = lambda forward=forward: _no_grad(forward)
+                fns[f"{key}_forward_backward"] = lambda forward=forward: forward().float().sum().backward()
     return fns
 
 
-def _no_grad(f, x):
+def _no_grad(f, *args):
     with torch.inference_mode():
-        return f(x)
+        return f(*args)
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -424,7 +450,7 @@ def run(args) -> int:
             result["sample"] = alternate({c.name: (lambda c=c: c.sample(args.sample_steps)) for c in contenders},
                                          args.sample_rounds, warmup=1)
         if args.layers:
-            log("layers: GroupNorm + scale/shift + SiLU")
+            log("layers: GroupNorm + scale/shift + SiLU; 3x3 convolutions")
             result["layers"] = alternate(_layer_fns(args.batch, args.resolution), max(args.rounds, 7), warmup=2)
     env["loadavg_end"] = os.getloadavg()
     result["summary"] = _summary(result, contenders, args)
@@ -526,7 +552,8 @@ def _print_table(summary: dict, result: dict, args, log) -> None:
     if "diffusers" in rows:
         log("(x: ratio to diffusers in float32, higher is faster; x same: to diffusers in the row's precision, "
             "diffusers-bf16 for bfloat16 rows; %ceil: of the convolution ceiling in the row's precision; "
-            "medians of alternated rounds)")
+            "medians of alternated rounds; GFLOP/s count the direct convolution's FLOPs, and kuosan's 3x3 "
+            "layers compute them with Winograd's algorithm in 2.25-4x fewer multiply-adds)")
     if "layers" in result:
         for k, v in result["layers"].items():
             log(f"  {k:42s} {v['median_s'] * 1e3:8.2f} ms")

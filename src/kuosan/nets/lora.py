@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from kuosan.errors import KuosanError
+from kuosan.nets.layers import Conv2d
 
 __all__ = ["TARGETS", "Adapter", "LoRAConv2d", "LoRALinear", "add_lora", "find_targets", "lora_layers",
            "adapter_names", "is_adapter_key", "expand_targets", "mark_only_lora_trainable", "set_adapter_weight", "merge_lora",
@@ -103,8 +104,9 @@ class _LoRAMixin:
         return out
 
 
-class LoRAConv2d(_LoRAMixin, nn.Conv2d):
-    """An ``nn.Conv2d`` with LoRA adapters (same ``weight``/``bias`` names as the base)."""
+class LoRAConv2d(_LoRAMixin, Conv2d):
+    """An ``nn.Conv2d`` with LoRA adapters (same ``weight``/``bias`` names as the base; the base convolution
+    on kuosan's CPU kernels where :class:`kuosan.nets.layers.Conv2d` takes it)."""
 
 
 class LoRALinear(_LoRAMixin, nn.Linear):
@@ -128,6 +130,7 @@ def _convert(layer: nn.Module) -> nn.Module:
     if has_bias:
         new.bias = layer.bias
     new._lora_setup()
+    new._base_class = type(layer)  # what remove_lora gives back
     return new.train(layer.training)
 
 
@@ -135,9 +138,10 @@ def _revert(layer: _LoRAMixin) -> nn.Module:
     """The plain layer again, sharing the (possibly merged) parameters."""
     has_bias = layer.bias is not None
     if isinstance(layer, nn.Conv2d):
-        new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
-                        padding=layer.padding, dilation=layer.dilation, bias=has_bias,
-                        padding_mode=layer.padding_mode, device="meta")
+        conv = getattr(layer, "_base_class", Conv2d)
+        new = conv(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                   padding=layer.padding, dilation=layer.dilation, bias=has_bias, padding_mode=layer.padding_mode,
+                   device="meta")
     else:
         new = nn.Linear(layer.in_features, layer.out_features, bias=has_bias, device="meta")
     new.weight = layer.weight
