@@ -131,6 +131,8 @@ def _convert(layer: nn.Module) -> nn.Module:
         new.bias = layer.bias
     new._lora_setup()
     new._base_class = type(layer)  # what remove_lora gives back
+    if isinstance(new, Conv2d) and not isinstance(layer, Conv2d):
+        new._fast = False  # another library's convolution (diffusers'): computed as it was, bit for bit
     return new.train(layer.training)
 
 
