@@ -4,8 +4,9 @@
 
 The peer-sized UNet of ``kuosan bench`` (base 32, mults 1,2,2, 2 blocks, attention at 7; 28×28×1) takes
 training steps (EDM loss, backward, AdamW) in four variants, timed alternately (medians): ``torch-ops``
-(the fused kernels switched off: GroupNorm, SiLU and the residual sum in torch ops, torch's fused AdamW) and
-``kernels`` (what kuosan runs), each in float32 and under bfloat16 autocast (``--bf16``). Then
+(the kernels switched off: oneDNN's convolutions, GroupNorm, SiLU and the residual sum in torch ops, torch's
+fused AdamW) and ``kernels`` (what kuosan runs: Winograd 3×3 and matrix-product 1×1 convolutions, the fused
+GroupNorm, residual and AdamW kernels), each in float32 and under bfloat16 autocast (``--bf16``). Then
 torch.profiler's top operators per step for each variant. Writes benchmarks/results/profile_step.json.
 """
 

@@ -134,3 +134,20 @@ def test_bfloat16_autocast_stays_as_close_as_onednns_bfloat16(case, monkeypatch)
         errors[name] = [relative_error(a, r) for a, r in zip([y, *grads], exact)]
     for ours, theirs in zip(errors["kernel"], errors["onednn"]):  # both about 2^-8 (bfloat16's rounding)
         assert ours < max(2 * theirs, 4e-3), errors
+
+
+def test_a_bad_tile_setting_is_named(monkeypatch):
+    from kuosan.errors import KuosanError
+
+    monkeypatch.setenv("KUOSAN_WINOGRAD_TILE", "3")
+    with pytest.raises(KuosanError, match="KUOSAN_WINOGRAD_TILE=3: use 2 or 4"):
+        kernels.winograd_tile(28, 28)
+
+
+def test_the_convolution_kernels_can_be_switched_off_alone(monkeypatch):
+    conv = Conv2d(32, 32, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    monkeypatch.setenv("KUOSAN_CONV_KERNELS", "0")
+    assert conv(x).grad_fn.name() != "_KernelConvBackward"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x).grad_fn.name() != "_KernelConvBackward"

@@ -5,13 +5,15 @@ bfloat16 tensors, forward and backward: two to three passes over each sample whi
 cache, where the same maths in torch ops takes a dozen kernels and reads the activations from memory each
 time; it also holds the one-pass scaled residual sum. ``adamw.cpp`` updates many float32 tensors with AdamW
 in one parallel pass (:class:`kuosan.training.optim.FusedAdamW`). ``winograd.cpp`` computes 3×3 stride-1
-convolutions of ``channels_last`` float32 tensors, forward and both gradients, with Winograd's F(2×2, 3×3)
-(2.25× fewer multiply-adds than the direct convolution oneDNN runs).
+convolutions of ``channels_last`` tensors, forward and both gradients, with Winograd's F(2×2, 3×3) or
+F(4×4, 3×3) (2.25× or 4× fewer multiply-adds than the direct convolution oneDNN runs; float32, or bfloat16
+products on CPUs with AVX512-BF16), and 1×1 convolutions as matrix products (:class:`kuosan.nets.layers.Conv2d`).
 
 Plain C++ with OpenMP, built once per machine with the system compiler (``c++ -O3 -march=native``) into
-``$KUOSAN_CACHE`` (default ``~/.cache/kuosan``) and called through ctypes: no torch headers, about two seconds
+``$KUOSAN_CACHE`` (default ``~/.cache/kuosan``) and called through ctypes: no torch headers, about five seconds
 to build. Without a compiler, on another device, or with ``KUOSAN_KERNELS=0``, callers use torch ops instead
-(:func:`available` and :func:`status` say which); the results agree to float rounding (tests/test_kernels.py).
+(:func:`available` and :func:`status` say which); the results agree to float rounding (tests/test_kernels.py,
+tests/test_conv_kernels.py).
 Numbers: ``kuosan bench --layers`` and benchmarks/results/peers*.json.
 """
 
@@ -29,6 +31,8 @@ import threading
 from pathlib import Path
 
 import torch
+
+from kuosan.errors import KuosanError
 
 __all__ = ["available", "loaded", "same_layout", "gn_forward", "gn_backward", "scaled_sum", "adamw_step",
            "conv_ok", "conv_bf16_ok", "winograd_conv", "winograd_conv_backward", "conv1x1", "conv1x1_backward",
@@ -214,21 +218,30 @@ def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
             and _load() is not None)
 
 
+def _conv_kernels_on() -> bool:
+    """``KUOSAN_CONV_KERNELS=0`` leaves the convolutions to torch (oneDNN) and keeps the other kernels."""
+    return os.environ.get("KUOSAN_CONV_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def conv_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`winograd_conv` (3×3 weights) or :func:`conv1x1` (1×1) takes this convolution: CPU
     float32, x [B, Ci, H, W] in ``channels_last``, Ci and Co multiples of 16 (the caller checks stride,
-    padding and groups)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+    padding and groups), and ``KUOSAN_CONV_KERNELS`` not 0."""
+    return (_conv_kernels_on() and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.ndim == 4 and weight.ndim == 4 and tuple(weight.shape[2:]) in ((3, 3), (1, 1))
             and x.shape[1] == weight.shape[1] and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0
             and x.is_contiguous(memory_format=torch.channels_last) and _load() is not None)
 
 
 def winograd_tile(H: int, W: int) -> int:
-    """The output tile of the Winograd algorithm for an H×W map: 4 (F(4×4, 3×3), 4× fewer multiply-adds than
-    the direct convolution) or 2 (F(2×2, 3×3), 2.25× fewer, smaller rounding error)."""
-    forced = os.environ.get("KUOSAN_WINOGRAD_TILE")
+    """The output tile of the float32 Winograd algorithm for an H×W map: 4 (F(4×4, 3×3), 4× fewer multiply-adds
+    than the direct convolution, rounding error about 5e-6 of the largest output) on maps of 24×24 and more
+    whose sides split into 4s, else 2 (F(2×2, 3×3), 2.25× fewer, about 3e-7; on 14×14 and 7×7 maps F(4×4)
+    was slower: its tiles overhang the map). ``KUOSAN_WINOGRAD_TILE=2`` (or 4) forces one."""
+    forced = os.environ.get("KUOSAN_WINOGRAD_TILE", "").strip()
     if forced:
+        if forced not in ("2", "4"):
+            raise KuosanError(f"KUOSAN_WINOGRAD_TILE={forced}: use 2 or 4 (or leave it unset)")
         return int(forced)
     return 4 if H % 4 == 0 and W % 4 == 0 and H * W >= 576 else 2
 
@@ -292,8 +305,8 @@ def winograd_conv_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.
 def conv_bf16_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`winograd_conv` takes this 3×3 convolution in bfloat16: a CPU with AVX512-BF16 (the kernel was
     built for it), x [B, Ci, H, W] float32 or bfloat16 in ``channels_last``, a float32 weight [Co, Ci, 3, 3],
-    Ci and Co multiples of 16."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == torch.float32
+    Ci and Co multiples of 16, and ``KUOSAN_CONV_KERNELS`` not 0."""
+    return (_conv_kernels_on() and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == torch.float32
             and x.ndim == 4 and weight.ndim == 4 and tuple(weight.shape[2:]) == (3, 3)
             and x.shape[1] == weight.shape[1] and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0
             and x.is_contiguous(memory_format=torch.channels_last) and _load() is not None

@@ -1,18 +1,19 @@
-// 3x3 stride-1 padding-1 convolution of channels_last float32 tensors by Winograd's minimal filtering
-// F(2x2, 3x3) (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks", eq. 8):
+// 3x3 stride-1 padding-1 convolution of channels_last tensors by Winograd's minimal filtering F(m x m, 3 x 3)
+// (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks", eq. 8 and section 4):
 //   Y = A^T [ U (.) V ] A,   U = G g G^T,   V = B^T d B,
-// for each 2x2 output tile Y of one channel pair, its 4x4 input patch d and the 3x3 filter g; summed over
-// input channels, the 16 element-wise products become 16 matrix products M_k = V_k U_k ([tiles, Ci] x
-// [Ci, Co]): 16 multiply-adds per 4 outputs where the direct convolution takes 36 (2.25x fewer).
-//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
-//   A^T = [1 1 1 0; 0 1 -1 -1].
-// Backward: the input gradient is the same convolution of dY with the flipped, transposed filter (the
-// caller transforms it); the filter gradient is dU_k = V_k^T dM_k with dM = A dY A^T (then dg = G^T dU G,
-// done by the caller), so it takes the same 2.25x fewer multiply-adds.
+// for each m x m output tile Y of one channel pair, its (m+2) x (m+2) input patch d and the 3x3 filter g;
+// summed over input channels, the (m+2)^2 element-wise products become as many matrix products
+// M_k = V_k U_k ([tiles, Ci] x [Ci, Co]). F(2x2, 3x3): 16 multiply-adds per 4 outputs where the direct
+// convolution takes 36 (2.25x fewer); F(4x4, 3x3): 36 per 16 (4x fewer), at a larger rounding error (its
+// transforms hold 1/6, 1/24 and 8). The matrices are in Wino<m> below.
+// Backward: the input gradient is the same convolution of dY with the flipped, transposed filter; the filter
+// gradient is dU_k = V_k^T dM_k with dM = A dY A^T, then dg = G^T dU G: the same reduction in multiply-adds.
 //
 // Tiles are processed in blocks of TB: transform the block's input into V (in the core's cache), run the
-// 16 products with a register-blocked kernel, transform back. U is [16, Ci, Co]; Ci and Co multiples of 16.
-// The caller (kuosan.nets.kernels) checks shapes, layouts and dtypes.
+// products with register-blocked kernels, transform back. Ci and Co are multiples of 16. float32 throughout,
+// or (on CPUs with AVX512-BF16) bfloat16 activations and products with float32 sums, transforms and filters.
+// Also here: 1x1 convolutions as plain products, reusing the same kernels. The caller (kuosan.nets.kernels)
+// checks shapes, layouts and dtypes.
 
 #include <algorithm>
 #include <cstdint>
