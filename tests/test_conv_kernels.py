@@ -151,3 +151,13 @@ def test_the_convolution_kernels_can_be_switched_off_alone(monkeypatch):
     assert conv(x).grad_fn.name() != "_KernelConvBackward"
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert conv(x).grad_fn.name() != "_KernelConvBackward"
+
+
+def test_flop_counters_see_torchs_convolution():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    conv = Conv2d(32, 32, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 8, 8).contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter:
+        conv(x)
+    assert counter.get_total_flops() == 2 * 2 * 32 * 32 * 9 * 8 * 8

@@ -42,7 +42,7 @@ class Conv2d(nn.Conv2d):
                            or (k == one and self.padding == (0, 0))))
 
     def _conv_forward(self, x, weight, bias):
-        if not self._fast or torch.compiler.is_compiling():
+        if not self._fast or torch.compiler.is_compiling() or _dispatch_mode_active():
             return super()._conv_forward(x, weight, bias)
         if not torch.is_autocast_enabled("cpu"):
             ok = kernels.conv_ok(x, weight)
@@ -56,6 +56,16 @@ class Conv2d(nn.Conv2d):
                                         or (bias is not None and bias.requires_grad)):
             return _KernelConv.apply(x, weight, bias)
         return _KernelConv.run(x, weight, bias)
+
+
+def _dispatch_mode_active() -> bool:
+    """Whether a torch dispatch mode sees each op (FlopCounterMode, fake tensors, tracing): it must see torch's
+    convolution, and the kernels could not read a fake tensor's memory."""
+    try:
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+    except ImportError:  # a torch without it: assume none
+        return False
+    return _get_current_dispatch_mode() is not None
 
 
 class _KernelConv(torch.autograd.Function):
