@@ -128,7 +128,7 @@ def _load() -> ctypes.CDLL | None:
             lib.kuosan_winograd_filter_grad.argtypes = [i, vp, vp, lg, lg, lg, lg, lg, lg]
             for fn in (lib.kuosan_winograd_forward, lib.kuosan_winograd_weight_grad, lib.kuosan_winograd_filter,
                        lib.kuosan_winograd_filter_grad, lib.kuosan_conv1x1_forward, lib.kuosan_conv1x1_weight_grad,
-                       lib.kuosan_winograd_bf16_supported):
+                       lib.kuosan_winograd_bf16_supported, lib.kuosan_conv_kernels_native):
                 fn.restype = i
             if lib.kuosan_winograd_bf16_supported():
                 lib.kuosan_winograd_filter_bf16.argtypes = [i, vp, lg, lg, lg, lg, lg, lg, i, vp]
@@ -219,15 +219,21 @@ def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _conv_kernels_on() -> bool:
-    """``KUOSAN_CONV_KERNELS=0`` leaves the convolutions to torch (oneDNN) and keeps the other kernels."""
-    return os.environ.get("KUOSAN_CONV_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+    """The convolution kernels run where the library was built with AVX512 (their register blocking: with
+    AVX2 they ran 2-4x slower than oneDNN); ``KUOSAN_CONV_KERNELS=0`` leaves every convolution to torch
+    (oneDNN) and keeps the other kernels, ``=1`` runs them on any CPU (as the tests do)."""
+    setting = os.environ.get("KUOSAN_CONV_KERNELS", "").strip().lower()
+    if setting in ("0", "false", "no", "off"):
+        return False
+    return _load() is not None and (setting in ("1", "true", "yes", "on") or bool(_lib.kuosan_conv_kernels_native()))
 
 
 def conv_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`winograd_conv` (3×3 weights) or :func:`conv1x1` (1×1) takes this convolution: CPU
     float32, x [B, Ci, H, W] in ``channels_last``, Ci and Co multiples of 16 (the caller checks stride,
     padding and groups), and ``KUOSAN_CONV_KERNELS`` not 0."""
-    return (_conv_kernels_on() and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+    return (_conv_kernels_on() and x.device.type == "cpu" and x.dtype == torch.float32
+            and weight.dtype == torch.float32
             and x.ndim == 4 and weight.ndim == 4 and tuple(weight.shape[2:]) in ((3, 3), (1, 1))
             and x.shape[1] == weight.shape[1] and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0
             and x.is_contiguous(memory_format=torch.channels_last) and _load() is not None)
@@ -306,7 +312,8 @@ def conv_bf16_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`winograd_conv` takes this 3×3 convolution in bfloat16: a CPU with AVX512-BF16 (the kernel was
     built for it), x [B, Ci, H, W] float32 or bfloat16 in ``channels_last``, a float32 weight [Co, Ci, 3, 3],
     Ci and Co multiples of 16, and ``KUOSAN_CONV_KERNELS`` not 0."""
-    return (_conv_kernels_on() and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and weight.dtype == torch.float32
+    return (_conv_kernels_on() and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+            and weight.dtype == torch.float32
             and x.ndim == 4 and weight.ndim == 4 and tuple(weight.shape[2:]) == (3, 3)
             and x.shape[1] == weight.shape[1] and x.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0
             and x.is_contiguous(memory_format=torch.channels_last) and _load() is not None

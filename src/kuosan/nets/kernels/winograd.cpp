@@ -628,6 +628,16 @@ int kuosan_conv1x1_weight_grad(const float* x, const float* dy, float* dwt, floa
 }
 
 
+// Whether this build has the register blocking the kernels were tuned for (AVX512: 32 registers of 16 floats).
+// Elsewhere they compile and compute correctly but ran 2-4x slower than oneDNN's AVX2 convolutions.
+int kuosan_conv_kernels_native() {
+#ifdef __AVX512F__
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 // The same in bfloat16 (AVX512-BF16 CPUs): x, y and dy bfloat16, products in bfloat16 pairs with float32
 // sums, bias, dU and db float32; the filter packed by kuosan_winograd_filter_bf16 ([n^2][K/2][N] pairs).
 int kuosan_winograd_bf16_supported() {
