@@ -466,7 +466,10 @@ def _environment(tuned: bool) -> dict:
     return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"), "allocator_tuned": tuned,
-            "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(), "fused_kernels": kernels.status()}
+            "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(), "fused_kernels": kernels.status(),
+            **{k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY",
+                                          "KUOSAN_KERNEL_ARCH", "KUOSAN_CONV_KERNELS", "KUOSAN_WINOGRAD_TILE")
+               if k in os.environ}}
 
 
 def _warm_compiled(contenders: list[Contender], args, log) -> dict:

@@ -30,11 +30,11 @@ class Conv2d(nn.Conv2d):
     F(4×4, 3×3) 4× fewer multiply-adds (Lavin & Gray 2016), which made these layers 1.1–1.7× faster there
     (float32 F(2×2) rounds less than oneDNN, F(4×4), used on maps of 24×24 and up, about 5× more). Under
     bfloat16 autocast, on CPUs with AVX512-BF16, 3×3 layers take F(2×2, 3×3) with bfloat16 products (an error
-    within 1.5× of oneDNN's bfloat16 one). 1×1 layers are plain matrix products. The kernels are tuned for
-    AVX512 and run where the library was built with it (with AVX2 they were slower than oneDNN:
-    ``KUOSAN_CONV_KERNELS=1`` forces them, ``=0`` turns them off). Channel counts that are not multiples of
-    16, other kernel sizes and strides, other devices, torch.compile and FLOP counters take torch's
-    convolution.
+    within 1.5× of oneDNN's bfloat16 one). 1×1 layers are plain matrix products. The kernels have register
+    blockings for AVX512 and for AVX2 with FMA and run where the library is built for one of them
+    (``KUOSAN_CONV_KERNELS=1`` forces them elsewhere, ``=0`` turns them off). Channel counts that are not
+    multiples of 16, other kernel sizes and strides, other devices, torch.compile and FLOP counters take
+    torch's convolution.
     """
 
     def __init__(self, *args, **kwargs):

@@ -45,6 +45,13 @@ _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 # -fno-trapping-math: the exp in SiLU converts floats to ints, which GCC only vectorises when it need not
 # preserve floating-point exception flags (nothing here reads them).
 _FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-std=c++17", "-fPIC", "-shared", "-fopenmp"]
+
+
+def _flags() -> list[str]:
+    """The compiler flags; ``KUOSAN_KERNEL_ARCH`` replaces ``native`` in ``-march`` (``x86-64-v3``: an AVX2
+    build, to run on older CPUs of a cluster or to measure that code path here)."""
+    arch = os.environ.get("KUOSAN_KERNEL_ARCH", "").strip()
+    return [f"-march={arch}" if arch and f == "-march=native" else f for f in _FLAGS]
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _status = "not loaded"
@@ -66,7 +73,7 @@ def _machine_key() -> str:
                 break
     except OSError:
         pass
-    return "\n".join([*(src.read_text() for src in _SOURCES), _compiler() or "", *_FLAGS, platform.machine(),
+    return "\n".join([*(src.read_text() for src in _SOURCES), _compiler() or "", *_flags(), platform.machine(),
                       platform.processor(), flags])
 
 
@@ -82,7 +89,7 @@ def _build(target: Path) -> None:
     # Build beside the target and rename: concurrent builders (torchrun ranks) never see half a file.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
-    cmd = [cxx, *_FLAGS, *map(str, _SOURCES), "-o", tmp]
+    cmd = [cxx, *_flags(), *map(str, _SOURCES), "-o", tmp]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
@@ -219,9 +226,9 @@ def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _conv_kernels_on() -> bool:
-    """The convolution kernels run where the library was built with AVX512 (their register blocking: with
-    AVX2 they ran 2-4x slower than oneDNN); ``KUOSAN_CONV_KERNELS=0`` leaves every convolution to torch
-    (oneDNN) and keeps the other kernels, ``=1`` runs them on any CPU (as the tests do)."""
+    """The convolution kernels run where the library was built for AVX512 or AVX2 with FMA (the register
+    blockings measured against oneDNN); ``KUOSAN_CONV_KERNELS=0`` leaves every convolution to torch (oneDNN)
+    and keeps the other kernels, ``=1`` runs them on any CPU (as the tests do)."""
     setting = os.environ.get("KUOSAN_CONV_KERNELS", "").strip().lower()
     if setting in ("0", "false", "no", "off"):
         return False

@@ -23,7 +23,7 @@
 #include <vector>
 
 #include <omp.h>
-#ifdef __AVX512F__
+#if defined(__AVX__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -212,23 +212,54 @@ void output_transform(const float* M, const float* bias, const Geometry<m>& g, l
     }
 }
 
-// out[R rows][16 J] = a[R][K] (row stride lda) x b[K][16 J] (row stride ldb) (+ bias[16 J]); overwrite.
+// The products' register blocking: vf holds VL floats, one vector register (16 with AVX512, 8 with AVX2).
+#ifdef __AVX512F__
+constexpr int VL = 16;
+#else
+constexpr int VL = 8;
+#endif
+typedef float vf __attribute__((vector_size(4 * VL)));
+typedef float vfu __attribute__((vector_size(4 * VL), aligned(4)));
+inline vf ldv(const float* p) { return *reinterpret_cast<const vfu*>(p); }
+inline void stv(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
+inline vf bcv(const float* p) {
+#if defined(__AVX512F__)
+    return reinterpret_cast<vf>(_mm512_set1_ps(*p));
+#elif defined(__AVX__)
+    return reinterpret_cast<vf>(_mm256_set1_ps(*p));
+#else
+    vf v;
+    for (int i = 0; i < VL; ++i) v[i] = *p;
+    return v;
+#endif
+}
+inline void pin(vf& v) {  // keep v in a register: folded into each FMA it would be loaded again each time
+#if defined(__AVX512F__)
+    __asm__("" : "+v"(v));
+#elif defined(__AVX__)
+    __asm__("" : "+x"(v));
+#else
+    (void)v;
+#endif
+}
+
+// out[R rows][VL J] = a[R][K] (row stride lda) x b[K][VL J] (row stride ldb) (+ bias[VL J]); overwrite.
 template <int R, int J>
 inline void gemm_block(const float* a, long lda, const float* b, long ldb, long K, float* out, long ldo,
                        const float* bias) {
-    v16 acc[R][J];
+    vf acc[R][J];
     for (int r = 0; r < R; ++r)
-        for (int j = 0; j < J; ++j) acc[r][j] = bias ? ld(bias + 16 * j) : v16{};
+        for (int j = 0; j < J; ++j) acc[r][j] = bias ? ldv(bias + VL * j) : vf{};
     for (long k = 0; k < K; ++k) {
-        v16 bv[J];
-        for (int j = 0; j < J; ++j) bv[j] = ld(b + k * ldb + 16 * j);
+        vf bv[J];
+        for (int j = 0; j < J; ++j) bv[j] = ldv(b + k * ldb + VL * j);
         for (int r = 0; r < R; ++r) {
-            const v16 av = bc(a + r * lda + k);
+            const vf av = bcv(a + r * lda + k);
             for (int j = 0; j < J; ++j) acc[r][j] += av * bv[j];
         }
     }
     for (int r = 0; r < R; ++r)
-        for (int j = 0; j < J; ++j) st(out + r * ldo + 16 * j, acc[r][j]);
+        for (int j = 0; j < J; ++j) stv(out + r * ldo + VL * j, acc[r][j]);
 }
 
 // The last M % R rows, one kernel instantiation per count.
@@ -249,13 +280,18 @@ inline void gemm_rows(const float* a, long lda, const float* b, long ldb, long M
     if (r < M) gemm_tail<R - 1, J>(static_cast<int>(M - r), a + r * lda, lda, b, ldb, K, out + r * ldo, ldo, bias);
 }
 
-// out[M][N] = a[M][K] b[K][N] (+ bias[N]), N a multiple of 16; register blocks of 6 x 64 or 12 x 32/16.
+// out[M][N] = a[M][K] b[K][N] (+ bias[N]), N a multiple of 16. Register blocks: with AVX512 6 x 64 or
+// 12 x 32/16 (24 of 32 registers accumulate), with AVX2 6 x 16 (12 of 16).
 void gemm_nn(const float* a, long lda, const float* b, long ldb, long M, long K, long N, float* out, long ldo,
              const float* bias) {
     long j = 0;
+#ifdef __AVX512F__
     for (; j + 64 <= N; j += 64) gemm_rows<6, 4>(a, lda, b + j, ldb, M, K, out + j, ldo, bias ? bias + j : nullptr);
     for (; j + 32 <= N; j += 32) gemm_rows<12, 2>(a, lda, b + j, ldb, M, K, out + j, ldo, bias ? bias + j : nullptr);
     for (; j < N; j += 16) gemm_rows<12, 1>(a, lda, b + j, ldb, M, K, out + j, ldo, bias ? bias + j : nullptr);
+#else
+    for (; j < N; j += 16) gemm_rows<6, 2>(a, lda, b + j, ldb, M, K, out + j, ldo, bias ? bias + j : nullptr);
+#endif
 }
 
 // M_k = V_k U_k for the n^2 k: V [n^2][TB][Ci], U [n^2][Ci][Co], M [n^2][TB][Co].
@@ -264,36 +300,38 @@ void block_products(int nn, const float* V, const float* U, long Ci, long Co, fl
                                          nullptr);
 }
 
-// out[R m][16 J n] += sum_t a[t][m] b[t][n] over T rows (row strides lda, ldb).
+// out[R m][VL J n] += sum_t a[t][m] b[t][n] over T rows (row strides lda, ldb).
 template <int R, int J>
 inline void gemm_tn_block(const float* a, long lda, const float* b, long ldb, long T, float* out, long ldo) {
-    v16 acc[R][J];
+    vf acc[R][J];
     for (int r = 0; r < R; ++r)
-        for (int j = 0; j < J; ++j) acc[r][j] = ld(out + r * ldo + 16 * j);
+        for (int j = 0; j < J; ++j) acc[r][j] = ldv(out + r * ldo + VL * j);
     for (long t = 0; t < T; ++t) {
-        v16 bv[J];
+        vf bv[J];
         for (int j = 0; j < J; ++j) {
-            bv[j] = ld(b + t * ldb + 16 * j);
-#ifdef __AVX512F__
-            __asm__("" : "+v"(bv[j]));  // keep the row in a register: folded into each FMA it is loaded R times
-#endif
+            bv[j] = ldv(b + t * ldb + VL * j);
+            pin(bv[j]);
         }
         for (int r = 0; r < R; ++r) {
-            const v16 av = bc(a + t * lda + r);
+            const vf av = bcv(a + t * lda + r);
             for (int j = 0; j < J; ++j) acc[r][j] += av * bv[j];
         }
     }
     for (int r = 0; r < R; ++r)
-        for (int j = 0; j < J; ++j) st(out + r * ldo + 16 * j, acc[r][j]);
+        for (int j = 0; j < J; ++j) stv(out + r * ldo + VL * j, acc[r][j]);
 }
 
 // out[M][N] += a[T][M]^T b[T][N]; M a multiple of 4, N of 16.
 void gemm_tn(const float* a, long lda, const float* b, long ldb, long T, long M, long N, float* out, long ldo) {
     for (long i = 0; i < M; i += 4) {
         long j = 0;
+#ifdef __AVX512F__
         for (; j + 64 <= N; j += 64) gemm_tn_block<4, 4>(a + i, lda, b + j, ldb, T, out + i * ldo + j, ldo);
         for (; j + 32 <= N; j += 32) gemm_tn_block<4, 2>(a + i, lda, b + j, ldb, T, out + i * ldo + j, ldo);
         for (; j < N; j += 16) gemm_tn_block<4, 1>(a + i, lda, b + j, ldb, T, out + i * ldo + j, ldo);
+#else
+        for (; j < N; j += 16) gemm_tn_block<4, 2>(a + i, lda, b + j, ldb, T, out + i * ldo + j, ldo);
+#endif
     }
 }
 
@@ -628,10 +666,11 @@ int kuosan_conv1x1_weight_grad(const float* x, const float* dy, float* dwt, floa
 }
 
 
-// Whether this build has the register blocking the kernels were tuned for (AVX512: 32 registers of 16 floats).
-// Elsewhere they compile and compute correctly but ran 2-4x slower than oneDNN's AVX2 convolutions.
+// Whether this build has a register blocking of its own (AVX512: 32 registers of 16 floats; AVX2 with FMA:
+// 16 of 8). Elsewhere (SSE only, other architectures) the code computes correctly through the compiler's
+// generic vectors, unmeasured against torch's convolutions, so the caller keeps torch's there.
 int kuosan_conv_kernels_native() {
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
     return 1;
 #else
     return 0;
