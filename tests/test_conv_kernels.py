@@ -208,3 +208,15 @@ def test_an_avx2_build_compiles_and_computes(tmp_path):
         return  # built; whether this CPU could run it is unknown
     run = subprocess.run([sys.executable, "-c", PORTABLE, str(target)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+
+
+@needs_compiler
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_frozen_weight_still_gets_its_bias_gradient(k):
+    conv = Conv2d(32, 16, k, padding=k // 2).to(memory_format=torch.channels_last)
+    conv.weight.requires_grad_(False)
+    x = torch.randn(2, 32, 6, 6).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 16, 6, 6)
+    conv(x).backward(grad)
+    assert conv.weight.grad is None
+    torch.testing.assert_close(conv.bias.grad, grad.sum((0, 2, 3)))

@@ -25,8 +25,8 @@ class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters, same state dict) whose 3×3 (stride 1, padding 1) and 1×1 convolutions
     of ``channels_last`` CPU tensors run on the kernels of :mod:`kuosan.nets.kernels`, forward and backward.
 
-    oneDNN's direct 3×3 convolution already runs near the CPU's peak multiply-add rate (500–560 GFLOP/s on
-    the 2-core benchmark machine, whose FMA peak measured 540); Winograd's F(2×2, 3×3) needs 2.25× and
+    oneDNN's direct 3×3 convolution already runs at about the CPU's peak multiply-add rate (500–560 GFLOP/s on
+    the 2-core benchmark machine, where a register-only FMA loop reached 540); Winograd's F(2×2, 3×3) needs 2.25× and
     F(4×4, 3×3) 4× fewer multiply-adds (Lavin & Gray 2016), which made these layers 1.1–1.7× faster there
     (float32 F(2×2) rounds less than oneDNN, F(4×4), used on maps of 24×24 and up, about 5× more). Under
     bfloat16 autocast, on CPUs with AVX512-BF16, 3×3 layers take F(2×2, 3×3) with bfloat16 products (an error
@@ -83,6 +83,7 @@ class _KernelConv(torch.autograd.Function):
         return _KernelConv.run(x, weight, bias)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # a second derivative through it raises instead of being wrong
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
         need = ctx.needs_input_grad

@@ -303,15 +303,15 @@ def winograd_conv_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.
         U = (_filter_bf16 if bf16 else _filter)(weight, True, tile)
         forward = _lib.kuosan_winograd_forward_bf16 if bf16 else _lib.kuosan_winograd_forward
         forward(tile, grad_y.data_ptr(), U.data_ptr(), None, grad_x.data_ptr(), B, H, W, Co, Ci)
-    if need_b:
-        grad_b = torch.empty(Co)
-    if need_w or need_b:
+    if need_w:  # the bias gradient in the same pass
+        grad_b = torch.empty(Co) if need_b else None
         dU = torch.empty((tile + 2) ** 2, Ci, Co)
         weight_grad = _lib.kuosan_winograd_weight_grad_bf16 if bf16 else _lib.kuosan_winograd_weight_grad
         weight_grad(tile, x.data_ptr(), grad_y.data_ptr(), dU.data_ptr(), _ptr(grad_b), B, H, W, Ci, Co)
-        if need_w:
-            grad_w = torch.empty_like(weight)
-            _lib.kuosan_winograd_filter_grad(tile, dU.data_ptr(), grad_w.data_ptr(), *grad_w.stride(), Co, Ci)
+        grad_w = torch.empty_like(weight)
+        _lib.kuosan_winograd_filter_grad(tile, dU.data_ptr(), grad_w.data_ptr(), *grad_w.stride(), Co, Ci)
+    elif need_b:
+        grad_b = grad_y.sum((0, 2, 3), dtype=torch.float32)
     return grad_x, grad_w, grad_b
 
 
@@ -358,15 +358,14 @@ def conv1x1_backward(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
         grad_x = torch.empty_like(x, memory_format=torch.channels_last)
         w = weight.detach().reshape(Co, Ci).contiguous()
         _lib.kuosan_conv1x1_forward(grad_y.data_ptr(), w.data_ptr(), None, grad_x.data_ptr(), B * H * W, Co, Ci)
-    if need_b:
-        grad_b = torch.empty(Co)
-    if need_w or need_b:
+    if need_w:  # the bias gradient in the same pass
+        grad_b = torch.empty(Co) if need_b else None
         dwt = torch.empty(Ci, Co)
         _lib.kuosan_conv1x1_weight_grad(x.data_ptr(), grad_y.data_ptr(), dwt.data_ptr(), _ptr(grad_b), B * H * W,
                                         Ci, Co)
-        if need_w:
-            grad_w = torch.empty_like(weight)
-            grad_w.copy_(dwt.t().reshape(weight.shape))
+        grad_w = torch.empty_like(weight).copy_(dwt.t().reshape(weight.shape))
+    elif need_b:
+        grad_b = grad_y.sum((0, 2, 3), dtype=torch.float32)
     return grad_x, grad_w, grad_b
 
 
