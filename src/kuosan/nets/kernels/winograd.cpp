@@ -105,6 +105,12 @@ struct Geometry {
     }
 };
 
+// Row r of each of the nn blocks [nn][TB][C] set to zero: a tile past the end of the tensor.
+template <class T>
+inline void zero_row(T* blocks, int nn, int r, long C) {
+    for (int k = 0; k < nn; ++k) std::memset(blocks + (k * TB + r) * C, 0, sizeof(T) * C);
+}
+
 // V[k][r][c] = (B^T d B)[k] for the tiles t0 .. t0+count of x ([N, H, W, C]); rows past count are zero.
 template <int m, class In, class VOut>
 void input_transform(const In* x, const Geometry<m>& g, long C, long t0, int count, VOut* V) {
@@ -112,7 +118,7 @@ void input_transform(const In* x, const Geometry<m>& g, long C, long t0, int cou
     constexpr int n = T::n;
     for (int r = 0; r < TB; ++r) {
         if (r >= count) {
-            for (int k = 0; k < n * n; ++k) std::memset(V + (k * TB + r) * C, 0, sizeof(VOut) * C);
+            zero_row(V, n * n, r, C);
             continue;
         }
         long img, y0, x0;
@@ -150,7 +156,7 @@ void grad_transform(const In* dy, const Geometry<m>& g, long C, long t0, int cou
     constexpr int n = T::n;
     for (int r = 0; r < TB; ++r) {
         if (r >= count) {
-            for (int k = 0; k < n * n; ++k) std::memset(dM + (k * TB + r) * C, 0, sizeof(float) * C);
+            zero_row(dM, n * n, r, C);
             continue;
         }
         long img, y0, x0;
