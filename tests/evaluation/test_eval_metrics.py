@@ -112,3 +112,109 @@ def test_density_coverage_truths():
     # Every fake on one real point: coverage is tiny however many fakes there are.
     _, coverage = M.density_coverage(real, np.repeat(real[:1], 100, axis=0), k=5)
     assert coverage <= 0.01
+
+
+# --- ties on the k-NN ball boundaries -------------------------------------------------------------
+
+def _general_position(n, d=3, seed=0):
+    """``n`` points with integer coordinates (every distance computed exactly, by any cdist path) and
+    no two distances from a point equal, so that the only ties are the ones a test builds in."""
+    x = np.random.default_rng(seed).integers(-10_000, 10_000, size=(n, d)).astype(np.float64)
+    sq = ((x[:, None] - x[None]) ** 2).sum(-1)
+    assert all(len(np.unique(row)) == n for row in sq)
+    return x
+
+
+def test_density_and_coverage_use_open_balls():
+    """Naeem et al. 2020, eq. 3-4, as in their ``prdc`` code: a sample on the boundary of a k-NN ball is
+    outside. Closed forms: a tie-free set against itself has density exactly 1 (each ball holds its centre
+    and k − 1 neighbours; closed balls would give (k + 1)/k = 1.2 at k = 5); with every point duplicated,
+    the k-th neighbour of a point is the (k // 2)-th other point's twin, so density is (k − 1)/k for odd
+    k and 1 for even k, and at k = 1 the radius is 0: no ball holds anything."""
+    x = _general_position(30)
+    for k in (1, 3, 5):
+        assert M.density_coverage(x, x, k=k) == (1.0, 1.0)
+    twice = np.repeat(x, 2, axis=0)
+    assert M.density_coverage(twice, twice, k=5) == (pytest.approx(4 / 5, abs=1e-15), 1.0)
+    assert M.density_coverage(twice, twice, k=3) == (pytest.approx(2 / 3, abs=1e-15), 1.0)
+    assert M.density_coverage(twice, twice, k=4) == (1.0, 1.0)
+    assert M.density_coverage(twice, twice, k=1) == (0.0, 0.0)
+    # One fake exactly on the boundary of one real ball (1-D, k = 1: radii 1, 1, 4) and in no other.
+    real, fake = np.array([[0.0], [1.0], [5.0]]), np.array([[-1.0], [-1.0]])
+    assert M.density_coverage(real, fake, k=1) == (0.0, 0.0)
+
+
+def test_precision_and_recall_use_closed_balls():
+    """Kynkäänniemi et al. 2019, eq. 1 (‖φ − φ'‖ ≤ NND_k(φ')), as in their code: a sample on the
+    boundary of a k-NN ball is inside, so a duplicated set against itself keeps precision and recall 1
+    even at k = 1, where every radius is 0."""
+    x = _general_position(30)
+    assert M.precision_recall(x, x, k=3) == (1.0, 1.0)
+    twice = np.repeat(x, 2, axis=0)
+    assert M.precision_recall(twice, twice, k=1) == (1.0, 1.0)
+    real, fake = np.array([[0.0], [1.0], [5.0]]), np.array([[-1.0], [-1.0]])
+    assert M.precision_recall(real, fake, k=1)[0] == 1.0  # on the boundary of B(0, 1) only
+
+
+def test_knn_metrics_match_prdc():
+    """Against Naeem et al.'s reference package: density and coverage agree exactly, ties included;
+    precision and recall agree wherever no sample sits on a ball boundary (``prdc`` uses open balls
+    there too, Kynkäänniemi et al. closed ones, which kuosan follows)."""
+    prdc = pytest.importorskip("prdc")
+    rng = np.random.default_rng(3)
+    real, fake = _general_position(60, d=4, seed=1), _general_position(50, d=4, seed=2)
+    fake[:25] = real[rng.choice(60, 25, replace=False)]               # half the fakes copy real samples
+    tied = np.concatenate([real[:20], real[:20], real[20:]])           # and a real set with duplicates
+    for r, f in ((real, fake), (tied, fake), (tied, tied), (tied, real)):
+        for k in (1, 3, 5):
+            ref = prdc.compute_prdc(r, f, nearest_k=k)
+            assert M.density_coverage(r, f, k=k) == pytest.approx((ref["density"], ref["coverage"]), abs=1e-12)
+    a, b = rng.normal(size=(300, 8)), rng.normal(size=(250, 8)) + 0.3  # no ties: all four agree
+    ref = prdc.compute_prdc(a, b, nearest_k=5)
+    assert M.precision_recall(a, b, k=5) == pytest.approx((ref["precision"], ref["recall"]), abs=1e-12)
+    assert M.density_coverage(a, b, k=5) == pytest.approx((ref["density"], ref["coverage"]), abs=1e-12)
+
+
+# --- MS-SSIM weights ------------------------------------------------------------------------------
+
+def test_ms_ssim_weights_as_printed(monkeypatch):
+    """Wang, Simoncelli & Bovik 2003, eq. 7 with the weights of §3.2 as printed (sum 1.0001) for five
+    scales, by hand from fixed per-scale terms: l·cs at the coarsest scale, cs at the others. Fewer scales
+    renormalise the first M weights."""
+    cs = [0.9, 0.8, 0.7, 0.6, 0.5]
+    full = [0.85, 0.75, 0.65, 0.55, 0.45]
+    calls = []
+
+    def fixed_terms(a, b, window, data_range):
+        j = len(calls)
+        calls.append(j)
+        return torch.full((a.shape[0],), full[j], dtype=torch.float64), torch.full((a.shape[0],), cs[j],
+                                                                                      dtype=torch.float64)
+
+    monkeypatch.setattr(M, "_ssim_terms", fixed_terms)
+    x = torch.zeros(2, 1, 176, 176, dtype=torch.float64)
+    w = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+    expected = cs[0] ** w[0] * cs[1] ** w[1] * cs[2] ** w[2] * cs[3] ** w[3] * full[4] ** w[4]
+    assert M.ms_ssim(x, x) == pytest.approx(expected, rel=1e-14)  # 176 pixels: 5 scales
+    assert len(calls) == 5
+    calls.clear()
+    w3 = [v / sum(w[:3]) for v in w[:3]]
+    expected3 = cs[0] ** w3[0] * cs[1] ** w3[1] * full[2] ** w3[2]
+    assert M.ms_ssim(x, x, scales=3) == pytest.approx(expected3, rel=1e-14)
+
+
+def test_ms_ssim_matches_pytorch_msssim():
+    """Five scales, 11-tap window, valid convolutions, weights as printed: pytorch-msssim computes the
+    same thing for a single-channel image with even sides (it pads odd ones before pooling), to round-off,
+    given the same float64 window (its own is built in float32, which moves cs by ~1e-5); renormalised
+    weights would be ~2e-5 off."""
+    pytorch_msssim = pytest.importorskip("pytorch_msssim")
+    from skimage import data
+
+    a, b = _noisy_pair(data.camera()[:256, :256] / 255.0)
+    a, b = torch.tensor(a)[None, None], torch.tensor(b)[None, None]
+    g = np.exp(-np.arange(-5.0, 6.0) ** 2 / (2 * 1.5 ** 2))
+    window = torch.tensor(g / g.sum()).view(1, 1, 1, 11)
+    ref = float(pytorch_msssim.ms_ssim(a, b, data_range=1.0, win=window))
+    assert M.ms_ssim(a, b) == pytest.approx(ref, abs=1e-12)
+    assert abs(ref ** (1 / 1.0001) - ref) > 1e-5

@@ -121,6 +121,14 @@ def precision_recall(real, fake, k=3):
     Precision: share of ``fake`` inside at least one real ball ``B(x_i, NND_k(x_i))``; recall: share of
     ``real`` inside at least one fake ball. ``k`` is clamped below the set sizes; ``(nan, nan)`` with
     fewer than 2 vectors on a side. Returns ``(precision, recall)``.
+
+    The balls are closed: a sample at exactly ``NND_k`` from a centre counts as inside (``<=``), as in
+    eq. 1 of the paper (``‖φ − φ'‖ ≤ ‖φ' − NN_k(φ')‖``) and in its authors' code (NVlabs'
+    improved-precision-and-recall-metric and stylegan2-ada-pytorch). Naeem et al.'s ``prdc`` package uses
+    open balls (``<``) for its precision and recall, so the two differ only on ties, i.e. with duplicated
+    samples: a set with every point repeated, scored against itself with k = 1, has precision and recall
+    1 here and 0 in ``prdc``. Density and coverage (:func:`density_coverage`) follow ``prdc``, their
+    reference, and use open balls.
     """
     real, fake = _f64(real), _f64(fake)
     k = _clamp_k(k, real, fake)
@@ -138,14 +146,22 @@ def density_coverage(real, fake, k=5):
     Density: mean number of real balls containing each fake sample, divided by ``k`` (about 1 when the
     distributions match; can exceed 1). Coverage: share of real balls containing at least one fake sample.
     Returns ``(density, coverage)``.
+
+    The balls are open: a fake sample at exactly ``NND_k(x_i)`` from ``x_i`` is outside (strict ``<``), as
+    in the paper's reference code (the ``prdc`` package of Naeem et al., ``compute_density`` and
+    ``compute_coverage``). Then a tie-free set scored against itself has density exactly 1 (each ball holds
+    its centre and k − 1 neighbours, the k-th lies on its boundary); closed balls would give (k + 1)/k.
+    With every point of a set duplicated (and the points otherwise in general position), the set against
+    itself has density (k − 1)/k for odd k and 1 for even k. (Precision and recall,
+    :func:`precision_recall`, keep the closed balls of their own paper.)
     """
     real, fake = _f64(real), _f64(fake)
     k = _clamp_k(k, real, fake)
     if k < 1:
         return float("nan"), float("nan")
     r_real = knn_radii(real, k)
-    balls_per_fake = reduce_rows(fake, real, lambda d, rows: (d <= r_real[None, :]).sum(axis=1))
-    covered = reduce_rows(real, fake, lambda d, rows: d.min(axis=1) <= r_real[rows])
+    balls_per_fake = reduce_rows(fake, real, lambda d, rows: (d < r_real[None, :]).sum(axis=1))
+    covered = reduce_rows(real, fake, lambda d, rows: d.min(axis=1) < r_real[rows])
     return float(balls_per_fake.mean() / k), float(covered.mean())
 
 
@@ -220,7 +236,8 @@ def ssim(a, b, data_range=1.0, sigma=1.5, window_size=11):
     return float(_ssim_terms(a, b, window, data_range)[0].mean())
 
 
-# MS-SSIM scale weights (Wang, Simoncelli & Bovik 2003, §3.2).
+# MS-SSIM scale weights (Wang, Simoncelli & Bovik 2003, §3.2), as printed there: they sum to 1.0001,
+# and are used unnormalised with all five scales, as in pytorch-msssim and torchmetrics.
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
@@ -232,7 +249,12 @@ def ms_ssim(a, b, data_range=1.0, sigma=1.5, scales=None, window_size=None):
 
     - the window shrinks to 7 taps (σ = 1.5 kept, ±2σ) when the side is below 176;
     - only the scales whose side still covers the window are used (28×28 -> 3 scales: 28, 14, 7), and the
-      first ``M`` weights are renormalised to sum to 1, so identical images still score 1.
+      first ``M`` weights are renormalised to sum to 1 (a weighted geometric mean again: the same value at
+      every scale scores that value).
+
+    With all five scales (``scales=None`` on sides of at least 176, or ``scales=5``) the weights are those
+    printed in the paper, ``MS_SSIM_WEIGHTS``, not renormalised (they sum to 1.0001), as in pytorch-msssim
+    and torchmetrics; renormalising would shift a score of 0.8 by about 2e-5.
 
     Negative ``cs`` values are clamped to 0 before the fractional powers (as torchmetrics' ``normalize="relu"``).
     """
@@ -246,7 +268,8 @@ def ms_ssim(a, b, data_range=1.0, sigma=1.5, scales=None, window_size=None):
         while scales < len(MS_SSIM_WEIGHTS) and side // 2 ** scales >= window_size:
             scales += 1
     weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=torch.float64)
-    weights = weights / weights.sum()
+    if scales < len(MS_SSIM_WEIGHTS):  # truncated: renormalise; all five: as printed
+        weights = weights / weights.sum()
     window = _gaussian_window(window_size, sigma)
     result = torch.ones(a.shape[0], dtype=torch.float64)
     for j in range(scales):
