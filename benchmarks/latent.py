@@ -201,7 +201,7 @@ def score_runs(runs: dict, n: int, steps: int) -> dict:
     from kuosan.evaluation.metrics import frechet_distance_features
     from kuosan.evaluation.reference import reference_features
     from kuosan.images import make_grid, save_png
-    from kuosan.training.checkpoint import resolve_checkpoint
+    from kuosan.checkpoint import resolve_checkpoint
 
     torch.set_num_threads(1)
     name = "fmnist-cnn" if (WEIGHTS_DIR / "fmnist-cnn.safetensors").is_file() else "efficientnet-lite0"

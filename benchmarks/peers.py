@@ -39,7 +39,7 @@ def _isa(argv) -> None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     _isa(argv)
-    from kuosan.perf import openmp_defaults
+    from kuosan.runtime import openmp_defaults
 
     openmp_defaults()  # before torch loads OpenMP; the same for every contender
     shimmed = shim_torchvision()

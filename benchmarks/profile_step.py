@@ -24,7 +24,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None) -> int:
-    from kuosan.perf import openmp_defaults
+    from kuosan.runtime import openmp_defaults
 
     openmp_defaults()
     import torch
@@ -34,7 +34,9 @@ def main(argv=None) -> int:
     from kuosan.diffusion.objectives import loss_for
     from kuosan.model import build_model
     from kuosan.nets import kernels
-    from kuosan.perf import adamw, configure_threads, prepare_model, tune_allocator
+    from kuosan.nets.layout import prepare_model
+    from kuosan.runtime import configure_threads, tune_allocator
+    from kuosan.training.optim import adamw
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=None)

@@ -55,7 +55,7 @@ KUOSAN = [s for s in SAMPLERS if s not in STOCHASTIC and s != "ddim"]  # ddim is
 def train_model(work: Path, steps: int, preset: str) -> Path:
     """An ε-prediction model from ``preset``, trained once and kept in ``work``."""
     from kuosan.config import load_config, resolve_config_path
-    from kuosan.training.checkpoint import list_checkpoints
+    from kuosan.checkpoint import list_checkpoints
     from kuosan.training.loop import train
 
     if work.exists() and list_checkpoints(work):

@@ -23,7 +23,8 @@ from kuosan.diffusion.objectives import loss_for
 from kuosan.diffusion.samplers import nfe
 from kuosan.model import build_model, network_spec
 from kuosan.nets.build import count_flops, count_parameters
-from kuosan.perf import prepare_model, tune_allocator
+from kuosan.nets.layout import prepare_model
+from kuosan.runtime import tune_allocator
 from kuosan.sampling import generate
 from kuosan.training.ema import EMA
 

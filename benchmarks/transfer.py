@@ -39,9 +39,9 @@ from kuosan.errors import KuosanError
 from kuosan.finetune import FINETUNE_LR_FACTOR, FINETUNE_WARMUP, init_from
 from kuosan.model import build_model, network_spec
 from kuosan.nets.lora import add_lora, mark_only_lora_trainable, save_adapter, weights_checksum
-from kuosan.perf import tune_allocator
+from kuosan.runtime import tune_allocator
 from kuosan.sampling import generate
-from kuosan.training.checkpoint import save_checkpoint
+from kuosan.checkpoint import save_checkpoint
 from kuosan.training.ema import EMA
 from kuosan.training.loop import batch_indices
 

@@ -40,7 +40,7 @@ import test_checkpoint as tc  # noqa: E402
 import test_resume as tr  # noqa: E402
 from kuosan.cli import main  # noqa: E402
 from kuosan.errors import KuosanError  # noqa: E402
-from kuosan.training.checkpoint import resolve_checkpoint  # noqa: E402
+from kuosan.checkpoint import resolve_checkpoint  # noqa: E402
 
 ROWS: list[tuple[str, str, str, str]] = []  # (fault, runs, outcome, reproduce)
 TMP: list[str] = []                           # the scratch directory, shown as DIR

@@ -10,9 +10,9 @@ import torch
 from kuosan.config import config_to_dict, load_config
 from kuosan.errors import KuosanError
 from kuosan.model import build_model, network_spec
-from kuosan.training import checkpoint as ck
-from kuosan.training.checkpoint import (encode_rng, list_checkpoints, read_checkpoint, resolve_checkpoint,
-                                        save_checkpoint, verify_checkpoint)
+from kuosan import checkpoint as ck
+from kuosan.checkpoint import encode_rng, list_checkpoints, resolve_checkpoint, save_checkpoint, verify_checkpoint
+from kuosan.model import read_model_checkpoint
 
 TINY = {"model.base_channels": 8, "model.channel_mults": [1], "model.num_blocks": 1, "model.attn_resolutions": []}
 
@@ -59,7 +59,7 @@ def test_round_trip_restores_weights_and_optimiser(tmp_path):
     precond, config = tiny_model()
     opt = optimiser_after_one_step(precond)
     ckpt = save(tmp_path, 5, precond, config, opt)
-    saved = read_checkpoint(ckpt, training_state=True)
+    saved = read_model_checkpoint(ckpt, training_state=True)
     for name, value in precond.state_dict().items():
         assert torch.equal(saved["model"][name], value) and torch.equal(saved["ema"][name], value)
     fresh = torch.optim.AdamW(build_model(config["network"], config["diffusion"]).parameters(), lr=1e-3)
@@ -153,7 +153,7 @@ def test_damaged_newest_falls_back_to_the_previous_with_a_warning(run, case):
     with pytest.warns(UserWarning, match=f"skipping damaged checkpoint step-0000030: {words}"):
         got = resolve_checkpoint(run, require_state=True)
     assert got.name == "step-0000020"
-    read_checkpoint(got, training_state=True)
+    read_model_checkpoint(got, training_state=True)
     with pytest.raises(KuosanError, match="is damaged"):
         resolve_checkpoint(run / "checkpoints" / "step-0000030", require_state=True)
 
@@ -235,14 +235,14 @@ def test_weights_of_another_architecture_are_named(tmp_path):
     (ckpt / "state.json").unlink()
     with pytest.raises(KuosanError, match=r"does not fit the architecture in config.json: "
                                           r"net.embed.mlp.0.weight is \[64, 16\] float32, the config needs \[32, 8\]"):
-        read_checkpoint(resolve_checkpoint(ckpt))
+        read_model_checkpoint(resolve_checkpoint(ckpt))
     partial = {k: v for k, v in precond.state_dict().items() if "conv_out" not in k}
     ck._write_safetensors(ckpt / "ema.safetensors", partial)
     with pytest.raises(KuosanError, match="missing 2"):
-        read_checkpoint(ckpt)
+        read_model_checkpoint(ckpt)
     ck._write_safetensors(ckpt / "ema.safetensors", {k: v.double() for k, v in precond.state_dict().items()})
     with pytest.raises(KuosanError, match="float64"):
-        read_checkpoint(ckpt)
+        read_model_checkpoint(ckpt)
 
 
 def test_missing_paths_and_empty_runs_are_one_line_errors(tmp_path):

@@ -122,12 +122,13 @@ def test_sample_missing_or_empty_checkpoint(tmp_path, capsys):
 def test_sample_weights_that_do_not_match_their_config(run, tmp_path, capsys):
     """An exported checkpoint (no state.json) whose config.json says 16 channels, weights 8."""
     from kuosan.model import build_model
-    from kuosan.training.checkpoint import _write_safetensors, read_checkpoint, resolve_checkpoint
+    from kuosan.checkpoint import _write_safetensors, resolve_checkpoint
+    from kuosan.model import read_model_checkpoint
 
     ckpt = tmp_path / "exported"
     shutil.copytree(resolve_checkpoint(run), ckpt)
     (ckpt / "state.json").unlink()
-    config = read_checkpoint(ckpt)["config"]
+    config = read_model_checkpoint(ckpt)["config"]
     spec = dict(config["network"], fields=dict(config["network"]["fields"], base_channels=8))
     small = build_model(spec, config["diffusion"]).state_dict()
     _write_safetensors(ckpt / "ema.safetensors", small)

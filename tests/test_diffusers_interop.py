@@ -17,8 +17,9 @@ from kuosan.diffusion.precond import EpsPrecond, VPrecond, X0Precond  # noqa: E4
 from kuosan.diffusion.samplers import sample_ddim  # noqa: E402
 from kuosan.diffusion.schedules import append_zero  # noqa: E402
 from kuosan.errors import KuosanError  # noqa: E402
-from kuosan.interop.diffusers import diffusers_pipeline, load_diffusers_unet, load_for_training  # noqa: E402
+from kuosan.interop.diffusers import load_diffusers_unet, load_for_training  # noqa: E402
 from kuosan.nets.lora import add_lora  # noqa: E402
+from kuosan.pipeline import Pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_hub_names_are_refused_without_network(monkeypatch):
     with pytest.raises(KuosanError, match="never downloads: if it is a Hugging Face hub name"):
         load_diffusers_unet("google/ddpm-cifar10-32")
     with pytest.raises(KuosanError, match="never downloads"):
-        diffusers_pipeline("google/ddpm-cifar10-32")
+        Pipeline.load("google/ddpm-cifar10-32")
 
 
 def test_pickles_and_missing_schedulers_are_refused(unet_dir, tmp_path):
@@ -91,7 +92,7 @@ def test_pickles_and_missing_schedulers_are_refused(unet_dir, tmp_path):
 def test_pipeline_samples_with_kuosan_samplers(unet_dir):
     path, _ = unet_dir
     diffusers.DDIMScheduler(clip_sample=False).save_pretrained(path)
-    pipe = diffusers_pipeline(path, device="cpu")
+    pipe = Pipeline.load(path, device="cpu")
     assert pipe.image_shape == (1, 16, 16) and pipe.num_classes == 0
     for sampler in ("ddim", "dpmpp_2m", "heun"):
         res = pipe.sample([0, 1], sampler=sampler, steps=3, schedule="karras" if sampler == "heun" else None)

@@ -175,7 +175,7 @@ def checkpoint(tmp_path_factory):
 
     from kuosan.config import config_to_dict, load_config, resolve_config_path
     from kuosan.model import build_model, network_spec
-    from kuosan.training.checkpoint import save_checkpoint
+    from kuosan.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("edit")
     cfg = load_config(None, {"diffusion.precond": "eps", "model.base_channels": 8},

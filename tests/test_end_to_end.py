@@ -92,7 +92,7 @@ def test_same_seed_same_images_across_loads(run_dir):
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(run_dir, tmp_path):
-    from kuosan.training.checkpoint import save_checkpoint
+    from kuosan.checkpoint import save_checkpoint
 
     pipe = kuosan.load(run_dir, use_ema=False)
     x = torch.randn(3, 1, 8, 8)

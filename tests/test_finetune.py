@@ -10,11 +10,10 @@ import torch
 
 from kuosan.config import TrainConfig, config_to_dict, load_config, resolve_config_path
 from kuosan.errors import KuosanError
-from kuosan.finetune import (FINETUNE_WARMUP, finetune_config, finish_transfer, freeze, init_from,
-                             prepare_transfer, resize_classes)
+from kuosan.finetune import (FINETUNE_WARMUP, finetune_config, finish_transfer, freeze, init_from, prepare_transfer, resize_classes)
 from kuosan.model import build_model, network_spec
 from kuosan.nets.lora import load_adapter, weights_checksum
-from kuosan.training.checkpoint import save_checkpoint
+from kuosan.checkpoint import save_checkpoint
 
 
 def _cfg(**model):
@@ -186,14 +185,15 @@ def test_lora_trains_the_class_embedding_when_the_data_set_changes(tmp_path, dat
 def test_command_line_fine_tune_lora_merge_and_resume(tmp_path):
     import kuosan
     from kuosan.cli import main
-    from kuosan.training.checkpoint import read_checkpoint, resolve_checkpoint
+    from kuosan.checkpoint import resolve_checkpoint
+    from kuosan.model import read_model_checkpoint
 
     quick = ["--checkpoint_every", "0", "--log_every", "1", "--sample.steps", "1", "--sample_every", "0"]
     parent, lora, ft, merged = (str(tmp_path / n) for n in ("parent", "lora", "ft", "merged"))
     assert main(["train", "--config", "digits-tiny", "--out", parent, "--steps", "3", *quick]) == 0
     assert main(["train", "--config", "digits-tiny", "--init-from", parent, "--lora-rank", "2", "--steps", "2",
                  "--out", lora, *quick]) == 0
-    saved = read_checkpoint(resolve_checkpoint(lora))["config"]
+    saved = read_model_checkpoint(resolve_checkpoint(lora))["config"]
     assert saved["train"]["lr"] == pytest.approx(2e-4) and saved["train"]["warmup_steps"] == FINETUNE_WARMUP
     assert saved["parent"]["path"].endswith("step-0000003") and saved["lora"]["rank"] == 2
     adapter = tmp_path / "lora" / "adapter.safetensors"
@@ -209,7 +209,7 @@ def test_command_line_fine_tune_lora_merge_and_resume(tmp_path):
                  "--steps", "3", *quick]) == 0
     assert main(["train", "--config", "digits-tiny", "--init-from", parent, "--freeze", "down.*", "--steps", "2",
                  "--out", ft, *quick]) == 0
-    before = read_checkpoint(resolve_checkpoint(parent))["weights"]
-    after = read_checkpoint(resolve_checkpoint(ft), weights="model")["weights"]
+    before = read_model_checkpoint(resolve_checkpoint(parent))["weights"]
+    after = read_model_checkpoint(resolve_checkpoint(ft), weights="model")["weights"]
     assert all(torch.equal(after[k], before[k]) for k in before if k.startswith("net.down."))
     assert not all(torch.equal(after[k], before[k]) for k in before if k.startswith("net.up."))

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from kuosan import latent
 from kuosan.errors import KuosanError
 from kuosan.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
-from kuosan.training.checkpoint import resolve_checkpoint, save_checkpoint
+from kuosan.checkpoint import resolve_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

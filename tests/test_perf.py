@@ -12,7 +12,8 @@ from torch.nn import functional as F
 
 from kuosan.nets.layers import group_norm_act
 from kuosan.nets.unet import Attention, ResBlock, UNet, UNetConfig
-from kuosan.perf import configure_threads, openmp_defaults, prepare_model, to_channels_last
+from kuosan.nets.layout import prepare_model, to_channels_last
+from kuosan.runtime import configure_threads, openmp_defaults
 
 CL = torch.channels_last
 CFG = UNetConfig(in_channels=3, out_channels=3, resolution=16, base_channels=16, channel_mults=(1, 2),
@@ -109,7 +110,7 @@ def test_channels_last_network_under_bf16_autocast_runs_and_keeps_dtypes():
 
 
 def test_state_dict_keys_are_unchanged_and_a_checkpoint_loads_in_either_layout(tmp_path):
-    from kuosan.training.checkpoint import _write_safetensors
+    from kuosan.checkpoint import _write_safetensors
     from safetensors.torch import load_file
 
     saved = randomised(UNet(CFG))
@@ -166,7 +167,7 @@ def test_configure_threads_obeys_kuosan_threads_and_never_goes_below_one(monkeyp
 
 
 def test_default_threads_are_a_fair_share_only_when_the_machine_is_oversubscribed(monkeypatch):
-    from kuosan import perf
+    from kuosan import runtime as perf
 
     monkeypatch.setattr(perf.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     for load, expected in ((0.5, 4), (4.0, 4), (8.0, 2), (16.0, 1), (100.0, 1)):
@@ -200,7 +201,7 @@ def test_bench_runs_on_a_tiny_model_and_writes_ratios(tmp_path):
 def test_fused_adamw_after_a_reload_matches_the_loop_implementation():
     """A reloaded optimiser state is NCHW beside channels_last weights; match_state_layout realigns it
     (without it torch's fused CPU AdamW applies the moments to the wrong elements)."""
-    from kuosan.perf import adamw, match_state_layout
+    from kuosan.training.optim import adamw, match_state_layout
 
     g = torch.Generator().manual_seed(0)
     start = torch.randn(8, 4, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)
@@ -230,7 +231,7 @@ def test_fused_adamw_after_a_reload_matches_the_loop_implementation():
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 def test_kuosan_adamw_matches_torch_and_shares_its_state(weight_decay):
     from kuosan.nets import kernels
-    from kuosan.perf import adamw
+    from kuosan.training.optim import adamw
     from kuosan.training.optim import FusedAdamW
 
     g = torch.Generator().manual_seed(0)
@@ -262,7 +263,7 @@ def test_kuosan_adamw_matches_torch_and_shares_its_state(weight_decay):
 
 
 def test_kuosan_adamw_falls_back_to_torch_for_what_its_kernel_does_not_take():
-    from kuosan.perf import adamw
+    from kuosan.training.optim import adamw
 
     p = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
     q = p.detach().clone().requires_grad_()
@@ -276,7 +277,7 @@ def test_kuosan_adamw_falls_back_to_torch_for_what_its_kernel_does_not_take():
 
 
 def test_adamw_keeps_every_parameter_of_groups_given_as_generators():
-    from kuosan.perf import adamw
+    from kuosan.training.optim import adamw
 
     a, b = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
     opt = adamw([{"params": a.parameters()}, {"params": b.parameters()}], lr=0.1)

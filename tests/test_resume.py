@@ -62,7 +62,7 @@ def _phase(out: Path, started_training: bool) -> str:
 
 
 def _latest_step(out: Path) -> int:
-    from kuosan.training.checkpoint import list_checkpoints
+    from kuosan.checkpoint import list_checkpoints
 
     ckpts = list_checkpoints(out)
     return int(ckpts[-1].name.split("-")[1]) if ckpts else 0

@@ -13,7 +13,8 @@ import pytest
 
 import kuosan
 from kuosan.errors import KuosanError
-from kuosan.training import checkpoint as ck
+from kuosan import checkpoint as ck
+from kuosan.model import read_model_checkpoint
 
 SRC = Path(kuosan.__file__).parent
 
@@ -68,7 +69,7 @@ def test_a_pickle_named_safetensors_is_refused_and_runs_nothing(tmp_path, which,
                 kuosan.load(path, use_ema=which == "ema.safetensors")
         assert "\n" not in str(e.value)
     with pytest.raises(KuosanError, match="not a readable safetensors file"):
-        ck.read_checkpoint(ckpt, training_state=True)
+        read_model_checkpoint(ckpt, training_state=True)
     assert not marker.exists()
 
 
@@ -90,7 +91,7 @@ def test_pickles_beside_a_good_checkpoint_are_never_opened(tmp_path):
     for name in ("model.pt", "optimizer.pkl", "ema.bin"):
         (ckpt / name).write_bytes(_malicious_pickle(marker))
     kuosan.load(ckpt.parent.parent)
-    ck.read_checkpoint(ckpt, training_state=True)
+    read_model_checkpoint(ckpt, training_state=True)
     assert not marker.exists()
 
 

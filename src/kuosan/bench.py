@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-steps", type=int, default=10, help="sampling steps, equal for all (0: skip)")
     p.add_argument("--sample-rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads, the same for all (default: kuosan.perf.configure_threads)")
+                   help="torch threads, the same for all (default: kuosan.runtime.configure_threads)")
     p.add_argument("--peers", default="diffusers,lucidrains",
                    help="comma list, or 'none'; a -bf16 suffix (diffusers-bf16) adds that peer under bfloat16 "
                         "autocast, the mixed precision its training scripts use")
@@ -169,7 +169,8 @@ def _kuosan(model: dict, diffusion: dict, a, name: str, channels_last: bool, com
     from kuosan.config import Config, DiffusionConfig, ModelConfig
     from kuosan.diffusion.objectives import loss_for
     from kuosan.model import build_model, network_spec
-    from kuosan.perf import adamw, match_state_layout, prepare_model
+    from kuosan.nets.layout import prepare_model
+    from kuosan.training.optim import adamw, match_state_layout
     from kuosan.sampling import generate
 
     def fields(cls, values):  # a checkpoint's sections may hold more than the dataclass
@@ -408,10 +409,10 @@ def _no_grad(f, *args):
 # --- the command ----------------------------------------------------------------------------------
 
 def run(args) -> int:
-    from kuosan.perf import configure_threads, tune_allocator
+    from kuosan.runtime import configure_threads, tune_allocator
 
     tuned = tune_allocator()
-    configure_threads(args.threads)  # default: a fair share of a busy machine (kuosan.perf)
+    configure_threads(args.threads)  # default: a fair share of a busy machine (kuosan.runtime)
     log = print
     model, diffusion = _model_section(args.config)
     layouts = [s.strip() for s in args.layouts.split(",") if s.strip()]

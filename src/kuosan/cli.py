@@ -156,7 +156,7 @@ def cmd_sample(args) -> int:
     if args.n is not None and args.seeds and args.n != len(seeds):
         raise KuosanError(f"--n {args.n} disagrees with --seeds ({len(seeds)} seeds)")
     from kuosan.training.distributed import init_distributed
-    from kuosan.training.loop import resolve_device
+    from kuosan.runtime import resolve_device
 
     ctx = init_distributed(resolve_device(args.device))  # under torchrun: each process a share of the seeds
     from kuosan.lora_cli import parse_adapter
@@ -227,7 +227,7 @@ def cmd_data(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from kuosan.perf import tune_allocator
+    from kuosan.runtime import tune_allocator
 
     tune_allocator()
     parser = _parser()

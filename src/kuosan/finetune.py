@@ -32,8 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kuosan.training.checkpoint import file_sha256
+from kuosan.checkpoint import file_sha256
 from kuosan.errors import KuosanError
+from kuosan.nets.classes import class_embeddings as _class_embeddings, resize_class_rows, resize_classes
 from kuosan.nets.lora import (add_lora, is_adapter_key, lora_layers, mark_only_lora_trainable, merge_state_dict,
                               save_adapter, weights_checksum)
 
@@ -86,57 +87,7 @@ def freeze(module: nn.Module, patterns) -> list[str]:
     return frozen
 
 
-# --- class embeddings ----------------------------------------------------------------------------
-
-def _class_embeddings(model: nn.Module) -> dict[str, nn.Module]:
-    from kuosan.nets.layers import NoiseEmbedding
-
-    return {name: m for name, m in model.named_modules() if isinstance(m, NoiseEmbedding)}
-
-
-def resize_class_rows(weight: torch.Tensor | None, old: int, new: int, dim: int) -> torch.Tensor:
-    """Class-embedding rows for ``new`` classes + null from those of ``old`` classes + null (the last
-    row): known classes kept, null moved to the new last index, new classes copied from null.
-    ``weight`` None (an unconditional parent) gives zeros: every class starts as the parent."""
-    if weight is None or old == 0:
-        return torch.zeros(new + 1, dim)
-    null = weight[old]
-    rows = null.expand(new + 1, dim).clone()
-    k = min(old, new)
-    rows[:k] = weight[:k]
-    return rows
-
-
-@torch.no_grad()
-def resize_classes(model: nn.Module, num_classes: int) -> int | None:
-    """Resize every class embedding of ``model`` in place to ``num_classes`` (+ null), the way
-    :func:`init_from` does; returns the previous count (None when the model has no class input). An
-    unconditional diffusers UNet gets a zero class embedding instead."""
-    from kuosan.interop.diffusers import DiffusersUNet, add_class_embedding
-
-    net = getattr(model, "net", None)
-    if isinstance(net, DiffusersUNet) and num_classes and getattr(net.unet, "class_embedding", None) is None:
-        add_class_embedding(model, num_classes)
-        return 0
-    embeds = _class_embeddings(model)
-    old = None
-    for emb in embeds.values():
-        old = emb.num_classes
-        if old == num_classes:
-            continue
-        weight = emb.class_emb.weight if emb.class_emb is not None else None
-        dim = emb.mlp[-1].out_features
-        if num_classes == 0:
-            emb.mlp[-1].bias.add_(weight[old])  # the unconditional child is the parent's null class
-            emb.class_emb = None
-        else:
-            ref = emb.mlp[-1].weight
-            rows = resize_class_rows(weight, old, num_classes, dim).to(ref.device, ref.dtype)
-            emb.class_emb = nn.Embedding(num_classes + 1, dim, device=ref.device, dtype=ref.dtype)
-            emb.class_emb.weight.copy_(rows)
-        emb.num_classes = num_classes
-    return old
-
+# --- class embeddings (resizing lives in kuosan.nets.classes) ---------------------------------------
 
 def _adapt_state(parent: dict, target: dict, embeds: dict, old: int, new: int, mismatch) -> dict:
     """The parent's tensors in the child's layout (class rows resized), or ``mismatch(reason)``."""
@@ -169,14 +120,15 @@ def read_parent(path, weights: str = "ema") -> dict:
     """A kuosan parent checkpoint: {"config", "tensors" (adapters merged), "info" (the record)}."""
     from kuosan.interop import require_local_dir
     from kuosan.interop.diffusers import is_diffusers_dir
-    from kuosan.training.checkpoint import read_checkpoint, resolve_checkpoint
+    from kuosan.checkpoint import resolve_checkpoint
+    from kuosan.model import read_model_checkpoint
 
     local = require_local_dir(path, "--init-from")
     if is_diffusers_dir(local):
         raise KuosanError(f"{path} is a diffusers model: build the run's model from it with "
                           "kuosan.interop.diffusers.load_for_training (kuosan train --init-from does)")
     ckpt = resolve_checkpoint(local)
-    saved = read_checkpoint(ckpt, weights=weights)
+    saved = read_model_checkpoint(ckpt, weights=weights)
     config = saved["config"]
     file = "ema.safetensors" if weights == "ema" and (ckpt / "ema.safetensors").is_file() else "model.safetensors"
     tensors = saved["weights"]
@@ -286,7 +238,7 @@ def _explicit(overrides) -> set[tuple[str, str]]:
 def _parent_sections(path) -> dict:
     from kuosan.interop import require_local_dir
     from kuosan.interop.diffusers import is_diffusers_dir, training_sections
-    from kuosan.training.checkpoint import resolve_checkpoint
+    from kuosan.checkpoint import resolve_checkpoint
 
     p = require_local_dir(path, "--init-from")
     if is_diffusers_dir(p):
@@ -329,7 +281,7 @@ def finetune_config(cfg, overrides=None):
 # --- the training loop's hook --------------------------------------------------------------------
 
 def _saved_run_config(out) -> dict:
-    from kuosan.training.checkpoint import resolve_checkpoint
+    from kuosan.checkpoint import resolve_checkpoint
 
     try:
         return json.loads((resolve_checkpoint(out, verify=False) / "config.json").read_text())

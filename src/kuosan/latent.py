@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from kuosan.data.dataset import ImageShape
-from kuosan.training.checkpoint import file_sha256
+from kuosan.checkpoint import file_sha256
 from kuosan.errors import KuosanError
 
 __all__ = ["LatentAutoencoder", "LatentDataset", "load_autoencoder", "encode_dataset", "autoencoder_for_checkpoint",
@@ -124,8 +124,8 @@ def load_autoencoder(path, device=None, use_ema: bool = True) -> LatentAutoencod
     from safetensors.torch import load_file
 
     from kuosan.nets.autoencoder import Autoencoder, AutoencoderConfig
-    from kuosan.training.checkpoint import resolve_checkpoint
-    from kuosan.training.loop import resolve_device
+    from kuosan.checkpoint import resolve_checkpoint
+    from kuosan.runtime import resolve_device
 
     ckpt = resolve_checkpoint(path)
     try:
@@ -210,7 +210,7 @@ def reconstruction_report(run_dir, log=print, n_images: int = 2000) -> dict:
     ``RUN/reconstruction.json`` beside a ``reconstructions.png`` (originals above, reconstructions below)."""
     from kuosan.data import load_dataset
     from kuosan.images import make_grid, save_png
-    from kuosan.training.checkpoint import atomic_write_text
+    from kuosan.checkpoint import atomic_write_text
 
     ae = load_autoencoder(run_dir, device="cpu")
     c, res, _ = ae.image_shape

@@ -61,7 +61,7 @@ def _info(args) -> int:
 def _merge(args) -> int:
     import kuosan
     from kuosan.nets.lora import lora_layers, merge_lora, mix_adapters, remove_lora
-    from kuosan.training.checkpoint import save_checkpoint
+    from kuosan.checkpoint import save_checkpoint
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
+import torch
+
+from kuosan.checkpoint import read_checkpoint
 from kuosan.config import Config, DiffusionConfig
 from kuosan.diffusion.precond import Precond, build_precond
 from kuosan.errors import KuosanError
+from kuosan.interop.diffusers import precond_from_config
 from kuosan.nets.build import build_network, network_fields
+from kuosan.nets.lora import apply_lora_config
 
-__all__ = ["network_spec", "build_model", "model_from_checkpoint_config"]
+__all__ = ["network_spec", "build_model", "model_from_checkpoint_config", "expected_state", "read_model_checkpoint"]
 
 # The network sees c_noise; for EDM that is ln(σ)/4 ∈ [-2, 1.1], for discrete models a timestep in
 # [0, 1000). Scaling EDM's into a similar range lets the same sinusoidal embedding serve both.
@@ -45,15 +51,33 @@ def build_model(spec: dict, diffusion: DiffusionConfig | dict) -> Precond:
 def model_from_checkpoint_config(config: dict) -> Precond:
     try:
         if config["network"]["kind"] == "diffusers-unet2d":  # fine-tuned from a diffusers model
-            from kuosan.interop.diffusers import precond_from_config
-
             precond = precond_from_config(config)
         else:
             precond = build_model(config["network"], config["diffusion"])
     except KeyError as e:
         raise KuosanError(f"checkpoint config.json lacks {e}; is this a kuosan checkpoint?") from None
     if config.get("lora"):  # a LoRA run: its checkpoints hold the adapters beside the base weights
-        from kuosan.nets.lora import apply_lora_config
-
         apply_lora_config(precond, config["lora"])
     return precond
+
+
+def expected_state(config: dict) -> dict[str, torch.Tensor] | None:
+    """The state dict (names, shapes, dtypes; on the meta device: no memory, no initialisation) that the
+    model ``config`` describes, or None where the config alone does not fix the tensors (LoRA runs add
+    adapter tensors; autoencoders and other formats are checked by their own readers)."""
+    if "network" not in config or "diffusion" not in config or config.get("lora"):
+        return None
+    try:
+        with torch.device("meta"):
+            return model_from_checkpoint_config(config).state_dict()
+    except KuosanError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a config.json with values no network accepts
+        raise KuosanError(f"config.json describes no buildable model: {str(e).splitlines()[0] if str(e) else e!r}"
+                          ) from None
+
+
+def read_model_checkpoint(ckpt: str | Path, *, weights: str = "ema", training_state: bool = False) -> dict:
+    """:func:`kuosan.checkpoint.read_checkpoint` with the weights checked against the architecture that
+    the checkpoint's config.json describes."""
+    return read_checkpoint(Path(ckpt), weights=weights, training_state=training_state, expected=expected_state)

@@ -10,7 +10,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from kuosan.checkpoint import resolve_checkpoint
 from kuosan.errors import KuosanError
+from kuosan.interop import looks_like_hub_name, require_local_dir
+from kuosan.interop.diffusers import diffusers_model, is_diffusers_dir
+from kuosan.latent import autoencoder_for_checkpoint
+from kuosan.model import model_from_checkpoint_config, read_model_checkpoint
+from kuosan.nets.layout import prepare_model
+from kuosan.nets.lora import mix_adapters
+from kuosan.runtime import resolve_device
 
 __all__ = ["Pipeline", "SampleResult"]
 
@@ -53,34 +61,25 @@ class Pipeline:
         """A kuosan checkpoint or run directory, or a local diffusers model directory.
         ``autoencoder``: where a latent model's autoencoder is now, if it moved since training.
         ``adapters``: LoRA adapter files (or ``(path, weight)`` pairs) mixed onto the weights."""
-        from kuosan.interop import looks_like_hub_name, require_local_dir
-        from kuosan.interop.diffusers import diffusers_pipeline, is_diffusers_dir
-        from kuosan.latent import autoencoder_for_checkpoint
-        from kuosan.model import model_from_checkpoint_config
-        from kuosan.nets.lora import mix_adapters
-        from kuosan.training.checkpoint import read_checkpoint, resolve_checkpoint
-        from kuosan.training.loop import resolve_device
-
         if looks_like_hub_name(checkpoint_dir):
             require_local_dir(checkpoint_dir, "checkpoint")  # refused: kuosan never downloads
+        device = resolve_device(device or "auto")
         if is_diffusers_dir(checkpoint_dir):
-            pipe = diffusers_pipeline(checkpoint_dir, device=device)
+            precond, config = diffusers_model(checkpoint_dir)
+            pipe = cls(precond.to(device), config, Path(checkpoint_dir))
         else:
             ckpt = resolve_checkpoint(checkpoint_dir)
-            saved = read_checkpoint(ckpt, weights="ema" if use_ema else "model")
+            saved = read_model_checkpoint(ckpt, weights="ema" if use_ema else "model")
             precond = model_from_checkpoint_config(saved["config"])
             try:
                 precond.load_state_dict(saved["weights"])
             except RuntimeError as e:
                 raise KuosanError(f"weights in {ckpt} do not fit the architecture in its config.json: "
                                   f"{str(e).splitlines()[0]}") from None
-            device = resolve_device(device or "auto")
             ae = autoencoder_for_checkpoint(saved["config"], ckpt, override=autoencoder, device=device)
             pipe = cls(precond.to(device), saved["config"], ckpt, ae)
         if adapters:
             mix_adapters(pipe.precond, [(a, 1.0) if isinstance(a, (str, Path)) else a for a in adapters])
-        from kuosan.perf import prepare_model
-
         prepare_model(pipe.precond)  # kuosan UNets compute in channels_last; other networks untouched
         return pipe
 

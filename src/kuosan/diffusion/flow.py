@@ -38,47 +38,14 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import nn
 
-from kuosan.diffusion.precond import Precond
+from kuosan.diffusion.precond import FlowPrecond, sigma_to_t, t_to_sigma  # noqa: F401 (part of this module's API)
 from kuosan.errors import KuosanError
 from kuosan.rng import randn
 
 __all__ = ["FlowPrecond", "flow_loss", "sample_flow_euler_t", "sigma_to_t", "t_to_sigma", "TIME_DISTS"]
 
 TIME_DISTS = ("logit-normal", "uniform")
-
-
-def sigma_to_t(sigma):
-    """t = σ / (1 + σ)."""
-    return sigma / (1 + sigma)
-
-
-def t_to_sigma(t):
-    """σ = t / (1 − t)."""
-    return t / (1 - t)
-
-
-class FlowPrecond(Precond):
-    """A velocity-predicting network as a denoiser (derivation in the module docstring)."""
-
-    def __init__(self, net: nn.Module, sigma_min: float = 0.002, sigma_max: float = 80.0):
-        super().__init__(net)
-        self._sigma_min, self._sigma_max = sigma_min, sigma_max
-
-    sigma_min = property(lambda self: self._sigma_min)
-    sigma_max = property(lambda self: self._sigma_max)
-
-    def scalings(self, sigma):
-        t = sigma_to_t(sigma)
-        return 1 - t, -t, 1 - t
-
-    def noise_cond(self, sigma):
-        return sigma_to_t(sigma)
-
-    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        """The network's velocity v̂(x_t; t) on the straight path (t of shape [B]), as float32."""
-        return self.net(x_t.to(torch.float32), t.to(torch.float32), class_labels).to(torch.float32)
 
 
 def _draw_t(b: int, generator, device, time_dist: str, loc: float, scale: float) -> torch.Tensor:

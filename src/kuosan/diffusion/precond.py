@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from kuosan.diffusion.schedules import DiscreteVP
+from kuosan.errors import KuosanError
 
-__all__ = ["Precond", "EDMPrecond", "EpsPrecond", "VPrecond", "X0Precond", "build_precond", "build_flow_precond",
-           "PRECONDS"]
+__all__ = ["Precond", "EDMPrecond", "EpsPrecond", "VPrecond", "X0Precond", "FlowPrecond", "sigma_to_t", "t_to_sigma",
+           "build_precond", "PRECONDS"]
 
 
 def _expand(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -122,11 +123,37 @@ class X0Precond(_DiscretePrecond):
 PRECONDS = ("edm", "eps", "v", "x0", "flow")
 
 
-def build_flow_precond(net: nn.Module, sigma_min: float = 0.002, sigma_max: float = 80.0) -> Precond:
-    """Flow matching / rectified flow: a velocity network as a denoiser (see :mod:`kuosan.diffusion.flow`)."""
-    from kuosan.diffusion.flow import FlowPrecond  # flow.py imports this module
+def sigma_to_t(sigma):
+    """t = σ / (1 + σ)."""
+    return sigma / (1 + sigma)
 
-    return FlowPrecond(net, sigma_min, sigma_max)
+
+def t_to_sigma(t):
+    """σ = t / (1 − t)."""
+    return t / (1 - t)
+
+
+class FlowPrecond(Precond):
+    """Flow matching / rectified flow: a velocity-predicting network as a denoiser (c_skip = c_in = 1 − t,
+    c_out = −t, c_noise = t with t = σ / (1 + σ); derived in :mod:`kuosan.diffusion.flow`)."""
+
+    def __init__(self, net: nn.Module, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        super().__init__(net)
+        self._sigma_min, self._sigma_max = sigma_min, sigma_max
+
+    sigma_min = property(lambda self: self._sigma_min)
+    sigma_max = property(lambda self: self._sigma_max)
+
+    def scalings(self, sigma):
+        t = sigma_to_t(sigma)
+        return 1 - t, -t, 1 - t
+
+    def noise_cond(self, sigma):
+        return sigma_to_t(sigma)
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's velocity v̂(x_t; t) on the straight path (t of shape [B]), as float32."""
+        return self.net(x_t.to(torch.float32), t.to(torch.float32), class_labels).to(torch.float32)
 
 
 def build_precond(kind: str, net: nn.Module, *, sigma_data: float = 0.5, beta_schedule: str = "linear",
@@ -135,10 +162,8 @@ def build_precond(kind: str, net: nn.Module, *, sigma_data: float = 0.5, beta_sc
     if kind == "edm":
         return EDMPrecond(net, sigma_data, sigma_min, sigma_max)
     if kind == "flow":
-        return build_flow_precond(net, sigma_min, sigma_max)
+        return FlowPrecond(net, sigma_min, sigma_max)
     cls = {"eps": EpsPrecond, "v": VPrecond, "x0": X0Precond}.get(kind)
     if cls is None:
-        from kuosan.errors import KuosanError
-
         raise KuosanError(f"unknown parameterisation {kind!r}; choose one of {', '.join(PRECONDS)}")
     return cls(net, DiscreteVP(beta_schedule, timesteps))

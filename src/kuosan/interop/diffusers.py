@@ -1,7 +1,7 @@
 """A local diffusers ``UNet2DModel`` directory and its scheduler config as a kuosan denoiser.
 
     precond = load_diffusers_unet("ddpm-cifar10-32/")        # a Precond: D(x, sigma, class_labels)
-    pipe = diffusers_pipeline("ddpm-cifar10-32/")             # kuosan.pipeline.Pipeline: every sampler
+    pipe = kuosan.load("ddpm-cifar10-32/")                  # kuosan.pipeline.Pipeline: every sampler
     kuosan train --init-from ddpm-cifar10-32/ --data mnist    # fine-tune it (with the loop's transfer hook)
 
 Correspondence (diffusers works in the VP view, kuosan in the σ view; DDPM, Ho et al. 2020; EDM,
@@ -37,7 +37,7 @@ from kuosan.errors import KuosanError
 from kuosan.interop import require_local_dir
 
 __all__ = ["KIND", "PREDICTION_TYPES", "DiffusersVP", "DiffusersUNet", "is_diffusers_dir", "load_diffusers_unet",
-           "diffusers_pipeline", "precond_from_config", "training_sections", "load_for_training",
+           "diffusers_model", "precond_from_config", "training_sections", "load_for_training",
            "add_class_embedding"]
 
 KIND = "diffusers-unet2d"
@@ -118,6 +118,18 @@ class DiffusersUNet(nn.Module):
                       else class_labels).long()
         out = self.unet(x, c_noise, class_labels=labels, return_dict=False)[0]
         return out[:, :x.shape[1]]  # models that also predict a variance return 2·C channels
+
+    def add_class_embedding(self, num_classes: int) -> dict:
+        """See :func:`add_class_embedding`."""
+        return _add_class_embedding(self, num_classes)
+
+    def adopt_classes(self, num_classes: int):
+        """:func:`kuosan.nets.classes.resize_classes` for this network: an unconditional UNet gets a zero
+        class embedding (returns 0, the previous count); otherwise ``NotImplemented``."""
+        if num_classes and getattr(self.unet, "class_embedding", None) is None:
+            self.add_class_embedding(num_classes)
+            return 0
+        return NotImplemented
 
 
 # --- reading a directory -------------------------------------------------------------------------
@@ -252,7 +264,7 @@ def _load_unet_weights(precond, tensors: dict, path: Path, allow_missing=()) -> 
 
 
 def _load(path, scheduler=None):
-    from kuosan.finetune import file_sha256
+    from kuosan.checkpoint import file_sha256
     from kuosan.nets.lora import weights_checksum
 
     unet_dir, unet_cfg, sched_cfg = _find_parts(path, scheduler)
@@ -287,14 +299,11 @@ def _pipeline_config(spec: dict, info: dict) -> dict:
             "source": info}
 
 
-def diffusers_pipeline(path, *, scheduler=None, device=None):
-    """A :class:`kuosan.pipeline.Pipeline` of a local diffusers model: sample it with any kuosan sampler
-    (default DDIM, 50 steps on the model's own timesteps), evaluate it, fine-tune it."""
-    from kuosan.pipeline import Pipeline
-    from kuosan.training.loop import resolve_device
-
+def diffusers_model(path, *, scheduler=None):
+    """(denoiser, kuosan run config) of a local diffusers model: :meth:`kuosan.pipeline.Pipeline.load`
+    samples it with any kuosan sampler (default DDIM, 50 steps on the model's own timesteps)."""
     precond, spec, info = _load(path, scheduler)
-    return Pipeline(precond.to(resolve_device(device or "auto")), _pipeline_config(spec, info), Path(path))
+    return precond, _pipeline_config(spec, info)
 
 
 # --- fine-tuning ---------------------------------------------------------------------------------
@@ -316,7 +325,11 @@ def training_sections(path) -> dict:
 def add_class_embedding(precond, num_classes: int) -> dict:
     """Give an unconditional diffusers UNet a zero class embedding of ``num_classes`` + null rows
     (kuosan's convention) in place, so that it computes exactly what it did; returns the new spec."""
-    net = precond.net
+    return precond.net.add_class_embedding(num_classes)
+
+
+@torch.no_grad()
+def _add_class_embedding(net, num_classes: int) -> dict:
     if getattr(net.unet, "class_embedding", None) is not None:
         raise KuosanError("this diffusers model is class-conditional already; changing its classes is not supported")
     unet_cfg = dict(net.unet.config, num_class_embeds=num_classes + 1)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from kuosan.errors import KuosanError
+from kuosan.nets.classes import resize_classes
 from kuosan.nets.layers import Conv2d
 
 __all__ = ["TARGETS", "Adapter", "LoRAConv2d", "LoRALinear", "add_lora", "find_targets", "lora_layers",
@@ -470,8 +471,6 @@ def _resolve_param(model: nn.Module, short: str) -> str | None:
 def _fit_classes(model: nn.Module, num_classes: int) -> None:
     """Resize the class embedding the way fine-tuning did, when the adapter was trained with another
     class count (the base checksum above is that of the unresized base)."""
-    from kuosan.finetune import resize_classes
-
     resize_classes(model, num_classes)
 
 

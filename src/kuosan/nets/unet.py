@@ -5,7 +5,7 @@ resolutions, skip connections between the halves.
 
 Shapes: x [B, C, H, W], c_noise [B], class_labels [B] (int, ``num_classes`` = null) -> [B, C_out, H, W].
 
-Layout: the network computes in the memory format of its weights. ``kuosan.perf.prepare_model`` (or
+Layout: the network computes in the memory format of its weights. ``kuosan.nets.layout.prepare_model`` (or
 ``net.to(memory_format=torch.channels_last)``) makes it compute in ``channels_last``, in which oneDNN's
 CPU convolutions (and cuDNN's) run faster; every layer here keeps that layout (no hidden NCHW copies;
 GroupNorm through ``kuosan.nets.layers.group_norm_act``), and the output comes back in the input's
@@ -111,7 +111,7 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
-    computes_in_weight_layout = True  # see the module docstring; kuosan.perf.prepare_model looks for it
+    computes_in_weight_layout = True  # see the module docstring; kuosan.nets.layout.prepare_model looks for it
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()

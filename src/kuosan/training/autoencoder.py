@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kuosan.errors import KuosanError
-from kuosan.perf import adamw, match_state_layout
+from kuosan.training.optim import adamw, match_state_layout
 
 __all__ = ["AutoencoderTrainConfig", "PRESETS", "train_autoencoder", "Perceptual", "build_perceptual",
            "hinge_d_loss", "adaptive_gan_weight"]
@@ -252,10 +252,10 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, resume: bool = False, log=
     from kuosan.latent import latent_statistics
     from kuosan.nets.autoencoder import Autoencoder, AutoencoderConfig, PatchDiscriminator
     from kuosan.nets.build import count_parameters
-    from kuosan.training.checkpoint import (atomic_write_text, encode_rng, decode_rng, list_checkpoints,
-                                            resolve_checkpoint, save_checkpoint)
+    from kuosan.checkpoint import (atomic_write_text, encode_rng, decode_rng, list_checkpoints, resolve_checkpoint, save_checkpoint)
     from kuosan.training.ema import EMA
-    from kuosan.training.loop import batch_indices, lr_at, resolve_device
+    from kuosan.runtime import resolve_device
+    from kuosan.training.loop import batch_indices, lr_at
 
     _check(cfg)
     out, device = Path(cfg.out), resolve_device(cfg.device)
@@ -288,7 +288,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, resume: bool = False, log=
         if saved.get("network", {}).get("fields") != json.loads(json.dumps(fields)):
             raise KuosanError(f"cannot resume {out}: its checkpoint has another autoencoder architecture; "
                               "drop the changed options or choose another --out")
-        from kuosan.training.checkpoint import optimizer_from_tensors
+        from kuosan.checkpoint import optimizer_from_tensors
 
         try:
             state = json.loads((ckpt / "state.json").read_text())

@@ -21,35 +21,17 @@ import torch
 
 from kuosan.config import Config, config_to_dict
 from kuosan.errors import KuosanError
-from kuosan.training.checkpoint import (atomic_write_text, decode_rng, encode_rng, list_checkpoints,
-                                        read_checkpoint, resolve_checkpoint, save_checkpoint)
+from kuosan.checkpoint import (atomic_write_text, decode_rng, encode_rng, list_checkpoints, read_checkpoint,
+                               resolve_checkpoint, save_checkpoint)
+from kuosan.runtime import resolve_device
 from kuosan.training.distributed import ShardedStep, init_distributed, setup_backends
 from kuosan.training.ema import EMA
 
-__all__ = ["train", "resolve_device", "batch_indices", "lr_at"]
+__all__ = ["train", "batch_indices", "lr_at"]
 
 
 def _quiet(*args, **kwargs) -> None:
     """The log of ranks other than 0: they train, rank 0 reports."""
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; anything else is refused."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise KuosanError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise KuosanError(f"--device {name} was asked for, but no CUDA GPU is available; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise KuosanError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPUs "
-                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
-    return device
 
 
 def batch_indices(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
@@ -170,7 +152,8 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
     from kuosan.finetune import finish_transfer, prepare_transfer
     from kuosan.model import build_model, network_spec
     from kuosan.nets.build import count_flops, count_parameters
-    from kuosan.perf import adamw, match_state_layout, prepare_model
+    from kuosan.nets.layout import prepare_model
+    from kuosan.training.optim import adamw, match_state_layout
 
     t = cfg.train
     out = Path(t.out)
@@ -229,7 +212,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
     if resume:
         def read():
             found = resolve_checkpoint(out, require_state=True)
-            return found, read_checkpoint(found, training_state=True, check=False)
+            return found, read_checkpoint(found, training_state=True)
 
         ckpt, saved = ctx.from_main(read)  # sent to the other ranks: no shared file system needed
         if saved["config"].get("network") != json.loads(json.dumps(spec)):
@@ -243,7 +226,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print
             if saved["optimizer"] is None:
                 raise KeyError("optimizer.safetensors")
             opt.load_state_dict(saved["optimizer"])
-            match_state_layout(opt)  # channels_last weights, NCHW moments on disk (see kuosan.perf.adamw)
+            match_state_layout(opt)  # channels_last weights, NCHW moments on disk (see kuosan.training.optim.adamw)
             start_step, nonfinite, elapsed_before = int(st["step"]), int(st["nonfinite"]), float(st["elapsed"])
             window_loss, window_n = float(st.get("window_loss", 0.0)), int(st.get("window_n", 0))
             noise_gen.set_state(decode_rng(st["rng_noise"]))

@@ -377,7 +377,7 @@ def loaded() -> bool:
 def adamw_step(params, grads, exp_avgs, exp_avg_sqs, *, lr: float, beta1: float, beta2: float, eps: float,
                weight_decay: float, bias_correction1: float, bias_correction2_sqrt: float) -> None:
     """One AdamW update of float32 CPU tensors in place; each tensor's gradient and moments share its strides
-    and all are dense (:class:`kuosan.perf.FusedAdamW` checks)."""
+    and all are dense (:class:`kuosan.training.optim.FusedAdamW` checks)."""
     n = len(params)
     arrays = [(ctypes.c_void_p * n)(*(t.data_ptr() for t in ts)) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
     sizes = (ctypes.c_long * n)(*(t.numel() for t in params))

@@ -319,19 +319,9 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
                           "kuosan never unpickles checkpoint files") from None
 
 
-def check_architecture(config: dict, tensors: dict[str, torch.Tensor], name: str) -> None:
-    """Raise KuosanError unless ``tensors`` has exactly the names, shapes and dtypes of the model
-    that ``config`` describes (built on the meta device: no memory, no initialisation)."""
-    from kuosan.model import model_from_checkpoint_config
-
-    try:
-        with torch.device("meta"):
-            expected = model_from_checkpoint_config(config).state_dict()
-    except KuosanError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a config.json with values no network accepts
-        raise KuosanError(f"config.json describes no buildable model: {str(e).splitlines()[0] if str(e) else e!r}"
-                          ) from None
+def check_architecture(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], name: str) -> None:
+    """Raise KuosanError unless ``tensors`` has exactly the names, shapes and dtypes of ``expected`` (the
+    state dict of the model config.json describes, e.g. built on the meta device by :mod:`kuosan.model`)."""
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
@@ -347,11 +337,11 @@ def check_architecture(config: dict, tensors: dict[str, torch.Tensor], name: str
 
 
 def read_checkpoint(ckpt: Path, *, weights: str = "ema", training_state: bool = False,
-                    check: bool = True) -> dict:
+                    expected=None) -> dict:
     """Read a checkpoint directory: {"config", "weights", and with ``training_state`` "model",
-    "ema", "optimizer", "state"}. Only JSON and safetensors are parsed. With ``check`` the weights
-    must fit the architecture in config.json (names, shapes, dtypes; diffusion models without LoRA
-    adapters, the ones whose tensors the config alone determines)."""
+    "ema", "optimizer", "state"}. Only JSON and safetensors are parsed. ``expected``: a function of the
+    config giving the state dict the weights must match (names, shapes, dtypes), or None when the config
+    alone does not fix the tensors; :func:`kuosan.model.read_model_checkpoint` passes the model's."""
     ckpt = Path(ckpt)
     try:
         config = json.loads((ckpt / "config.json").read_text())
@@ -359,23 +349,22 @@ def read_checkpoint(ckpt: Path, *, weights: str = "ema", training_state: bool = 
         raise KuosanError(f"cannot read {ckpt / 'config.json'}: {str(e).splitlines()[0]}") from None
     if not isinstance(config, dict):
         raise KuosanError(f"{ckpt / 'config.json'} is not a kuosan checkpoint config")
-    # Checkable: a diffusion model's config; LoRA runs add adapter tensors the plain model lacks.
-    check = check and "network" in config and "diffusion" in config and not config.get("lora")
+    expected = expected(config) if expected is not None else None
     out: dict = {"config": config, "path": ckpt}
     ema_path = ckpt / "ema.safetensors"
     name = "ema.safetensors" if weights == "ema" and ema_path.is_file() else "model.safetensors"
     out["weights"] = _load_safetensors(ckpt / name)
-    if check:
-        check_architecture(config, out["weights"], f"{ckpt / name}")
+    if expected is not None:
+        check_architecture(expected, out["weights"], f"{ckpt / name}")
     if not training_state:
         return out
     out["model"] = out["weights"] if name == "model.safetensors" else _load_safetensors(ckpt / "model.safetensors")
     out["ema"] = out["weights"] if name == "ema.safetensors" else (
         _load_safetensors(ema_path) if ema_path.is_file() else None)
-    if check:
+    if expected is not None:
         for key, label in (("model", "model.safetensors"), ("ema", "ema.safetensors")):
             if out[key] is not None and out[key] is not out["weights"]:
-                check_architecture(config, out[key], f"{ckpt / label}")
+                check_architecture(expected, out[key], f"{ckpt / label}")
     try:
         out["state"] = _read_state(ckpt)
     except ValueError as e:

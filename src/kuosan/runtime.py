@@ -1,4 +1,4 @@
-"""Speed settings: the allocator and OpenMP (process-level, safe by default on CPU) and model layout.
+"""The process's runtime: the device, the allocator and OpenMP threads (process-level, safe by default on CPU).
 
 This module imports torch only inside the functions that need it, so ``openmp_defaults`` can run
 before torch is first imported (OpenMP reads its environment once, when torch loads it).
@@ -11,7 +11,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["tune_allocator", "openmp_defaults", "configure_threads", "prepare_model", "to_channels_last"]
+__all__ = ["resolve_device", "tune_allocator", "openmp_defaults", "configure_threads"]
 
 # mallopt parameter numbers from glibc's <malloc.h>
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
@@ -96,76 +96,25 @@ def _fair_share(default: int) -> int:
     return max(1, min(default, round(cores * cores / load)))
 
 
-def prepare_model(model, channels_last: bool = True, compile: bool = False):
-    """Put ``model``'s layout-aware networks in ``channels_last`` (and optionally compile it), in place.
-
-    kuosan's UNet computes in the layout of its weights (``UNet.memory_format``), so this is all that
-    training and sampling need: inputs may stay NCHW (the network converts its input, and returns the
-    output in the input's layout). Only submodules that declare ``computes_in_weight_layout`` are
-    converted (a UNet inside a preconditioner, say); others (DiT, autoencoders) are left as they are.
-    Parameter names, values and state-dict keys are unchanged, and ``load_state_dict`` keeps the
-    layout. ``channels_last=False`` converts back to NCHW. ``compile=True`` uses ``nn.Module.compile``
-    (keys unchanged too); measure first: on this 2-core CPU it compiled for minutes and then ran
-    slower than eager (benchmarks/results/peers_compile.json). Returns ``model``.
-    """
+def resolve_device(name: str = "auto"):
+    """``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` as a ``torch.device``;
+    anything else is refused with one line."""
     import torch
 
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    for module in model.modules():
-        if getattr(module, "computes_in_weight_layout", False):
-            module.to(memory_format=fmt)
-    if compile:
-        model.compile()
-    return model
+    from kuosan.errors import KuosanError
 
-
-def to_channels_last(x):
-    """A 4-D tensor in ``channels_last`` layout (a copy only if it is not already); others unchanged."""
-    import torch
-
-    if getattr(x, "ndim", 0) == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-def adamw(params, **kwargs):
-    """AdamW (Loshchilov & Hutter 2019, Algorithm 2) as fast as this machine allows, same maths and state as
-    ``torch.optim.AdamW``: on CPU :class:`kuosan.training.optim.FusedAdamW` (one parallel pass over all
-    parameters: 2.7 ms a step for a 1.7 M-parameter UNet on 2 cores, where torch's fused kernel takes 12 and
-    its for-loop 19; benchmarks/profile_step.py), elsewhere torch's fused kernel where it runs (CUDA), else its
-    for-loop. After ``load_state_dict`` call :func:`match_state_layout` (moments read back from a file are
-    NCHW beside ``channels_last`` weights)."""
-    import torch
-
-    def as_list(ps):
-        return [ps] if isinstance(ps, torch.Tensor) else list(ps)
-
-    # Read generators once, here: torch reads them again when it builds the groups.
-    groups = [dict(g, params=as_list(g["params"])) if isinstance(g, dict) else g for g in as_list(params)]
-    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
-    if tensors and all(p.device.type == "cpu" for p in tensors):
-        from kuosan.training.optim import FusedAdamW
-
-        return FusedAdamW(groups, **kwargs)
-    if tensors and all(p.device.type == "cuda" and p.is_floating_point() for p in tensors):
-        try:
-            return torch.optim.AdamW(groups, fused=True, **kwargs)
-        except (RuntimeError, TypeError, ValueError):  # an older torch without the fused kernel
-            pass
-    return torch.optim.AdamW(groups, **kwargs)
-
-
-def match_state_layout(opt) -> None:
-    """Give every optimiser state tensor its parameter's memory layout (in place; values unchanged).
-
-    Checkpoints store tensors in the default layout; a UNet's weights are ``channels_last``. The for-loop
-    AdamW does not mind; torch's fused one does (torch 2.13: moments are then applied to the wrong elements)
-    and kuosan's takes torch's slower path, so the trainers call this after loading an optimiser state."""
-    import torch
-
-    for group in opt.param_groups:
-        for p in group["params"]:
-            state = opt.state.get(p, {})
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
-                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise KuosanError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise KuosanError(f"--device {name} was asked for, but no CUDA GPU is available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise KuosanError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPUs "
+                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return device
