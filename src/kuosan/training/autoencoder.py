@@ -246,8 +246,22 @@ def _step_of_line(line: str) -> float:
         return float("inf")
 
 
-def train_autoencoder(cfg: AutoencoderTrainConfig, *, resume: bool = False, log=print) -> Path:
-    """Train an autoencoder as ``cfg`` says; returns the run directory. See the module docstring."""
+def train_autoencoder(cfg: AutoencoderTrainConfig, *, resume: bool = False, allow_changes: bool = False,
+                      log=print) -> Path:
+    """Train an autoencoder as ``cfg`` says; returns the run directory. See the module docstring.
+
+    The run directory is locked for the whole run (:class:`kuosan.rundir.RunLock`): a second process
+    writing into it is refused. ``resume`` with a changed recipe (learning rate, batch, loss weights...) is
+    refused unless ``allow_changes``; the run's ``history.jsonl`` records starts, resumes and changes."""
+    from kuosan.rundir import RunLock, check_not_inside_checkpoint
+
+    _check(cfg)
+    check_not_inside_checkpoint(cfg.out)
+    with RunLock(cfg.out, command="train-autoencoder"):  # one process: no distributed autoencoder training
+        return _train(cfg, resume=resume, allow_changes=allow_changes, log=log)
+
+
+def _train(cfg: AutoencoderTrainConfig, *, resume: bool, allow_changes: bool, log) -> Path:
     from kuosan.data import load_dataset, to_model_range
     from kuosan.latent import latent_statistics
     from kuosan.nets.autoencoder import Autoencoder, AutoencoderConfig, PatchDiscriminator
@@ -256,8 +270,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, resume: bool = False, log=
     from kuosan.training.ema import EMA
     from kuosan.runtime import resolve_device
     from kuosan.training.loop import batch_indices, lr_at
+    from kuosan.rundir import changed_values, check_resume, record_history
 
-    _check(cfg)
     out, device = Path(cfg.out), resolve_device(cfg.device)
     if list_checkpoints(out) and not resume:
         raise KuosanError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out")
@@ -308,13 +322,27 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, resume: bool = False, log=
             raise KuosanError(f"cannot resume from {ckpt}: its training state does not fit this run (GAN or EMA "
                               f"switched on or off?): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
                               ) from None
-        log(f"resuming {out} from step {start_step} ({ckpt.name})")
+        recipe = {"train": json.loads(json.dumps(dataclasses.asdict(cfg))),
+                  "data": {"spec": cfg.data, "name": data.name, "class_names": list(data.class_names),
+                           "resolution": data.resolution, "channels": data.channels},
+                  "losses": {"perceptual": perceptual.name if perceptual is not None else None}}
+        saved_recipe = {key: saved.get(key) for key in ("train", "data")}
+        saved_recipe["losses"] = {"perceptual": (saved.get("losses") or {}).get("perceptual")}
+        changed = check_resume(saved_recipe, recipe, allow_changes=allow_changes, where=str(out))
+        record_history(out, {"event": "resume", "step": start_step, "checkpoint": ckpt.name})
+        if changed:
+            record_history(out, {"event": "changed", "step": start_step,
+                                 "changed": changed_values(saved_recipe, recipe, changed)})
+        log(f"resuming {out} from step {start_step} ({ckpt.name})"
+            + (f" with changed {', '.join(changed)} (recorded in history.jsonl)" if changed else ""))
 
     log(f"data: {data.name}, {len(data)} images {data.channels}x{data.resolution}x{data.resolution} | "
         f"autoencoder: {count_parameters(ae) / 1e6:.2f} M parameters, latent {ae.latent_shape} "
         f"({pixels / (ae.latent_shape[0] * ae.latent_shape[1] ** 2):.1f}x fewer numbers) | {perceptual_note} | "
         f"GAN: {'from step %d' % cfg.disc_start if disc is not None else 'off'} | device: {device}")
     out.mkdir(parents=True, exist_ok=True)
+    if not start_step:
+        record_history(out, {"event": "start", "steps": cfg.steps, "seed": cfg.seed})
     scale_images = _scale_subset(data, cfg.scale_images)
 
     def run_config() -> dict:
