@@ -69,11 +69,13 @@ def _sample_worker(run: str, out: str, n: int, steps: int) -> None:
     import torch.distributed as dist
 
     import kuosan
-    from kuosan.training.distributed import generate_distributed, init_distributed
+    from kuosan.config import SampleConfig
+    from kuosan.sampling import generate_distributed
+    from kuosan.training.distributed import init_distributed
 
     ctx = init_distributed(torch.device("cpu"))
     pipe = kuosan.load(run, device="cpu")
-    kw = dict(shape=pipe.image_shape, class_labels=[s % 10 for s in range(n)], sampler="heun", steps=steps,
+    kw = dict(shape=pipe.image_shape, class_labels=[s % 10 for s in range(n)], sample=SampleConfig("heun", steps),
               batch_size=64)
     generate_distributed(pipe.precond, seeds=list(range(ctx.world)), **{**kw, "class_labels": [0] * ctx.world})
     if ctx.enabled:

@@ -159,6 +159,7 @@ def _sample(run: Path, n: int, steps: int) -> tuple[np.ndarray, float]:
     """uint8 NCHW images from a run (latent runs decoded) and the seconds it took."""
     import kuosan
     from kuosan.latent import autoencoder_for_checkpoint
+    from kuosan.config import SampleConfig
     from kuosan.sampling import generate
 
     pipe = kuosan.load(run, device="cpu")
@@ -168,7 +169,7 @@ def _sample(run: Path, n: int, steps: int) -> tuple[np.ndarray, float]:
     else:                                              # pipeline.py without the latent patch: decode here
         ae = autoencoder_for_checkpoint(pipe.config, pipe.path, device="cpu")
         x = generate(pipe.precond, shape=pipe.image_shape, seeds=range(n), class_labels=[k % 10 for k in range(n)],
-                     sampler="heun", steps=steps, batch_size=100)
+                     sample=SampleConfig("heun", steps), batch_size=100)
         images = ae.decode_nhwc(x)
     return images.transpose(0, 3, 1, 2).copy(), time.perf_counter() - t0
 

@@ -69,7 +69,7 @@ def main() -> None:
     def sample():
         return generate(ema.module, shape=(args.channels, args.resolution, args.resolution),
                         seeds=range(args.sample_batch), class_labels=[k % 10 for k in range(args.sample_batch)],
-                        sampler=cfg.sample.sampler, steps=cfg.sample.steps, null_label=10,
+                        sample=cfg.sample, null_label=10,
                         batch_size=args.sample_batch)
 
     train_steps(2)  # warm-up: allocator, kernels

@@ -40,6 +40,7 @@ from kuosan.finetune import FINETUNE_LR_FACTOR, FINETUNE_WARMUP, init_from
 from kuosan.model import build_model, network_spec
 from kuosan.nets.lora import add_lora, mark_only_lora_trainable, save_adapter, weights_checksum
 from kuosan.runtime import tune_allocator
+from kuosan.config import SampleConfig
 from kuosan.sampling import generate
 from kuosan.checkpoint import save_checkpoint
 from kuosan.training.ema import EMA
@@ -130,8 +131,8 @@ class Evaluator:
 
 def sample_uint8(model, n, steps):
     labels = torch.arange(n) % 10
-    x = generate(model, shape=(1, 28, 28), seeds=range(n), class_labels=labels.tolist(), sampler="heun",
-                 steps=steps, null_label=10, batch_size=100)
+    x = generate(model, SampleConfig("heun", steps), shape=(1, 28, 28), seeds=range(n), class_labels=labels.tolist(),
+                 null_label=10, batch_size=100)
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), labels
 
 

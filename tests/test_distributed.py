@@ -17,13 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from kuosan.training.distributed import accumulation_steps, micro_slices, shard_slice
+from kuosan.config import SampleConfig
+from kuosan.runtime import shard_slice
+from kuosan.training.distributed import accumulation_steps, micro_slices
 
 # Uneven shards (25 = 12 + 13) cut into micro-batches of at most 5: rows, DDP and accumulation at once.
 TRAIN_ARGS = ["--config", "digits-tiny", "--batch", "25", "--steps", "8", "--log_every", "2",
               "--checkpoint_every", "4", "--warmup_steps", "4", "--seed", "3", "--sample.steps", "2"]
 SEEDS = list(range(7))  # split 3 + 4 over two processes
-SAMPLE = {"sampler": "heun", "steps": 3}
+SAMPLE = {"sample": SampleConfig("heun", 3)}
 
 
 def child_env() -> dict:
@@ -203,7 +205,7 @@ def _worker(out: Path, train_args: list[str]) -> None:
 
     import kuosan
     from kuosan.cli import main
-    from kuosan.training.distributed import generate_distributed
+    from kuosan.sampling import generate_distributed
 
     torch.set_num_threads(1)
     assert main(["train", *train_args, "--out", str(out / "run")]) == 0

@@ -199,7 +199,7 @@ def checkpoint(tmp_path_factory):
 def _edit(argv):
     import argparse
 
-    from kuosan import edit_cli
+    from kuosan.cli import edit as edit_cli
 
     return edit_cli.run(edit_cli.add_arguments(argparse.ArgumentParser()).parse_args(argv))
 
@@ -227,7 +227,7 @@ def test_edit_cli_inpainting_keeps_the_unmasked_pixels(checkpoint):
     import numpy as np
     from PIL import Image
 
-    from kuosan.edit_cli import load_image
+    from kuosan.cli.edit import load_image
 
     out = checkpoint / "box"
     assert _edit(["inpaint", "--checkpoint", str(checkpoint / "run"), "--steps", "3", "--device", "cpu",

@@ -164,6 +164,7 @@ def _latent_training(monkeypatch, ae_dir):
 def test_tiny_latent_diffusion_end_to_end(ae_dir, tmp_path, monkeypatch):
     import kuosan
     from kuosan.config import load_config
+    from kuosan.config import SampleConfig
     from kuosan.sampling import generate
     from kuosan.training.loop import train
 
@@ -186,7 +187,8 @@ def test_tiny_latent_diffusion_end_to_end(ae_dir, tmp_path, monkeypatch):
             pipe.sample([0], steps=2, threshold="clip")
     else:
         ae = latent.autoencoder_for_checkpoint(pipe.config, pipe.path)
-        x = generate(pipe.precond, shape=pipe.image_shape, seeds=[0, 1, 2], class_labels=[0, 1, 2], steps=2)
+        x = generate(pipe.precond, SampleConfig(steps=2), shape=pipe.image_shape, seeds=[0, 1, 2],
+                     class_labels=[0, 1, 2])
         assert x.shape == (3, 2, 4, 4) and ae.decode_nhwc(x).shape == (3, 8, 8, 1)
 
 
@@ -236,7 +238,7 @@ def _parse(add, argv):
 
 
 def test_train_autoencoder_cli_options_and_run(tmp_path, capsys):
-    from kuosan import latent_cli
+    from kuosan.cli import latent as latent_cli
 
     args = _parse(latent_cli.add_arguments, ["--config", "digits-tiny", "--out", str(tmp_path / "ae"), "--steps", "2",
                                              "--max-images", "64", "--base_channels", "4", "--downsample", "4",
@@ -253,7 +255,7 @@ def test_train_autoencoder_cli_options_and_run(tmp_path, capsys):
 def test_latent_cli_tools_write_strips(ae_dir, tmp_path):
     from PIL import Image
 
-    from kuosan import latent_cli
+    from kuosan.cli import latent as latent_cli
 
     interp = tmp_path / "i.png"
     assert latent_cli.run_latent(_parse(latent_cli.add_latent_arguments, [

@@ -5,6 +5,7 @@ import torch
 
 from kuosan.diffusion.thresholding import parse_threshold, threshold_denoiser
 from kuosan.errors import KuosanError
+from kuosan.config import SampleConfig
 from kuosan.sampling import generate
 
 
@@ -43,10 +44,10 @@ def test_generation_with_clipping_stays_in_range():
             return self.w * x / (1 + sigma.view(-1, 1, 1, 1))
 
     model = Wide()
-    plain = generate(model, shape=(1, 8, 8), seeds=range(4), sampler="euler", steps=6)
-    clipped = generate(model, shape=(1, 8, 8), seeds=range(4), sampler="euler", steps=6, threshold="clip")
+    plain = generate(model, SampleConfig("euler", 6), shape=(1, 8, 8), seeds=range(4))
+    clipped = generate(model, SampleConfig("euler", 6), shape=(1, 8, 8), seeds=range(4), threshold="clip")
     assert plain.abs().max() > 1 and clipped.abs().max() <= 1
-    dynamic = generate(model, shape=(1, 8, 8), seeds=range(4), sampler="dpmpp_2m", steps=6, threshold=0.995)
+    dynamic = generate(model, SampleConfig("dpmpp_2m", 6), shape=(1, 8, 8), seeds=range(4), threshold=0.995)
     assert dynamic.abs().max() <= 1 + 1e-6
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import inspect
 import json
+import re
 import math
 import typing
 from dataclasses import dataclass, field
@@ -17,8 +19,9 @@ from typing import Any
 
 from kuosan.errors import KuosanError
 
-__all__ = ["ModelConfig", "DiffusionConfig", "SampleConfig", "TrainConfig", "Config",
-           "load_config", "apply_overrides", "config_to_dict", "config_from_dict"]
+__all__ = ["ModelConfig", "DiffusionConfig", "SampleConfig", "TrainConfig", "Config", "SECTIONS",
+           "load_config", "apply_overrides", "config_to_dict", "config_from_dict", "field_docs", "option_owner",
+           "sample_config_from"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    precond: str = "edm"                   # parameterisation: edm | eps | v | x0
+    precond: str = "edm"                   # parameterisation: edm | eps | v | x0 | flow
     sigma_data: float = 0.5                # EDM: standard deviation of the data in [-1, 1]
     sigma_min: float = 0.002               # EDM: smallest noise level sampled
     sigma_max: float = 80.0                # EDM: largest noise level sampled
@@ -107,9 +110,26 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
-_SECTION_CLASSES = {"model": ModelConfig, "diffusion": DiffusionConfig, "sample": SampleConfig,
-                    "train": TrainConfig}
+SECTIONS = {"model": ModelConfig, "diffusion": DiffusionConfig, "sample": SampleConfig,
+            "train": TrainConfig}  # section name -> its dataclass, in the order of Config's fields
+_SECTION_CLASSES = SECTIONS
+
+
+@functools.lru_cache(maxsize=None)
+def field_docs(cls) -> dict[str, str]:
+    """Field name -> the comment written after it in the dataclass: the one place each setting is explained
+    (``--help``, the web page and the docs read it from here)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # no source (a frozen executable): no comments
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    docs = {}
+    for line in source.splitlines():
+        m = re.match(r"\s+(\w+)\s*:.*?#\s*(.+?)\s*$", line)
+        if m and m[1] in names and m[1] not in docs:
+            docs[m[1]] = m[2]
+    return docs
 
 
 def config_to_dict(cfg) -> dict:
@@ -202,6 +222,11 @@ def _section_from_dict(cls, data: dict, section: str):
             raise KuosanError(f"unknown config key {_shown(f'{section}.{key}')}{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
     return cls(**kwargs)
+
+
+def sample_config_from(section: dict | None) -> SampleConfig:
+    """A checkpoint's ``sample`` section as a :class:`SampleConfig` (missing keys take kuosan's defaults)."""
+    return _section_from_dict(SampleConfig, dict(section or {}), "sample")
 
 
 def config_from_dict(data: dict) -> Config:
@@ -298,6 +323,14 @@ def _resolve_key(key: str) -> tuple[str, str]:
     close = difflib.get_close_matches(key, every + [e.split(".")[1] for e in every], n=1)
     hint = f" (did you mean --{close[0]}?)" if close else ""
     raise KuosanError(f"unknown option {_shown('--' + key)}{hint}")
+
+
+def option_owner(name: str) -> tuple[str, str] | None:
+    """(section, field) that the bare option ``--name`` sets, or None when it names no single field."""
+    try:
+        return _resolve_key(name)
+    except KuosanError:
+        return None
 
 
 def apply_overrides(data: dict, overrides: list[str] | dict) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,8 @@ import numpy as np
 import torch
 
 from kuosan.checkpoint import resolve_checkpoint
+from kuosan.config import SampleConfig, sample_config_from
+from kuosan.diffusion.samplers import nfe
 from kuosan.errors import KuosanError
 from kuosan.interop import looks_like_hub_name, require_local_dir
 from kuosan.interop.diffusers import diffusers_model, is_diffusers_dir
@@ -19,6 +22,8 @@ from kuosan.model import model_from_checkpoint_config, read_model_checkpoint
 from kuosan.nets.layout import prepare_model
 from kuosan.nets.lora import mix_adapters
 from kuosan.runtime import resolve_device
+from kuosan.sampling import generate, generate_distributed
+from kuosan.validation import check_sample_request
 
 __all__ = ["Pipeline", "SampleResult"]
 
@@ -124,13 +129,39 @@ class Pipeline:
 
         return to_uint8_nhwc(x) if self.autoencoder is None else self.autoencoder.decode_nhwc(x)
 
+    @property
+    def sample_config(self) -> SampleConfig:
+        """The model's default sampling settings: its config's ``sample`` section over kuosan's defaults."""
+        return sample_config_from(self.config.get("sample"))
+
+    def labels_for(self, seeds: list[int], class_labels) -> list[int] | None:
+        """One class per seed: all the same (an index or name), a list, or None (conditional models then
+        cycle through the classes: seed k gets class k mod C)."""
+        if not self.num_classes:
+            if class_labels is not None:
+                raise KuosanError("this model is unconditional: it takes no class")
+            return None
+        if class_labels is None:
+            return [k % self.num_classes for k in seeds]
+        if isinstance(class_labels, (list, tuple, np.ndarray, torch.Tensor)):
+            labels = [self.class_index(c) for c in (class_labels.tolist() if hasattr(class_labels, "tolist")
+                                                      else class_labels)]
+            if len(labels) != len(seeds):
+                raise KuosanError(f"{len(labels)} class labels for {len(seeds)} seeds")
+            return labels
+        return [self.class_index(class_labels)] * len(seeds)
+
     def class_index(self, name_or_index) -> int:
         """A class given by index or by (case-insensitive) name."""
         if self.num_classes == 0:
             raise KuosanError("this model is unconditional: it takes no class")
-        try:
+        if isinstance(name_or_index, (int, np.integer)) and not isinstance(name_or_index, bool):
             k = int(name_or_index)
-        except (TypeError, ValueError):
+        elif isinstance(name_or_index, str) and name_or_index.strip().isdigit():
+            k = int(name_or_index)
+        else:
+            if not isinstance(name_or_index, str):
+                raise KuosanError(f"a class is an index or a name, got {name_or_index!r}")
             names = [n.lower() for n in self.class_names]
             if str(name_or_index).lower() not in names:
                 raise KuosanError(f"unknown class {name_or_index!r}; classes: {', '.join(self.class_names)}") from None
@@ -151,42 +182,21 @@ class Pipeline:
         ``threshold``: "clip" or a quantile such as 0.995 keeps the denoised image in [-1, 1] (pixel
         models only; :mod:`kuosan.diffusion.thresholding`). ``bf16``: the network under bfloat16 autocast
         (:func:`kuosan.sampling.bf16_denoiser`)."""
-        from kuosan.diffusion.samplers import nfe
-        from kuosan.rng import parse_seeds
-        from kuosan.sampling import generate
-        from kuosan.training.distributed import generate_distributed
-
-        s = self.config.get("sample", {})
-        sampler = sampler or s.get("sampler", "heun")
-        steps = int(steps or s.get("steps", 18))
-        guidance = float(s.get("guidance", 1.0) if guidance is None else guidance)
-        schedule = schedule or s.get("schedule", "karras")
-        seeds = list(range(seeds)) if isinstance(seeds, int) else parse_seeds(seeds)
-        labels = None
-        if self.num_classes:
-            if class_labels is None:
-                labels = [k % self.num_classes for k in seeds]
-            elif isinstance(class_labels, (list, tuple, np.ndarray, torch.Tensor)):
-                labels = [self.class_index(int(c)) for c in class_labels]
-                if len(labels) != len(seeds):
-                    raise KuosanError(f"{len(labels)} class labels for {len(seeds)} seeds")
-            else:
-                labels = [self.class_index(class_labels)] * len(seeds)
-        elif class_labels is not None:
-            raise KuosanError("this model is unconditional: it takes no class")
-        from kuosan.diffusion.thresholding import parse_threshold
-
-        threshold = parse_threshold(threshold)
+        req = check_sample_request(seeds=seeds, sampler=sampler, steps=steps, schedule=schedule, guidance=guidance,
+                                   batch=batch_size, threshold=threshold)
+        cfg = dataclasses.replace(self.sample_config, **{k: req[k] for k in ("sampler", "steps", "schedule", "guidance")
+                                                         if req[k] is not None})
+        seeds, threshold = req["seeds"], req["threshold"]
+        labels = self.labels_for(seeds, class_labels)
         if threshold is not None and self.autoencoder is not None:
             raise KuosanError("thresholding keeps pixels in [-1, 1]; this model samples latents, which have "
                               "another range: drop the threshold")
         sample_fn = generate_distributed if distributed else generate
         t0 = time.perf_counter()
-        x = sample_fn(self.precond, shape=self.image_shape, seeds=seeds, class_labels=labels, sampler=sampler,
-                     steps=steps, schedule=schedule, rho=s.get("rho", 7.0), guidance=guidance,
-                     null_label=self.num_classes or None, batch_size=batch_size,
-                     sampler_options=sampler_options, threshold=threshold, progress=progress, bf16=bf16)
+        x = sample_fn(self.precond, sample=cfg, shape=self.image_shape, seeds=seeds, class_labels=labels,
+                      null_label=self.num_classes or None, batch_size=req["batch"], sampler_options=sampler_options,
+                      threshold=threshold, progress=progress, bf16=bool(bf16))
         images = self.to_images(x)  # a latent model's samples are decoded here, inside the timing
         seconds = time.perf_counter() - t0
         return SampleResult(images=images, labels=None if labels is None else np.asarray(labels, np.int64),
-                            seeds=seeds, nfe=nfe(sampler, steps), seconds=seconds)
+                            seeds=seeds, nfe=nfe(cfg.sampler, cfg.steps), seconds=seconds)

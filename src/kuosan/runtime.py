@@ -11,7 +11,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["resolve_device", "tune_allocator", "openmp_defaults", "configure_threads"]
+__all__ = ["resolve_device", "tune_allocator", "openmp_defaults", "configure_threads", "shard_slice"]
 
 # mallopt parameter numbers from glibc's <malloc.h>
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
@@ -118,3 +118,8 @@ def resolve_device(name: str = "auto"):
             raise KuosanError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPUs "
                               f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return device
+
+
+def shard_slice(batch: int, rank: int, world: int) -> slice:
+    """Rank ``rank``'s rows of a global batch (torch.distributed): contiguous, sizes ⌊B/W⌋ or ⌈B/W⌉."""
+    return slice(rank * batch // world, (rank + 1) * batch // world)

@@ -7,15 +7,18 @@ import contextlib
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 
 from kuosan.diffusion.guidance import classifier_free_guidance
 from kuosan.diffusion.samplers import get_sampler
 from kuosan.diffusion.schedules import get_sigmas
 from kuosan.diffusion.thresholding import threshold_denoiser
+from kuosan.config import SampleConfig
 from kuosan.errors import KuosanError
 from kuosan.rng import generators_for_seeds, randn
+from kuosan.runtime import shard_slice
 
-__all__ = ["sigmas_for", "generate"]
+__all__ = ["sigmas_for", "generate", "generate_distributed", "bf16_denoiser"]
 
 
 def sigmas_for(precond, schedule: str, steps: int, rho: float = 7.0, spacing: str = "linspace") -> torch.Tensor:
@@ -28,16 +31,16 @@ def sigmas_for(precond, schedule: str, steps: int, rho: float = 7.0, spacing: st
     return get_sigmas(schedule, steps, precond.sigma_min, precond.sigma_max, rho=rho)
 
 
-def generate(precond, *, shape: Sequence[int], seeds: Sequence[int], class_labels: Sequence[int] | None = None,
-             sampler: str = "heun", steps: int = 18, schedule: str = "karras", rho: float = 7.0,
-             guidance: float = 1.0, null_label: int | None = None, batch_size: int = 64,
-             sampler_options: dict | None = None, sigmas: torch.Tensor | None = None,
-             denoiser=None, threshold=None, progress=None, bf16: bool = False) -> torch.Tensor:
+def generate(precond, sample: SampleConfig = SampleConfig(), *, shape: Sequence[int], seeds: Sequence[int],
+             class_labels: Sequence[int] | None = None, null_label: int | None = None, batch_size: int = 64,
+             sampler_options: dict | None = None, sigmas: torch.Tensor | None = None, denoiser=None,
+             threshold=None, progress=None, bf16: bool = False) -> torch.Tensor:
     """Images (float32, CPU, nominally in [-1, 1]) for ``seeds``; image k depends on seed k only.
 
-    ``denoiser`` overrides ``precond`` as the callable (e.g. a wrapped one); ``precond`` still
-    supplies the σ range and the device. ``threshold``: "clip" or a quantile for dynamic
-    thresholding of the (guided) denoised image, see :mod:`kuosan.diffusion.thresholding`.
+    ``sample``: sampler, steps, σ grid and guidance (:class:`kuosan.config.SampleConfig`, whose defaults are
+    kuosan's). ``sigmas`` overrides the grid. ``denoiser`` overrides ``precond`` as the callable (e.g. a
+    wrapped one); ``precond`` still supplies the σ range and the device. ``threshold``: "clip" or a quantile
+    for dynamic thresholding of the (guided) denoised image, see :mod:`kuosan.diffusion.thresholding`.
     ``bf16``: the network runs under bfloat16 autocast (:func:`bf16_denoiser`); the sampler's own
     arithmetic stays float32.
     """
@@ -52,8 +55,14 @@ def generate(precond, *, shape: Sequence[int], seeds: Sequence[int], class_label
             stack.enter_context(torch.autocast(device_type, enabled=False))
         else:
             stack.enter_context(torch.inference_mode())
-        return _generate(precond, shape, seeds, class_labels, sampler, steps, schedule, rho, guidance, null_label,
-                         batch_size, sampler_options, sigmas, denoiser, threshold, progress, bf16)
+        den = _guided_denoiser(precond, sample, denoiser=denoiser, bf16=bf16, threshold=threshold,
+                               conditional=class_labels is not None, null_label=null_label)
+        if sigmas is None:
+            sigmas = sigmas_for(precond, sample.schedule, sample.steps, sample.rho)
+        device = next(precond.parameters()).device
+        return _generate(den, get_sampler(sample.sampler), sigmas.to(device=device, dtype=torch.float32),
+                         shape=shape, seeds=seeds, class_labels=class_labels, batch_size=batch_size,
+                         sampler_options=sampler_options, progress=progress, device=device)
 
 
 def bf16_denoiser(den, device_type: str):
@@ -67,21 +76,20 @@ def bf16_denoiser(den, device_type: str):
     return run
 
 
-def _generate(precond, shape, seeds, class_labels, sampler, steps, schedule, rho, guidance, null_label, batch_size,
-              sampler_options, sigmas, denoiser, threshold, progress, bf16) -> torch.Tensor:
-    fn = get_sampler(sampler)
-    device = next(precond.parameters()).device
-    if sigmas is None:
-        sigmas = sigmas_for(precond, schedule, steps, rho)
-    sigmas = sigmas.to(device=device, dtype=torch.float32)
+def _guided_denoiser(precond, sample: SampleConfig, *, denoiser, bf16, threshold, conditional, null_label):
+    """The denoiser the sampler calls: ``precond`` (or ``denoiser``), in bfloat16, guided, thresholded."""
     den = denoiser or precond
     if bf16:
-        den = bf16_denoiser(den, device.type)
-    if class_labels is not None and guidance != 1.0:
+        den = bf16_denoiser(den, next(precond.parameters()).device.type)
+    if conditional and sample.guidance != 1.0:
         if null_label is None:
             raise KuosanError("guidance needs a class-conditional model")
-        den = classifier_free_guidance(den, guidance, null_label)
-    den = threshold_denoiser(den, threshold)  # after guidance: it is what over-saturates
+        den = classifier_free_guidance(den, sample.guidance, null_label)
+    return threshold_denoiser(den, threshold)  # after guidance: it is what over-saturates
+
+
+def _generate(den, fn, sigmas, *, shape, seeds, class_labels, batch_size, sampler_options, progress,
+              device) -> torch.Tensor:
     out = []
     for start in range(0, len(seeds), batch_size):
         batch_seeds = list(seeds[start:start + batch_size])
@@ -96,3 +104,24 @@ def _generate(precond, shape, seeds, class_labels, sampler, steps, schedule, rho
         if progress is not None:
             progress(len(batch_seeds))
     return torch.cat(out)
+
+
+def generate_distributed(precond, *, seeds: Sequence[int], class_labels: Sequence[int] | None = None,
+                         progress=None, **kwargs) -> torch.Tensor:
+    """:func:`generate` with the seeds split over the process group and the images
+    gathered: every rank returns all images, image k the one a single process makes for seed k.
+    Every rank must call it; without a process group it is ``generate``."""
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world == 1:
+        return generate(precond, seeds=seeds, class_labels=class_labels, progress=progress, **kwargs)
+    rows = shard_slice(len(seeds), dist.get_rank(), world)
+    mine = list(seeds)[rows]
+    scale = len(seeds) / max(1, len(mine))
+    if mine:
+        x = generate(precond, seeds=mine, progress=(lambda n: progress(n * scale)) if progress else None,
+                     class_labels=None if class_labels is None else list(class_labels)[rows], **kwargs)
+    else:
+        x = torch.empty((0, *kwargs["shape"]))
+    parts = [None] * world
+    dist.all_gather_object(parts, x)
+    return torch.cat(parts)

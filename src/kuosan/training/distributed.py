@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch import nn
 
 from kuosan.errors import KuosanError
+from kuosan.runtime import shard_slice
 
 __all__ = ["Dist", "init_distributed", "setup_backends", "shard_slice", "micro_slices", "accumulation_steps",
            "ShardedStep", "generate_distributed"]
@@ -176,11 +177,6 @@ def setup_backends(device: torch.device, tf32: bool = True) -> None:
 
 # --- who takes which rows ------------------------------------------------------------------------
 
-def shard_slice(batch: int, rank: int, world: int) -> slice:
-    """Rank ``rank``'s rows of a global batch: contiguous, sizes ⌊B/W⌋ or ⌈B/W⌉."""
-    return slice(rank * batch // world, (rank + 1) * batch // world)
-
-
 def micro_slices(batch: int, rank: int, world: int, per_device: int | None) -> list[slice]:
     """Rank ``rank``'s rows cut into pieces of at most ``per_device`` (all of them when None)."""
     rows = shard_slice(batch, rank, world)
@@ -283,28 +279,3 @@ class ShardedStep:
             total += per_sample.detach().float().sum()
         self.rows.rows = None
         return self.ctx.all_sum(total) / self.batch
-
-
-# --- sampling ------------------------------------------------------------------------------------
-
-def generate_distributed(precond, *, seeds: Sequence[int], class_labels: Sequence[int] | None = None,
-                         progress=None, **kwargs) -> torch.Tensor:
-    """``kuosan.sampling.generate`` with the seeds split over the process group and the images
-    gathered: every rank returns all images, image k the one a single process makes for seed k.
-    Every rank must call it; without a process group it is ``generate``."""
-    from kuosan.sampling import generate
-
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    if world == 1:
-        return generate(precond, seeds=seeds, class_labels=class_labels, progress=progress, **kwargs)
-    rows = shard_slice(len(seeds), dist.get_rank(), world)
-    mine = list(seeds)[rows]
-    scale = len(seeds) / max(1, len(mine))
-    if mine:
-        x = generate(precond, seeds=mine, progress=(lambda n: progress(n * scale)) if progress else None,
-                     class_labels=None if class_labels is None else list(class_labels)[rows], **kwargs)
-    else:
-        x = torch.empty((0, *kwargs["shape"]))
-    parts = [None] * world
-    dist.all_gather_object(parts, x)
-    return torch.cat(parts)

@@ -1,4 +1,5 @@
-"""The training loop: one function, read top to bottom.
+"""The training loop: :func:`train` reads top to bottom (build, restore, one step, log, checkpoint,
+finish); :class:`Run` holds the pieces and names each step.
 
 Data order, noise and dropout are all derived from the seed, and their generator states are saved
 with every checkpoint, so a resumed run continues exactly as an uninterrupted one would.
@@ -20,14 +21,18 @@ from pathlib import Path
 import torch
 
 from kuosan.config import Config, config_to_dict
+from kuosan.images import make_grid, save_png, to_uint8_nhwc
+from kuosan.sampling import generate
 from kuosan.errors import KuosanError
 from kuosan.checkpoint import (atomic_write_text, decode_rng, encode_rng, list_checkpoints, read_checkpoint,
                                resolve_checkpoint, save_checkpoint)
 from kuosan.runtime import resolve_device
 from kuosan.training.distributed import ShardedStep, init_distributed, setup_backends
 from kuosan.training.ema import EMA
+from kuosan.training.optim import match_state_layout
+from kuosan.rundir import RunLock, check_resume, record_history
 
-__all__ = ["train", "batch_indices", "lr_at"]
+__all__ = ["train", "Run", "Progress", "batch_indices", "lr_at"]
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -67,16 +72,11 @@ def _class_grid_labels(num_classes: int, per_class: int) -> list[int] | None:
 def sample_grid(precond, cfg: Config, spec: dict, path: Path, per_class: int = 10, decoder=None) -> Path:
     """One row per class (or an 8×8 grid when unconditional), fixed seeds, EMA weights; ``decoder``
     (a :class:`kuosan.latent.LatentAutoencoder`) turns a latent model's samples into pixels."""
-    from kuosan.images import make_grid, save_png, to_uint8_nhwc
-    from kuosan.sampling import generate
-
     f = spec["fields"]
     labels = _class_grid_labels(f["num_classes"], per_class)
     n = len(labels) if labels else 64
-    x = generate(precond, shape=(f["in_channels"], f["resolution"], f["resolution"]), seeds=range(n),
-                 class_labels=labels, sampler=cfg.sample.sampler, steps=cfg.sample.steps,
-                 schedule=cfg.sample.schedule, rho=cfg.sample.rho, guidance=cfg.sample.guidance,
-                 null_label=f["num_classes"] or None, batch_size=128)
+    x = generate(precond, cfg.sample, shape=(f["in_channels"], f["resolution"], f["resolution"]), seeds=range(n),
+                 class_labels=labels, null_label=f["num_classes"] or None, batch_size=128)
     pics = to_uint8_nhwc(x) if decoder is None else decoder.decode_nhwc(x)
     grid = make_grid(pics, nrow=per_class if labels else 8)
     return save_png(grid, path, scale=2)
@@ -145,252 +145,325 @@ def _run_config(cfg: Config, spec: dict, data) -> dict:
     return out
 
 
-def train(cfg: Config, *, resume: bool = False, progress: bool = True, log=print) -> Path:
-    """Train a model as ``cfg`` says; returns the run directory (``cfg.train.out``)."""
-    from kuosan.data import load_dataset, to_model_range
-    from kuosan.diffusion.objectives import loss_for
-    from kuosan.finetune import finish_transfer, prepare_transfer
-    from kuosan.model import build_model, network_spec
-    from kuosan.nets.build import count_flops, count_parameters
-    from kuosan.nets.layout import prepare_model
-    from kuosan.training.optim import adamw, match_state_layout
+@dataclasses.dataclass
+class Progress:
+    """What a checkpoint's state.json records of the loop, so that a resumed run continues exactly."""
+    step: int = 0
+    nonfinite: int = 0                     # non-finite steps skipped so far
+    elapsed_before: float = 0.0            # seconds trained before this process started
+    window_loss: float = 0.0               # running sum of the metrics line's mean loss
+    window_n: int = 0
 
-    t = cfg.train
-    out = Path(t.out)
-    # Under torchrun: one process per device, rank 0 alone reads and writes the run (see distributed.py).
-    ctx = init_distributed(resolve_device(t.device))
-    device, main = ctx.device, ctx.is_main
-    setup_backends(device, t.tf32)
-    if not main:
-        log = _quiet
-    resume = ctx.from_main(lambda: _check_run_dir(out, resume, log))
-    torch.manual_seed(t.seed)  # network initialisation and dropout
 
-    # --- data, held in memory as uint8 on the device -------------------------------------------
-    if t.autoencoder:  # latent diffusion (Rombach et al. 2022): the data set's scaled latents, encoded once
-        from kuosan.latent import encode_dataset
+class Run:
+    """One training run's pieces, built from the config: data, model, EMA, optimiser, objective, generators.
+    :func:`train` calls its steps in order; each is one concept of the loop."""
 
-        data = encode_dataset(t.autoencoder, t.data, "train", root=t.data_root, max_images=t.max_images,
-                              device=device, log=log)
-    else:
-        data = load_dataset(t.data, "train", root=t.data_root, resolution=t.resolution, channels=t.channels,
-                            max_images=t.max_images)
-    scale = (lambda x: x) if getattr(data, "is_latent", False) else to_model_range  # latents: already scaled
-    images, labels = data.images.to(device), data.labels.to(device)
-    num_classes = data.num_classes if t.conditional else 0
+    def __init__(self, cfg: Config, ctx, *, resume: bool, log):
+        from kuosan.data import load_dataset, to_model_range
+        from kuosan.diffusion.objectives import loss_for
+        from kuosan.finetune import prepare_transfer
+        from kuosan.model import build_model, network_spec
+        from kuosan.nets.build import count_flops
+        from kuosan.nets.layout import prepare_model
+        from kuosan.training.optim import adamw
 
-    # --- model, EMA, optimiser ------------------------------------------------------------------
-    spec = network_spec(cfg, channels=data.channels, resolution=data.resolution, num_classes=num_classes)
-    try:
-        precond = build_model(spec, cfg.diffusion).to(device)
-        # transfer learning: parent weights, LoRA adapters, frozen parameters (kuosan.finetune)
-        precond, spec, transfer = prepare_transfer(precond, spec, cfg, num_classes=num_classes, resume=resume,
-                                                   device=device, log=log)
-        with torch.random.fork_rng(devices=[]):  # a forward pass would draw dropout from the training RNG
-            flops = count_flops(precond.net, data.channels, data.resolution, 1, num_classes)
-    except (ValueError, RuntimeError, AssertionError, TypeError) as e:  # settings no network can take
-        raise KuosanError(f"the model settings cannot build a {spec['kind']} for {data.channels}x{data.resolution}x"
-                          f"{data.resolution} images: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
-                          "check --model.*") from None
-    prepare_model(precond)  # UNets compute in channels_last (faster convolutions; same keys and outputs)
-    ema = EMA(precond, t.ema_decay)  # a copy: channels_last too
-    trainable = [p for p in precond.parameters() if p.requires_grad]  # fine-tuning may freeze some
-    opt = adamw(trainable, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-    objective = loss_for(precond)
-    obj_kw = ({"p_mean": cfg.diffusion.p_mean, "p_std": cfg.diffusion.p_std} if cfg.diffusion.precond == "edm"
-              else {"min_snr_gamma": cfg.diffusion.min_snr_gamma} if cfg.diffusion.precond != "flow" else {})
-    noise_gen = torch.Generator(device="cpu").manual_seed(t.seed + 1)
-    run_config = {**_run_config(cfg, spec, data), **transfer}
-    decoder = None
-    if getattr(data, "is_latent", False):
-        from kuosan.latent import load_autoencoder
+        t = self.t = cfg.train
+        self.cfg, self.ctx, self.log, self.out = cfg, ctx, log, Path(t.out)
+        device = self.device = ctx.device
+        torch.manual_seed(t.seed)  # network initialisation and dropout
+        # --- data, held in memory as uint8 on the device ---
+        if t.autoencoder:  # latent diffusion (Rombach et al. 2022): the data set's scaled latents, encoded once
+            from kuosan.latent import encode_dataset
 
-        decoder = load_autoencoder(data.autoencoder["path"], device=device)
-    start_step, nonfinite, elapsed_before = 0, 0, 0.0
-    window_loss, window_n = 0.0, 0  # the metrics line's running mean, saved so a resume continues it
+            data = encode_dataset(t.autoencoder, t.data, "train", root=t.data_root, max_images=t.max_images,
+                                  device=device, log=log)
+        else:
+            data = load_dataset(t.data, "train", root=t.data_root, resolution=t.resolution, channels=t.channels,
+                                max_images=t.max_images)
+        self.data, self.is_latent = data, getattr(data, "is_latent", False)
+        self.scale = (lambda x: x) if self.is_latent else to_model_range  # latents: already scaled
+        self.images, self.labels = data.images.to(device), data.labels.to(device)
+        self.num_classes = data.num_classes if t.conditional else 0
+        # --- model, EMA, optimiser ---
+        spec = network_spec(cfg, channels=data.channels, resolution=data.resolution, num_classes=self.num_classes)
+        try:
+            precond = build_model(spec, cfg.diffusion).to(device)
+            # transfer learning: parent weights, LoRA adapters, frozen parameters (kuosan.finetune)
+            precond, spec, transfer = prepare_transfer(precond, spec, cfg, num_classes=self.num_classes,
+                                                       resume=resume, device=device, log=log)
+            with torch.random.fork_rng(devices=[]):  # a forward pass would draw dropout from the training RNG
+                self.flops = count_flops(precond.net, data.channels, data.resolution, 1, self.num_classes)
+        except (ValueError, RuntimeError, AssertionError, TypeError) as e:  # settings no network can take
+            raise KuosanError(f"the model settings cannot build a {spec['kind']} for {data.channels}x"
+                              f"{data.resolution}x{data.resolution} images: "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; check --model.*") from None
+        prepare_model(precond)  # UNets compute in channels_last (faster convolutions; same keys and outputs)
+        self.precond, self.spec = precond, spec
+        self.ema = EMA(precond, t.ema_decay)  # a copy: channels_last too
+        trainable = [p for p in precond.parameters() if p.requires_grad]  # fine-tuning may freeze some
+        self.opt = adamw(trainable, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        self.objective = loss_for(precond)
+        d = cfg.diffusion
+        self.obj_kw = ({"p_mean": d.p_mean, "p_std": d.p_std} if d.precond == "edm"
+                       else {"min_snr_gamma": d.min_snr_gamma} if d.precond != "flow" else {})
+        self.noise_gen = torch.Generator(device="cpu").manual_seed(t.seed + 1)
+        self.run_config = {**_run_config(cfg, spec, data), **transfer}
+        self.decoder = None
+        if self.is_latent:
+            from kuosan.latent import load_autoencoder
 
-    if resume:
+            self.decoder = load_autoencoder(data.autoencoder["path"], device=device)
+        self.progress = Progress()
+        self.t0 = time.time()  # reset when the loop starts
+
+    def describe(self) -> str:
+        from kuosan.nets.build import count_parameters
+
+        d, t = self.data, self.t
+        return (f"data: {d.name}, {len(d)} images {d.channels}x{d.resolution}x{d.resolution}, "
+                f"{d.num_classes} classes | model: {self.spec['kind']}, {count_parameters(self.precond) / 1e6:.2f} M "
+                f"parameters, {self.flops / 1e9:.3f} GFLOP per image per forward | device: {self.device}"
+                f"{self.ctx.describe(t.batch, t.batch_per_device)}")
+
+    # --- restore ---------------------------------------------------------------------------------
+    def restore(self) -> dict:
+        """Load the newest intact checkpoint of ``out`` into the run (weights, EMA, optimiser, RNG states,
+        counters); returns the run config it was written with."""
         def read():
-            found = resolve_checkpoint(out, require_state=True)
+            found = resolve_checkpoint(self.out, require_state=True)
             return found, read_checkpoint(found, training_state=True)
 
-        ckpt, saved = ctx.from_main(read)  # sent to the other ranks: no shared file system needed
-        if saved["config"].get("network") != json.loads(json.dumps(spec)):
-            raise KuosanError(f"cannot resume {out}: its checkpoint {ckpt.name} has another architecture "
-                              f"({_spec_difference(saved['config'].get('network'), spec)}); drop the changed "
+        ckpt, saved = self.ctx.from_main(read)  # sent to the other ranks: no shared file system needed
+        if saved["config"].get("network") != json.loads(json.dumps(self.spec)):
+            raise KuosanError(f"cannot resume {self.out}: its checkpoint {ckpt.name} has another architecture "
+                              f"({_spec_difference(saved['config'].get('network'), self.spec)}); drop the changed "
                               "options or choose another --out")
         st = saved["state"]
         try:
-            precond.load_state_dict(saved["model"])
-            ema.load_state_dict(saved["ema"] if saved["ema"] is not None else saved["model"])
+            self.precond.load_state_dict(saved["model"])
+            self.ema.load_state_dict(saved["ema"] if saved["ema"] is not None else saved["model"])
             if saved["optimizer"] is None:
                 raise KeyError("optimizer.safetensors")
-            opt.load_state_dict(saved["optimizer"])
-            match_state_layout(opt)  # channels_last weights, NCHW moments on disk (see kuosan.training.optim.adamw)
-            start_step, nonfinite, elapsed_before = int(st["step"]), int(st["nonfinite"]), float(st["elapsed"])
-            window_loss, window_n = float(st.get("window_loss", 0.0)), int(st.get("window_n", 0))
-            noise_gen.set_state(decode_rng(st["rng_noise"]))
+            self.opt.load_state_dict(saved["optimizer"])
+            match_state_layout(self.opt)  # channels_last weights, NCHW moments on disk (see training.optim.adamw)
+            self.progress = Progress(int(st["step"]), int(st["nonfinite"]), float(st["elapsed"]),
+                                     float(st.get("window_loss", 0.0)), int(st.get("window_n", 0)))
+            self.noise_gen.set_state(decode_rng(st["rng_noise"]))
             torch.set_rng_state(decode_rng(st["rng_torch"]))
-            if device.type == "cuda" and "rng_cuda" in st:
-                torch.cuda.set_rng_state(decode_rng(st["rng_cuda"]), device)
+            if self.device.type == "cuda" and "rng_cuda" in st:
+                torch.cuda.set_rng_state(decode_rng(st["rng_cuda"]), self.device)
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             raise KuosanError(f"cannot resume from {ckpt}: its training state does not fit this run "
                               f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-        log(f"resuming {out} from step {start_step} ({ckpt.name})")
+        self.log(f"resuming {self.out} from step {self.progress.step} ({ckpt.name})")
+        return saved["config"]
 
-    n_params = count_parameters(precond)
-    log(f"data: {data.name}, {len(data)} images {data.channels}x{data.resolution}x{data.resolution}, "
-        f"{data.num_classes} classes | model: {spec['kind']}, {n_params / 1e6:.2f} M parameters, "
-        f"{flops / 1e9:.3f} GFLOP per image per forward | device: {device}"
-        f"{ctx.describe(t.batch, t.batch_per_device)}")
-
-    def prepare_out() -> None:
+    def write_config(self) -> None:
+        """Create ``out`` and write the run's config.json (rank 0)."""
         try:
-            out.mkdir(parents=True, exist_ok=True)
+            self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise KuosanError(f"cannot create --out {out}: {e.strerror or e}") from None
-        for leftover in out.glob(".*.tmp[0-9]*"):  # half-written metrics.jsonl/config.json of a killed run
+            raise KuosanError(f"cannot create --out {self.out}: {e.strerror or e}") from None
+        for leftover in self.out.glob(".*.tmp[0-9]*"):  # half-written metrics.jsonl/config.json of a killed run
             leftover.unlink(missing_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(run_config, indent=2))
+        atomic_write_text(self.out / "config.json", json.dumps(self.run_config, indent=2))
 
-    ctx.from_main(prepare_out)
+    # --- one step ----------------------------------------------------------------------------------
+    def batch(self, step: int):
+        """The global batch of ``step``: images in the model's range and labels (some made null for CFG)."""
+        idx = batch_indices(step, self.t.batch, len(self.data), self.t.seed).to(self.device)
+        x0, y = self.scale(self.images[idx]), None
+        if self.num_classes:
+            y = self.labels[idx].clone()
+            if self.cfg.diffusion.label_dropout > 0:
+                drop = torch.rand(len(idx), generator=self.noise_gen) < self.cfg.diffusion.label_dropout
+                y[drop.to(self.device)] = self.num_classes  # the null class
+        return x0, y
 
-    # A fixed held-out batch (same images, same noise every time) to compare raw and EMA weights.
-    val_gen = torch.Generator().manual_seed(t.seed + 2)
-    val_idx = torch.randperm(len(data), generator=val_gen)[:min(64, len(data))]
-    val_x0, val_labels = scale(images[val_idx]), labels[val_idx] if num_classes else None
+    def one_step(self, sharded, autocast, step: int):
+        """One optimiser step; returns (loss, gradient norm, whether the update was applied)."""
+        x0, y = self.batch(step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(step, self.t)
+        # Every rank holds the global batch; it draws all of its noise and runs its own rows.
+        loss = sharded.step(self.objective, x0, y, self.noise_gen, self.obj_kw, autocast, self.opt, step)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.precond.parameters(),
+                                                   self.t.grad_clip if self.t.grad_clip > 0 else float("inf"))
+        p = self.progress
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            p.nonfinite += 1  # skip the update; the weights stay as they were
+            self.opt.zero_grad(set_to_none=True)
+            self.log(f"step {step}: non-finite {'loss' if not torch.isfinite(loss) else 'gradient'}, "
+                     f"step skipped ({p.nonfinite} so far)")
+            return loss, grad_norm, False
+        self.opt.step()
+        self.ema.update(self.precond, step)
+        p.window_loss += float(loss.detach())
+        p.window_n += 1
+        return loss, grad_norm, True
 
-    def val_loss(model) -> float:
+    # --- log, checkpoint ---------------------------------------------------------------------------
+    def val_loss(self, model) -> float:
+        """The loss on a fixed held-out batch (same images, same noise every time): raw against EMA weights."""
+        if not hasattr(self, "_val"):
+            val_gen = torch.Generator().manual_seed(self.t.seed + 2)
+            idx = torch.randperm(len(self.data), generator=val_gen)[:min(64, len(self.data))]
+            self._val = self.scale(self.images[idx]), self.labels[idx] if self.num_classes else None
         model.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            g = torch.Generator().manual_seed(t.seed + 3)
-            value = float(objective(model, val_x0, val_labels, generator=g, **obj_kw).mean())
-        precond.train()
+            g = torch.Generator().manual_seed(self.t.seed + 3)
+            value = float(self.objective(model, *self._val, generator=g, **self.obj_kw).mean())
+        self.precond.train()
         return value
 
-    def checkpoint(step: int) -> Path:
-        state = {"nonfinite": nonfinite, "elapsed": elapsed_before + (time.time() - t0),
-                 "rng_noise": encode_rng(noise_gen.get_state()), "rng_torch": encode_rng(torch.get_rng_state()),
-                 "seed": t.seed, "data_position": step * t.batch,
-                 "window_loss": window_loss, "window_n": window_n}
-        if device.type == "cuda":
-            state["rng_cuda"] = encode_rng(torch.cuda.get_rng_state(device))
-        return save_checkpoint(out, step, config=run_config, model=precond.state_dict(), ema=ema.state_dict(),
-                               optimizer=opt, state=state, keep=t.keep_checkpoints)
+    def metrics(self, step: int, grad_norm, window_t: float) -> dict:
+        """The metrics-log line after ``step`` (the window's mean loss; held-out losses at checkpoints)."""
+        t, p, now = self.t, self.progress, time.time()
+        rec = {"step": step, "loss": p.window_loss / max(1, p.window_n), "grad_norm": float(grad_norm),
+               "lr": lr_at(step - 1, t), "nonfinite": p.nonfinite, "time": p.elapsed_before + now - self.t0,
+               "images_per_s": p.window_n * t.batch / max(1e-9, now - window_t)}
+        if t.checkpoint_every and step % t.checkpoint_every == 0 or step == t.steps:
+            rec["val_loss_raw"], rec["val_loss_ema"] = self.val_loss(self.precond), self.val_loss(self.ema.module)
+        return rec
 
-    log_path = out / "metrics.jsonl"
-    if main and not resume and log_path.exists():
-        log_path.unlink()
-    elif main and resume and log_path.exists():  # drop lines written after the checkpoint we resume from
-        _truncate_log(log_path, start_step)
-    log_file = open(log_path if main else os.devnull, "a")
+    def checkpoint(self, step: int) -> Path:
+        p = self.progress
+        state = {"nonfinite": p.nonfinite, "elapsed": p.elapsed_before + (time.time() - self.t0),
+                 "rng_noise": encode_rng(self.noise_gen.get_state()), "rng_torch": encode_rng(torch.get_rng_state()),
+                 "seed": self.t.seed, "data_position": step * self.t.batch,
+                 "window_loss": p.window_loss, "window_n": p.window_n}
+        if self.device.type == "cuda":
+            state["rng_cuda"] = encode_rng(torch.cuda.get_rng_state(self.device))
+        return save_checkpoint(self.out, step, config=self.run_config, model=self.precond.state_dict(),
+                               ema=self.ema.state_dict(), optimizer=self.opt, state=state, keep=self.t.keep_checkpoints)
 
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext())
-    if t.bf16 and device.type == "cpu" and main and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        log("note: this CPU has no native bfloat16 (AVX512-BF16 or AMX): --bf16 will run slower than float32")
-    # This rank's rows of each global batch, DDP, gradient accumulation, torch.compile; with one
-    # process and none of these it is the plain forward and backward pass.
-    sharded = ShardedStep(precond, ctx, batch=t.batch, batch_per_device=t.batch_per_device,
-                          compile=t.compile, seed=t.seed)
-    bar = None
-    if progress and main:
-        from tqdm import tqdm
+    def sample_grid(self, path: Path) -> Path:
+        with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
+            return sample_grid(self.ema.module, self.cfg, self.spec, path, decoder=self.decoder)
 
-        bar = tqdm(total=t.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not sys.stderr.isatty() and os.environ.get("KUOSAN_PROGRESS") != "1")
+    def stop_reason(self, interrupted: list) -> str | None:
+        t = self.t
+        timed_out = t.time_limit is not None and self.progress.elapsed_before + time.time() - self.t0 >= t.time_limit
+        return self.ctx.agree_stop("time limit" if timed_out else interrupted[0] if interrupted else None)
 
-    # --- the loop -------------------------------------------------------------------------------
-    t0 = time.time()
-    window_t = time.time()
-    step = start_step
-    stop_reason = "steps"
-    precond.train()
-    interrupted = []
-    old_handler = (signal.getsignal(signal.SIGTERM)
-                   if threading.current_thread() is threading.main_thread() else None)
-    if old_handler is not None:
+
+def _open_log(run: Run, resume: bool, main: bool):
+    """The metrics log, appended to; on resume without the lines written after the checkpoint."""
+    path = run.out / "metrics.jsonl"
+    if main and not resume and path.exists():
+        path.unlink()
+    elif main and resume and path.exists():
+        _truncate_log(path, run.progress.step)
+    return open(path if main else os.devnull, "a")
+
+
+def _progress_bar(run: Run, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=run.t.steps, initial=run.progress.step, desc="train", unit="step", dynamic_ncols=True,
+                disable=not sys.stderr.isatty() and os.environ.get("KUOSAN_PROGRESS") != "1")
+
+
+@contextlib.contextmanager
+def _sigterm_as_stop(interrupted: list):
+    """SIGTERM asks the loop to stop at the next step (and write a checkpoint) instead of killing it."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.getsignal(signal.SIGTERM) if main_thread else None
+    if old is not None:
         signal.signal(signal.SIGTERM, lambda *a: interrupted.append("SIGTERM"))
     try:
-        while step < t.steps:
-            reason = ("time limit" if t.time_limit is not None and elapsed_before + time.time() - t0 >= t.time_limit
-                      else interrupted[0] if interrupted else None)
-            reason = ctx.agree_stop(reason)  # every rank stops at the same step
-            if reason is not None:
-                stop_reason = reason
-                break
-            idx = batch_indices(step, t.batch, len(data), t.seed).to(device)
-            x0 = scale(images[idx])
-            y = None
-            if num_classes:
-                y = labels[idx].clone()
-                if cfg.diffusion.label_dropout > 0:
-                    drop = torch.rand(len(idx), generator=noise_gen) < cfg.diffusion.label_dropout
-                    y[drop.to(device)] = num_classes  # the null class
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, t)
-            # Every rank holds the global batch; it draws all of its noise and runs its own rows.
-            loss = sharded.step(objective, x0, y, noise_gen, obj_kw, autocast, opt, step)  # the global mean
-            grad_norm = torch.nn.utils.clip_grad_norm_(precond.parameters(),
-                                                       t.grad_clip if t.grad_clip > 0 else float("inf"))
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                nonfinite += 1  # skip the update; the weights stay as they were
-                opt.zero_grad(set_to_none=True)
-                log(f"step {step}: non-finite {'loss' if not torch.isfinite(loss) else 'gradient'}, "
-                    f"step skipped ({nonfinite} so far)")
-                if nonfinite >= t.max_nonfinite:
-                    stop_reason = "non-finite"
-                    break
-            else:
-                opt.step()
-                ema.update(precond, step)
-                window_loss += float(loss.detach())
-                window_n += 1
-            step += 1
-            if bar is not None:
-                bar.update(1)
-                if window_n:
-                    bar.set_postfix(loss=f"{window_loss / window_n:.4f}")
-            if step % t.log_every == 0 or step == t.steps:
-                now = time.time()
-                rec = {"step": step, "loss": window_loss / max(1, window_n), "grad_norm": float(grad_norm),
-                       "lr": lr_at(step - 1, t), "nonfinite": nonfinite,
-                       "time": elapsed_before + now - t0,
-                       "images_per_s": window_n * t.batch / max(1e-9, now - window_t)}
-                if t.checkpoint_every and step % t.checkpoint_every == 0 or step == t.steps:
-                    rec["val_loss_raw"], rec["val_loss_ema"] = val_loss(precond), val_loss(ema.module)
-                log_file.write(json.dumps(rec) + "\n")
-                log_file.flush()
-                window_loss, window_n, window_t = 0.0, 0, time.time()
-            if main and t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.steps:
-                checkpoint(step)
-            if main and t.sample_every and step % t.sample_every == 0 and step < t.steps:
-                with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
-                    sample_grid(ema.module, cfg, spec, out / "samples" / f"step-{step:07d}.png", decoder=decoder)
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
+        yield
     finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
-        if bar is not None:
-            bar.close()
-        log_file.close()
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
-    if stop_reason == "non-finite":
-        raise KuosanError(_nonfinite_message(t, step, nonfinite, list_checkpoints(out)))
-    if main and step > start_step:
-        ckpt = checkpoint(step)
-        finish_transfer(ema.module, out, run_config, log)  # a LoRA run's adapter file
-        log(f"stopped at step {step} ({stop_reason}); checkpoint {ckpt}")
-    if stop_reason in ("interrupted", "SIGTERM"):
-        raise KeyboardInterrupt
 
-    def finish() -> None:
-        grid = sample_grid(ema.module, cfg, spec, out / "samples.png", decoder=decoder)
-        plot_losses(log_path, out / "loss.png")
-        log(f"sample grid: {grid}")
+def train(cfg: Config, *, resume: bool = False, allow_changes: bool = False, progress: bool = True,
+          log=print) -> Path:
+    """Train a model as ``cfg`` says; returns the run directory (``cfg.train.out``)."""
+    from kuosan.finetune import finish_transfer
 
-    ctx.from_main(finish)  # the other ranks return when the run directory is complete
+    t, out = cfg.train, Path(cfg.train.out)
+    # Under torchrun: one process per device, rank 0 alone reads and writes the run (see distributed.py).
+    ctx = init_distributed(resolve_device(t.device))
+    main = ctx.is_main
+    setup_backends(ctx.device, t.tf32)
+    log = log if main else _quiet
+    with RunLock(out, enabled=main):
+        resume = ctx.from_main(lambda: _check_run_dir(out, resume, log))
+        run = Run(cfg, ctx, resume=resume, log=log)                       # build
+        if resume:                                                        # restore
+            saved_config = run.restore()
+            if main:
+                _check_recipe(out, saved_config, run.run_config, allow_changes)
+        log(run.describe())
+        ctx.from_main(run.write_config)
+        autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext()
+        if t.bf16 and ctx.device.type == "cpu" and main and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            log("note: this CPU has no native bfloat16 (AVX512-BF16 or AMX): --bf16 will run slower than float32")
+        # This rank's rows of each global batch, DDP, gradient accumulation, torch.compile; with one
+        # process and none of these it is the plain forward and backward pass.
+        sharded = ShardedStep(run.precond, ctx, batch=t.batch, batch_per_device=t.batch_per_device,
+                              compile=t.compile, seed=t.seed)
+        start, step, stop = run.progress.step, run.progress.step, "steps"
+        log_file, bar, interrupted = _open_log(run, resume, main), _progress_bar(run, progress and main), []
+        run.t0 = window_t = time.time()
+        run.precond.train()
+        try:
+            with _sigterm_as_stop(interrupted):
+                while step < t.steps:                                     # the loop
+                    if (reason := run.stop_reason(interrupted)) is not None:
+                        stop = reason
+                        break
+                    loss, grad_norm, applied = run.one_step(sharded, autocast, step)
+                    if not applied and run.progress.nonfinite >= t.max_nonfinite:
+                        stop = "non-finite"
+                        break
+                    step += 1
+                    run.progress.step = step
+                    if bar is not None:
+                        bar.update(1)
+                        if run.progress.window_n:
+                            bar.set_postfix(loss=f"{run.progress.window_loss / run.progress.window_n:.4f}")
+                    if step % t.log_every == 0 or step == t.steps:         # log
+                        log_file.write(json.dumps(run.metrics(step, grad_norm, window_t)) + "\n")
+                        log_file.flush()
+                        run.progress.window_loss, run.progress.window_n, window_t = 0.0, 0, time.time()
+                    if main and t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.steps:
+                        run.checkpoint(step)                              # checkpoint
+                    if main and t.sample_every and step % t.sample_every == 0 and step < t.steps:
+                        run.sample_grid(out / "samples" / f"step-{step:07d}.png")
+        except KeyboardInterrupt:
+            stop = "interrupted"
+        finally:
+            if bar is not None:
+                bar.close()
+            log_file.close()
+        if stop == "non-finite":                                          # finish
+            raise KuosanError(_nonfinite_message(t, step, run.progress.nonfinite, list_checkpoints(out)))
+        if main and step > start:
+            ckpt = run.checkpoint(step)
+            finish_transfer(run.ema.module, out, run.run_config, log)  # a LoRA run's adapter file
+            log(f"stopped at step {step} ({stop}); checkpoint {ckpt}")
+        if stop in ("interrupted", "SIGTERM"):
+            raise KeyboardInterrupt
+        ctx.from_main(lambda: _finish(run, log))  # the other ranks return when the run directory is complete
     return out
+
+
+def _finish(run: Run, log) -> None:
+    grid = run.sample_grid(run.out / "samples.png")
+    plot_losses(run.out / "metrics.jsonl", run.out / "loss.png")
+    log(f"sample grid: {grid}")
+
+
+def _check_recipe(out: Path, saved: dict, now: dict, allow_changes: bool) -> None:
+    """A resumed run keeps its recipe unless the user accepts the changes, which go into its history."""
+    changes = check_resume(saved, now, allow_changes=allow_changes)
+    record_history(out, {"event": "resume", "changes": changes} if changes else {"event": "resume"})
 
 
 def plot_losses(log_path: Path, png: Path) -> Path | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kuosan.errors import KuosanError
 
-__all__ = ["add_arguments", "run", "parse_adapter"]
+__all__ = ["register", "add_arguments", "run", "parse_adapter"]
 
 
 def parse_adapter(text: str) -> tuple[str, float]:
@@ -26,6 +26,12 @@ def parse_adapter(text: str) -> tuple[str, float]:
         except ValueError:
             pass
     return text, 1.0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("lora", help="inspect LoRA adapters, merge them into a checkpoint")
+    add_arguments(p)
+    p.set_defaults(run=run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,6 @@
 """``kuosan edit``: image-to-image, inpainting, inversion and interpolation with a trained checkpoint.
 
-The lead CLI wires :func:`add_arguments` and :func:`run` as a subcommand; the mathematics lives in
-:mod:`kuosan.diffusion.editing`.
+:func:`register` adds the command; the mathematics lives in :mod:`kuosan.diffusion.editing`.
 """
 
 from __future__ import annotations
@@ -44,6 +43,13 @@ def _common(p: argparse.ArgumentParser, sampler: str | None, steps: int | None) 
     p.add_argument("--out", default="edits", help="output directory (default ./edits)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda, cuda:N")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("edit", help="img2img, inpaint, invert or interpolate with a checkpoint",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(run=run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -295,16 +301,3 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     return {"img2img": run_img2img, "inpaint": run_inpaint, "invert": run_invert,
             "interpolate": run_interpolate}[args.mode](args, st, out)
-
-
-def main(argv=None) -> int:
-    """``python -m kuosan.edit_cli MODE ...``: the same as ``kuosan edit``."""
-    import sys
-
-    from kuosan.cli import main as cli_main  # one place turns user errors into one line
-
-    return cli_main(["edit", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """``kuosan train-autoencoder`` and ``kuosan latent``: the command-line side of latent diffusion.
 
-``add_arguments(parser)`` / ``run(args)`` train an autoencoder; ``add_latent_arguments(parser)`` /
+:func:`register` adds both commands. ``add_arguments(parser)`` / ``run(args)`` train an autoencoder; ``add_latent_arguments(parser)`` /
 ``run_latent(args)`` hold the latent-space tools (encode a data set into the cache, interpolate, class
 arithmetic). Thin: parse, call :mod:`kuosan.training.autoencoder` and :mod:`kuosan.latent`.
 """
@@ -13,6 +13,7 @@ import json
 import typing
 from pathlib import Path
 
+from kuosan.cli.options import help_text
 from kuosan.errors import KuosanError
 
 TRAIN_EXAMPLES = """examples:
@@ -42,6 +43,15 @@ def _field_type(tp):
     return {int: int, float: float, str: str}[tp]
 
 
+def register(sub) -> None:
+    p = sub.add_parser("train-autoencoder", help="train an autoencoder for latent diffusion")
+    add_arguments(p)
+    p.set_defaults(run=run)
+    p = sub.add_parser("latent", help="latent-space tools: encode, interpolate, class arithmetic")
+    add_latent_arguments(p)
+    p.set_defaults(run=run_latent)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``kuosan train-autoencoder``: ``--config``, ``--resume`` and one per config field."""
     from kuosan.training.autoencoder import AutoencoderTrainConfig
@@ -55,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(AutoencoderTrainConfig):
         names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         parser.add_argument(*names, dest=f"ae_{f.name}", type=_field_type(hints[f.name]), default=None,
-                            metavar=f.name.upper(), help=f"(default {f.default!r})")
+                            metavar=f.name.upper(), help=help_text(AutoencoderTrainConfig, f.name))
 
 
 def _base_options(name: str) -> dict:

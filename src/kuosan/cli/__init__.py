@@ -1,0 +1,84 @@
+"""The ``kuosan`` command line: one thin module per command group (parse, call the library, print one
+line on error). Each module's ``register(subparsers)`` adds its command and sets ``run`` to the function
+that executes it; :func:`main` turns user mistakes into ``kuosan: error: <one line>`` and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+# Idle OpenMP threads sleep instead of spinning. On a machine shared with other processes, spinning
+# threads steal each other's cores: a 2-thread training step measured up to 8× slower there
+# (benchmarks/results/distributed-passive.json). Must be set before torch starts its thread pool.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from kuosan import __version__  # noqa: E402
+from kuosan.cli import bench, data, demo, edit, evaluate, latent, lora, sample, train  # noqa: E402
+from kuosan.errors import KuosanError  # noqa: E402
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+COMMANDS = (demo, train, sample, evaluate, edit, data, latent, lora, bench)  # the order of `kuosan --help`
+
+EXAMPLES = """examples:
+  kuosan demo                                   train on Fashion-MNIST for ~10 minutes, write runs/demo/
+  kuosan train --config fashion-mnist --steps 2000 --out runs/fm
+  kuosan train --config runs/fm/config.json --resume --out runs/fm
+  kuosan sample --checkpoint runs/fm --n 64 --sampler heun --steps 18 --class 3 --guidance 2.0 --out samples/
+  kuosan evaluate --checkpoint runs/fm --n 1000 --reference fashion-mnist:test --out eval/
+  kuosan data fashion-mnist:test                show what a data set spec loads
+  kuosan train --init-from runs/fm --data mnist --out runs/mnist     fine-tune (lr / 10, --freeze "down.*")
+  kuosan train --init-from runs/fm --data mnist --lora-rank 8 --out runs/mnist-lora    LoRA adapters
+  kuosan sample --checkpoint runs/fm --adapter runs/mnist-lora/adapter.safetensors:0.8 --out samples/
+  kuosan train-autoencoder --data fashion-mnist --out runs/ae-fm      then, in its latent space:
+  kuosan train --config fashion-mnist --autoencoder runs/ae-fm --sigma_data 1 --out runs/ldm-fm
+one process per GPU (or CPU share) with torchrun; --batch is global:
+  torchrun --nproc_per_node=4 -m kuosan train --config fashion-mnist --batch 256 --out runs/fm4
+  torchrun --nproc_per_node=4 -m kuosan sample --checkpoint runs/fm4 --n 10000 --out samples/
+`kuosan COMMAND --help` lists every option of a command.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kuosan", description="Train, sample and evaluate diffusion models.",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"kuosan {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    from kuosan.runtime import tune_allocator
+
+    tune_allocator()
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"kuosan: warning: {msg}\n"
+    try:
+        if args.command is None:
+            parser.print_help()
+            return 0
+        if extra and not getattr(args, "accepts_overrides", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if extra:
+            args.extra_overrides = extra  # `kuosan train`: the config loader names an unknown key, with a hint
+        return args.run(args)
+    except KuosanError as e:
+        print(f"kuosan: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kuosan: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:  # a path the user gave: missing, not writable, a file where a folder should be
+        where = f": {e.filename}" if e.filename else ""
+        print(f"kuosan: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""``kuosan demo``: train on a bundled data set, sample, evaluate, write pictures (:mod:`kuosan.demo`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from kuosan.cli.options import add_device
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="train on a bundled data set, sample, evaluate, write pictures",
+                       epilog="examples:\n  kuosan demo\n  kuosan demo --minutes 10 --out runs/demo",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=10.0, help="whole-demo budget in minutes (default 10)")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--data", default=None, help="data set (default fashion-mnist, else the MNIST subset)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the run (default 0)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation section")
+    add_device(p)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from kuosan.demo import run_demo
+
+    return run_demo(minutes=args.minutes, out=args.out, data=args.data, seed=args.seed, device=args.device,
+                    evaluate=not args.no_eval)
