@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Callable
 
 import torch
 from torch import nn
 
 from kuosan.errors import KuosanError
 
-__all__ = ["build_network", "count_parameters", "count_flops", "NETWORKS"]
+__all__ = ["build_network", "count_parameters", "count_flops", "flops_of", "NETWORKS"]
 
 
 def _unet(fields: dict) -> nn.Module:
@@ -58,27 +60,40 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 def _attention_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
-    """softmax(Q Kᵀ) V: two batched matmuls of 2·B·H·N·M·D each (the softmax is not counted)."""
-    b, h, n, d = q_shape
-    m, d_v = k_shape[-2], v_shape[-1]
-    return 2 * b * h * n * m * d + 2 * b * h * n * m * d_v
+    """softmax(Q Kᵀ) V: two batched matmuls, 2·N·M·D and 2·N·M·D_v for each of the leading dimensions
+    (batch, heads); the softmax is not counted."""
+    lead, m = math.prod(q_shape[:-1]), k_shape[-2]
+    return 2 * lead * m * (q_shape[-1] + v_shape[-1])
+
+
+def _attention_backward_flops(grad_out_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    """dV, dP, dQ and dK: four matmuls, twice the forward's FLOPs (the recomputed scores are not counted)."""
+    return 2 * _attention_flops(q_shape, k_shape, v_shape)
+
+
+def flops_of(fn: Callable[[], object]) -> int:
+    """Floating-point operations of the matmuls, convolutions and attention that ``fn()`` runs (a multiply-add
+    counts 2), by torch's counter; ``fn`` may run a backward pass too."""
+    from torch.utils import flop_counter
+
+    # torch's counter knows the CUDA attention kernels but not the CPU ones that F.scaled_dot_product_attention
+    # dispatches to: count them with the same formulas (batched matmuls).
+    aten, custom = torch.ops.aten, {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        custom[aten._scaled_dot_product_flash_attention_for_cpu] = _attention_flops
+        custom[aten._scaled_dot_product_flash_attention_for_cpu_backward] = _attention_backward_flops
+    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=custom)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
 
 
 @torch.no_grad()
 def count_flops(net: nn.Module, in_channels: int, resolution: int, batch: int = 1,
                 num_classes: int = 0) -> int:
-    """Floating-point operations of one forward pass (a multiply-add counts 2), by torch's counter."""
-    from torch.utils import flop_counter
-
+    """Floating-point operations of one forward pass of ``net`` on zeros (a multiply-add counts 2)."""
     device = next(net.parameters()).device
     x = torch.zeros(batch, in_channels, resolution, resolution, device=device)
     c = torch.zeros(batch, device=device)
     labels = torch.zeros(batch, dtype=torch.long, device=device) if num_classes else None
-    # torch's counter knows the CUDA attention kernels but not the CPU one that F.scaled_dot_product_attention
-    # dispatches to: count it with the same formula (two batched matmuls).
-    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    custom = {cpu_sdpa: _attention_flops} if cpu_sdpa is not None else {}
-    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=custom)
-    with counter:
-        net(x, c, labels)
-    return int(counter.get_total_flops())
+    return flops_of(lambda: net(x, c, labels))
