@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     openmp_defaults()
     import torch
 
-    from kuosan.bench import PEER_SIZED
+    from kuosan.bench.contenders import PEER_SIZED
     from kuosan.config import DiffusionConfig
     from kuosan.diffusion.objectives import loss_for
     from kuosan.model import build_model

@@ -198,6 +198,39 @@ def test_bench_runs_on_a_tiny_model_and_writes_ratios(tmp_path):
     assert all(r["gflop_forward"] > 0 and r["sample_images_per_s"] > 0 for r in rows.values())
 
 
+def test_flop_counter_counts_cpu_attention_forward_and_backward():
+    """torch's counter has no formula for the CPU attention kernels; ours: Q Kᵀ and P V forward, twice that
+    backward (dV, dP, dQ, dK)."""
+    from kuosan.nets.build import flops_of
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=g).requires_grad_() for n in (16, 12, 12))
+    forward = 2 * (2 * 3 * 16 * 12 * 8) * 2
+    assert flops_of(lambda: F.scaled_dot_product_attention(q, k, v)) == forward
+    assert flops_of(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) == 3 * forward
+
+
+def test_the_package_core_does_not_import_the_benchmark_harness():
+    """kuosan.bench sits above everything; only the command line (kuosan.cli) reaches it."""
+    import ast
+    from pathlib import Path
+
+    import kuosan
+
+    root = Path(kuosan.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.relative_to(root).parts[0].removesuffix(".py") in ("bench", "cli"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "kuosan.bench" or n.startswith("kuosan.bench.") for n in names):
+                offenders.append(str(path.relative_to(root)))
+    assert not offenders
+
+
 def test_fused_adamw_after_a_reload_matches_the_loop_implementation():
     """A reloaded optimiser state is NCHW beside channels_last weights; match_state_layout realigns it
     (without it torch's fused CPU AdamW applies the moments to the wrong elements)."""
