@@ -72,6 +72,7 @@ def _config(model: dict, diffusion: dict):
 
 def _kuosan_fns(precond, opt, a, bf16: bool) -> tuple[Callable, Callable, Callable]:
     """Forward, training step and sampling loop, each as ``kuosan train`` and ``kuosan sample`` run them."""
+    from kuosan.config import SampleConfig
     from kuosan.diffusion.objectives import loss_for
     from kuosan.sampling import generate
 
@@ -91,8 +92,8 @@ def _kuosan_fns(precond, opt, a, bf16: bool) -> tuple[Callable, Callable, Callab
         opt.step()
 
     def sample(steps):
-        return generate(precond, shape=(a.channels, a.resolution, a.resolution), seeds=range(a.batch),
-                        sampler="euler", steps=steps, batch_size=a.batch, bf16=bf16)
+        return generate(precond, SampleConfig("euler", steps), shape=(a.channels, a.resolution, a.resolution),
+                        seeds=range(a.batch), batch_size=a.batch, bf16=bf16)
 
     return forward, train_step, sample
 
