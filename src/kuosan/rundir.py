@@ -79,6 +79,7 @@ class RunLock:
             return self
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise KuosanError(f"--out {self.run_dir} is a file; give a directory for the run")
+        self._created = not self.run_dir.exists()
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             fd = self._open_locked()
@@ -116,6 +117,11 @@ class RunLock:
         except OSError:
             pass
         os.close(fd)  # closing drops the lock
+        if getattr(self, "_created", False):  # a run that stopped before writing anything leaves no folder
+            try:
+                self.run_dir.rmdir()
+            except OSError:
+                pass
 
     def _open_locked(self) -> int:
         """The lock file's descriptor, locked; :class:`KuosanError` when another process holds it."""

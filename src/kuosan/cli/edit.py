@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from kuosan.errors import KuosanError
+from kuosan.rundir import check_not_inside_checkpoint
+from kuosan.validation import LIMITS, check_sample_request, real, whole
 
 EXAMPLES = """\
 examples:
@@ -148,16 +151,14 @@ class _Setup:
         from kuosan.diffusion.samplers import get_sampler
         from kuosan.sampling import sigmas_for
 
-        if args.steps is not None and args.steps < 1:
-            raise KuosanError(f"--steps must be positive, got {args.steps}")
+        req = check_sample_request(sampler=args.sampler, steps=args.steps, schedule=args.schedule,
+                                   guidance=args.guidance, prefix="--")
         self.pipe = pipe = kuosan.load(args.checkpoint, device=args.device, use_ema=not args.raw)
-        s = pipe.config.get("sample", {})
-        self.sampler = args.sampler or s.get("sampler", "heun")
+        s = dataclasses.replace(pipe.sample_config, **{k: req[k] for k in ("sampler", "steps", "schedule", "guidance")
+                                                       if req[k] is not None})
+        self.sampler, self.steps, self.guidance = s.sampler, s.steps, s.guidance
         get_sampler(self.sampler)
-        self.steps = int(args.steps or s.get("steps", 18))
-        self.sigmas = sigmas_for(pipe.precond, args.schedule or s.get("schedule", "karras"), self.steps,
-                                 s.get("rho", 7.0)).to(pipe.device, torch.float32)
-        self.guidance = float(s.get("guidance", 1.0) if args.guidance is None else args.guidance)
+        self.sigmas = sigmas_for(pipe.precond, s.schedule, s.steps, s.rho).to(pipe.device, torch.float32)
         self.label = pipe.class_index(args.class_label) if args.class_label is not None else None
         self.denoiser = pipe.precond
         if self.label is not None and self.guidance != 1.0:
@@ -292,10 +293,24 @@ def run_interpolate(args, st: _Setup, out: Path) -> int:
     return 0
 
 
+def _check_numbers(args) -> None:
+    """The mode's own numbers, checked before the model loads (sampling ones in :class:`_Setup`)."""
+    whole(args.seed, "--seed", 0, LIMITS["seed"])
+    if hasattr(args, "strength"):
+        real(args.strength, "--strength", 0, 1)
+    if hasattr(args, "resample"):
+        whole(args.resample, "--resample", 1, 100)
+        whole(args.jump, "--jump", 1, LIMITS["steps"])
+    if hasattr(args, "n"):
+        whole(args.n, "--n", 2, 1024)
+
+
 def run(args) -> int:
     """Run the ``edit`` sub-mode in ``args.mode``; user mistakes raise :class:`KuosanError`."""
     if getattr(args, "mode", None) not in MODES:
         raise KuosanError(f"choose a mode: {', '.join(MODES)}")
+    check_not_inside_checkpoint(args.out)
+    _check_numbers(args)
     st = _Setup(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="fashion-mnist",
                         help="a preset name or a JSON file (default fashion-mnist)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    parser.add_argument("--allow-changes", action="store_true",
+                        help="with --resume: accept settings that differ from the run's (recorded in its history.jsonl)")
     hints = typing.get_type_hints(AutoencoderTrainConfig)
     for f in dataclasses.fields(AutoencoderTrainConfig):
         names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
@@ -110,7 +112,7 @@ def run(args) -> int:
     from kuosan.training.autoencoder import train_autoencoder
 
     cfg = config_from_args(args)
-    out = train_autoencoder(cfg, resume=args.resume)
+    out = train_autoencoder(cfg, resume=args.resume, allow_changes=args.allow_changes)
     reconstruction_report(out)
     print(f"autoencoder: {out} (use it with `kuosan train --autoencoder {out} --sigma_data 1 ...`)")
     return 0

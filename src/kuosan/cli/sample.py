@@ -41,6 +41,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import kuosan
+    from kuosan.rundir import check_not_inside_checkpoint
     from kuosan.runtime import resolve_device
     from kuosan.training.distributed import init_distributed
     from kuosan.validation import check_sample_request
@@ -48,6 +49,7 @@ def run(args) -> int:
     request = check_sample_request(n=args.n, seeds=args.seeds, sampler=args.sampler, steps=args.steps,
                                    schedule=args.schedule, guidance=args.guidance, batch=args.batch,
                                    threshold=args.threshold, prefix="--")
+    check_not_inside_checkpoint(args.out)
     ctx = init_distributed(resolve_device(args.device))  # under torchrun: each process a share of the seeds
     pipe = kuosan.load(args.checkpoint, device=str(ctx.device), use_ema=not args.raw,
                        autoencoder=args.autoencoder, adapters=[parse_adapter(a) for a in args.adapter])

@@ -30,7 +30,7 @@ from kuosan.runtime import resolve_device
 from kuosan.training.distributed import ShardedStep, init_distributed, setup_backends
 from kuosan.training.ema import EMA
 from kuosan.training.optim import match_state_layout
-from kuosan.rundir import RunLock, check_resume, record_history
+from kuosan.rundir import RunLock, changed_values, check_not_inside_checkpoint, check_resume, record_history
 
 __all__ = ["train", "Run", "Progress", "batch_indices", "lr_at"]
 
@@ -392,15 +392,23 @@ def train(cfg: Config, *, resume: bool = False, allow_changes: bool = False, pro
     main = ctx.is_main
     setup_backends(ctx.device, t.tf32)
     log = log if main else _quiet
-    with RunLock(out, enabled=main):
+    lock = RunLock(out, command="train", enabled=main)  # one writer per run directory
+
+    def claim() -> None:
+        check_not_inside_checkpoint(out)
+        lock.acquire()
+
+    ctx.from_main(claim)  # a refusal reaches every rank as the same error
+    with lock:
         resume = ctx.from_main(lambda: _check_run_dir(out, resume, log))
         run = Run(cfg, ctx, resume=resume, log=log)                       # build
         if resume:                                                        # restore
             saved_config = run.restore()
-            if main:
-                _check_recipe(out, saved_config, run.run_config, allow_changes)
+            ctx.from_main(lambda: _check_recipe(out, saved_config, run.run_config, allow_changes, run.progress.step))
         log(run.describe())
         ctx.from_main(run.write_config)
+        if not resume:
+            ctx.from_main(lambda: record_history(out, {"event": "start", "steps": t.steps, "seed": t.seed}))
         autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext()
         if t.bf16 and ctx.device.type == "cpu" and main and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             log("note: this CPU has no native bfloat16 (AVX512-BF16 or AMX): --bf16 will run slower than float32")
@@ -460,10 +468,12 @@ def _finish(run: Run, log) -> None:
     log(f"sample grid: {grid}")
 
 
-def _check_recipe(out: Path, saved: dict, now: dict, allow_changes: bool) -> None:
+def _check_recipe(out: Path, saved: dict, now: dict, allow_changes: bool, step: int) -> None:
     """A resumed run keeps its recipe unless the user accepts the changes, which go into its history."""
-    changes = check_resume(saved, now, allow_changes=allow_changes)
-    record_history(out, {"event": "resume", "changes": changes} if changes else {"event": "resume"})
+    changes = check_resume(saved, now, allow_changes=allow_changes, where=str(out))
+    record_history(out, {"event": "resume", "step": step})
+    if changes:
+        record_history(out, {"event": "changed", "changed": changed_values(saved, now, changes)})
 
 
 def plot_losses(log_path: Path, png: Path) -> Path | None:
