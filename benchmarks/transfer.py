@@ -11,7 +11,7 @@ pretrained here for ``--pretrain-steps``.
 
 Arms, each trained for ``--steps`` optimiser steps on ``mnist`` (4,500 digits) with the same batches:
     scratch    a new network (lr, warm-up as a from-scratch run)
-    finetune   every weight from the Fashion-MNIST model (kuosan.finetune.init_from; lr ÷ 10, warm-up 50)
+    finetune   every weight from the Fashion-MNIST model (kuosan.training.finetune.init_from; lr ÷ 10, warm-up 50)
     lora       the Fashion-MNIST model frozen, LoRA adapters on attention and residual convolutions trained, and
                the class embedding (MNIST's classes are new)
 Reported per arm: Fréchet distance of samples to the MNIST test digits (features of the shipped mnist-cnn
@@ -36,7 +36,7 @@ from kuosan.config import config_to_dict, load_config, resolve_config_path
 from kuosan.data import load_dataset, to_model_range
 from kuosan.diffusion.objectives import loss_for
 from kuosan.errors import KuosanError
-from kuosan.finetune import FINETUNE_LR_FACTOR, FINETUNE_WARMUP, init_from
+from kuosan.training.finetune import FINETUNE_LR_FACTOR, FINETUNE_WARMUP, init_from
 from kuosan.model import build_model, network_spec
 from kuosan.nets.lora import add_lora, mark_only_lora_trainable, save_adapter, weights_checksum
 from kuosan.runtime import tune_allocator
@@ -179,7 +179,7 @@ def main() -> None:
     cfg = load_config(None, overrides, base=resolve_config_path("fashion-mnist"))
     spec, diffusion = network_spec(cfg, channels=1, resolution=28, num_classes=10), cfg.diffusion
     if args.pretrained:
-        from kuosan.finetune import read_parent
+        from kuosan.training.finetune import read_parent
 
         parent_config = read_parent(args.pretrained)["config"]
         if parent_config.get("data", {}).get("spec", "").split(":")[0] != "fashion-mnist":

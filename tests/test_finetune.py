@@ -10,7 +10,7 @@ import torch
 
 from kuosan.config import TrainConfig, config_to_dict, load_config, resolve_config_path
 from kuosan.errors import KuosanError
-from kuosan.finetune import (FINETUNE_WARMUP, finetune_config, finish_transfer, freeze, init_from, prepare_transfer, resize_classes)
+from kuosan.training.finetune import (FINETUNE_WARMUP, finetune_config, finish_transfer, freeze, init_from, prepare_transfer, resize_classes)
 from kuosan.model import build_model, network_spec
 from kuosan.nets.lora import load_adapter, weights_checksum
 from kuosan.checkpoint import save_checkpoint

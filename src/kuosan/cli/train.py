@@ -56,7 +56,7 @@ def _base_config(name: str):
 
 
 def run(args) -> int:
-    from kuosan.finetune import finetune_config
+    from kuosan.training.finetune import finetune_config
     from kuosan.training.loop import train
 
     overrides = config_overrides(args) + list(getattr(args, "extra_overrides", []))

@@ -309,7 +309,7 @@ def diffusers_model(path, *, scheduler=None):
 # --- fine-tuning ---------------------------------------------------------------------------------
 
 def training_sections(path) -> dict:
-    """The config settings a run fine-tuning this model must use (for :func:`kuosan.finetune.finetune_config`)."""
+    """The config settings a run fine-tuning this model must use (for :func:`kuosan.training.finetune.finetune_config`)."""
     _, unet_cfg, sched_cfg = _find_parts(path)
     spec = _spec(unet_cfg, sched_cfg)
     f = spec["fields"]

@@ -162,7 +162,7 @@ class Run:
     def __init__(self, cfg: Config, ctx, *, resume: bool, log):
         from kuosan.data import load_dataset, to_model_range
         from kuosan.diffusion.objectives import loss_for
-        from kuosan.finetune import prepare_transfer
+        from kuosan.training.finetune import prepare_transfer
         from kuosan.model import build_model, network_spec
         from kuosan.nets.build import count_flops
         from kuosan.nets.layout import prepare_model
@@ -189,7 +189,7 @@ class Run:
         spec = network_spec(cfg, channels=data.channels, resolution=data.resolution, num_classes=self.num_classes)
         try:
             precond = build_model(spec, cfg.diffusion).to(device)
-            # transfer learning: parent weights, LoRA adapters, frozen parameters (kuosan.finetune)
+            # transfer learning: parent weights, LoRA adapters, frozen parameters (kuosan.training.finetune)
             precond, spec, transfer = prepare_transfer(precond, spec, cfg, num_classes=self.num_classes,
                                                        resume=resume, device=device, log=log)
             with torch.random.fork_rng(devices=[]):  # a forward pass would draw dropout from the training RNG
@@ -384,7 +384,7 @@ def _sigterm_as_stop(interrupted: list):
 def train(cfg: Config, *, resume: bool = False, allow_changes: bool = False, progress: bool = True,
           log=print) -> Path:
     """Train a model as ``cfg`` says; returns the run directory (``cfg.train.out``)."""
-    from kuosan.finetune import finish_transfer
+    from kuosan.training.finetune import finish_transfer
 
     t, out = cfg.train, Path(cfg.train.out)
     # Under torchrun: one process per device, rank 0 alone reads and writes the run (see distributed.py).

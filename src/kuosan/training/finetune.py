@@ -314,7 +314,7 @@ def prepare_transfer(precond, spec: dict, cfg, *, num_classes: int, resume: bool
             if cfg.diffusion.precond != kind:
                 raise KuosanError(f"--init-from {t.init_from} is a {kind}-prediction model, this run trains "
                                   f"{cfg.diffusion.precond}: set --diffusion.precond {kind} (kuosan train does "
-                                  "this by itself, see kuosan.finetune.finetune_config)")
+                                  "this by itself, see kuosan.training.finetune.finetune_config)")
         elif resume and saved.get("parent"):
             info = saved["parent"]
         else:
