@@ -29,8 +29,10 @@ def _expand(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
 
 
 class Precond(nn.Module):
-    """Base: subclasses define ``scalings(sigma) -> (c_skip, c_out, c_in)`` and ``noise_cond(sigma)``."""
+    """Base: subclasses define ``scalings(sigma) -> (c_skip, c_out, c_in)`` and ``noise_cond(sigma)``, and
+    ``kind``, their name in :data:`PRECONDS` (what ``--diffusion.precond`` and config.json call them)."""
 
+    kind: str = ""
     sigma_data: float = 1.0
 
     def __init__(self, net: nn.Module):
@@ -61,6 +63,8 @@ class Precond(nn.Module):
 
 class EDMPrecond(Precond):
     """EDM, Karras et al. 2022, Table 1 ("Ours" column)."""
+
+    kind = "edm"
 
     def __init__(self, net: nn.Module, sigma_data: float = 0.5, sigma_min: float = 0.002,
                  sigma_max: float = 80.0):
@@ -101,6 +105,8 @@ class _DiscretePrecond(Precond):
 class EpsPrecond(_DiscretePrecond):
     """ε-prediction, DDPM (Ho et al. 2020); EDM Table 1, "VP" column: D = x - σ·F."""
 
+    kind = "eps"
+
     def scalings(self, sigma):
         return torch.ones_like(sigma), -sigma, 1 / (sigma ** 2 + 1).sqrt()
 
@@ -109,12 +115,16 @@ class VPrecond(_DiscretePrecond):
     """v-prediction (Salimans & Ho 2022, §4 and Appendix D), v = α·ε − σ_vp·x0 with
     α = 1/sqrt(1+σ²), σ_vp = σ/sqrt(1+σ²), hence x0 = α·x_vp − σ_vp·v."""
 
+    kind = "v"
+
     def scalings(self, sigma):
         return 1 / (sigma ** 2 + 1), -sigma / (sigma ** 2 + 1).sqrt(), 1 / (sigma ** 2 + 1).sqrt()
 
 
 class X0Precond(_DiscretePrecond):
     """x0-prediction: the network outputs the clean image directly."""
+
+    kind = "x0"
 
     def scalings(self, sigma):
         return torch.zeros_like(sigma), torch.ones_like(sigma), 1 / (sigma ** 2 + 1).sqrt()
@@ -136,6 +146,8 @@ def t_to_sigma(t):
 class FlowPrecond(Precond):
     """Flow matching / rectified flow: a velocity-predicting network as a denoiser (c_skip = c_in = 1 − t,
     c_out = −t, c_noise = t with t = σ / (1 + σ); derived in :mod:`kuosan.diffusion.flow`)."""
+
+    kind = "flow"
 
     def __init__(self, net: nn.Module, sigma_min: float = 0.002, sigma_max: float = 80.0):
         super().__init__(net)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from kuosan.checkpoint import file_sha256
+from kuosan.diffusion.precond import EDMPrecond
 from kuosan.errors import KuosanError
 from kuosan.nets.classes import class_embeddings as _class_embeddings, resize_class_rows, resize_classes
 from kuosan.nets.lora import (add_lora, is_adapter_key, lora_layers, mark_only_lora_trainable, merge_state_dict,
@@ -150,11 +151,11 @@ def read_parent(path, weights: str = "ema") -> dict:
 
 def _signature(precond) -> dict:
     """What must agree between parent and child for the weights to mean the same thing."""
-    sig = {"parameterisation": type(precond).__name__, "network": type(getattr(precond, "net", precond)).__name__}
+    sig = {"parameterisation": precond.kind, "network": type(getattr(precond, "net", precond)).__name__}
     schedule = getattr(precond, "schedule", None)
     if schedule is not None:
         sig["schedule"] = f"{schedule.beta_schedule}, {schedule.timesteps} steps"
-    if type(precond).__name__ == "EDMPrecond":
+    if isinstance(precond, EDMPrecond):
         sig["sigma_data"] = precond.sigma_data
     for emb in _class_embeddings(precond).values():
         sig["noise_scale"] = emb.noise_scale
@@ -310,7 +311,7 @@ def prepare_transfer(precond, spec: dict, cfg, *, num_classes: int, resume: bool
 
         if is_diffusers_dir(t.init_from):
             precond, spec, info = load_for_training(t.init_from, num_classes=num_classes, load_weights=not resume)
-            kind = {"EpsPrecond": "eps", "VPrecond": "v", "X0Precond": "x0"}[type(precond).__name__]
+            kind = precond.kind
             if cfg.diffusion.precond != kind:
                 raise KuosanError(f"--init-from {t.init_from} is a {kind}-prediction model, this run trains "
                                   f"{cfg.diffusion.precond}: set --diffusion.precond {kind} (kuosan train does "
