@@ -1,6 +1,9 @@
 """Configuration: frozen dataclasses with a comment per field, loadable from a JSON, YAML or TOML
 file and overridable from the command line (``--train.lr 1e-4`` or, when the name is unique,
 ``--lr 1e-4``). No class names as strings, no code execution: values are plain data.
+
+Names are checked against the registries of the floor below (samplers, schedules, networks), so this
+module sits above ``nets/`` and ``diffusion/``, which know nothing of it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kuosan.diffusion.samplers import SAMPLERS
+from kuosan.diffusion.schedules import SCHEDULES
 from kuosan.errors import KuosanError
+from kuosan.nets.build import NETWORKS
 
 __all__ = ["ModelConfig", "DiffusionConfig", "SampleConfig", "TrainConfig", "Config", "SECTIONS",
            "load_config", "apply_overrides", "config_to_dict", "config_from_dict", "field_docs", "option_owner",
@@ -438,9 +444,6 @@ def validate(cfg: Config) -> None:
     if not 2 <= d.timesteps <= 100000:
         raise KuosanError(f"diffusion.timesteps must be between 2 and 100000, got {d.timesteps}")
     # sample
-    from kuosan.diffusion.samplers import SAMPLERS
-    from kuosan.diffusion.schedules import SCHEDULES
-
     _one_of(s.sampler, set(SAMPLERS), "sample.sampler")
     _one_of(s.schedule, set(SCHEDULES), "sample.schedule")
     _positive(s.steps, "sample.steps")
@@ -449,8 +452,6 @@ def validate(cfg: Config) -> None:
     if not 0 <= s.guidance <= 100:
         raise KuosanError(f"sample.guidance must be between 0 and 100, got {s.guidance}")
     # model
-    from kuosan.nets.build import NETWORKS
-
     _one_of(m.kind, set(NETWORKS), "model.kind")
     for name, hi in (("base_channels", 4096), ("num_blocks", 64), ("head_channels", 4096),
                      ("patch_size", 64), ("depth", 256), ("width", 16384), ("heads", 256)):
