@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kuosan.diffusion.precond import PRECONDS
 from kuosan.diffusion.samplers import SAMPLERS
 from kuosan.diffusion.schedules import SCHEDULES
 from kuosan.errors import KuosanError
@@ -431,7 +432,7 @@ def validate(cfg: Config) -> None:
     if t.init_from is not None and not t.init_from.strip():
         raise KuosanError("train.init_from is empty; give a checkpoint, run or diffusers directory")
     # diffusion
-    _one_of(d.precond, {"edm", "eps", "v", "x0", "flow"}, "diffusion.precond")
+    _one_of(d.precond, set(PRECONDS), "diffusion.precond")
     _one_of(d.beta_schedule, {"linear", "cosine"}, "diffusion.beta_schedule")
     if not 0 <= d.label_dropout < 1:
         raise KuosanError(f"diffusion.label_dropout must be in [0, 1), got {d.label_dropout}")
