@@ -246,6 +246,228 @@ def _step_of_line(line: str) -> float:
         return float("inf")
 
 
+class AutoencoderRun:
+    """One autoencoder training run's pieces, built from the config: data, network, discriminator, perceptual
+    loss, EMA, optimiser, noise generator. :func:`train_autoencoder` calls its steps in order."""
+
+    def __init__(self, cfg: AutoencoderTrainConfig, device: torch.device, *, log):
+        from kuosan.data import load_dataset
+        from kuosan.nets.autoencoder import Autoencoder, AutoencoderConfig, PatchDiscriminator
+        from kuosan.training.ema import EMA
+
+        self.cfg, self.device, self.log, self.out = cfg, device, log, Path(cfg.out)
+        torch.manual_seed(cfg.seed)  # network initialisation
+        data = self.data = load_dataset(cfg.data, "train", root=cfg.data_root, resolution=cfg.resolution,
+                                        channels=cfg.channels, max_images=cfg.max_images)
+        self.images = data.images.to(device)
+        self.fields = _network_fields(cfg, data)
+        ae = self.ae = Autoencoder(AutoencoderConfig(**self.fields)).to(device)
+        disc = self.disc = (PatchDiscriminator(data.channels, data.resolution).to(device) if cfg.disc_weight > 0
+                            else None)
+        perceptual, self.perceptual_note = (build_perceptual(cfg.perceptual, data.name, data.resolution)
+                                            if cfg.perceptual_weight > 0 else (None, "perceptual loss off (weight 0)"))
+        self.perceptual = perceptual.to(device) if perceptual is not None else None
+        self.ema = EMA(ae, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        params = [{"params": ae.parameters()}] + ([{"params": disc.parameters()}] if disc is not None else [])
+        self.opt = adamw(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=0.0)
+        self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.pixels = data.channels * data.resolution ** 2
+        self.start_step, self.elapsed_before = 0, 0.0
+        self.window: dict[str, float] = {}     # sums over the metrics line's steps, and their count "n"
+        self.scale_images = None               # the images the latent scale is measured on (set before the loop)
+        self.t0 = time.time()                  # reset when the loop starts
+
+    def describe(self) -> str:
+        from kuosan.nets.build import count_parameters
+
+        d, ae, cfg = self.data, self.ae, self.cfg
+        return (f"data: {d.name}, {len(d)} images {d.channels}x{d.resolution}x{d.resolution} | "
+                f"autoencoder: {count_parameters(ae) / 1e6:.2f} M parameters, latent {ae.latent_shape} "
+                f"({self.pixels / (ae.latent_shape[0] * ae.latent_shape[1] ** 2):.1f}x fewer numbers) | "
+                f"{self.perceptual_note} | "
+                f"GAN: {'from step %d' % cfg.disc_start if self.disc is not None else 'off'} | device: {self.device}")
+
+    # --- what config.json records ----------------------------------------------------------------
+    def _train_and_data(self) -> dict:
+        d = self.data
+        return {"train": json.loads(json.dumps(dataclasses.asdict(self.cfg))),
+                "data": {"spec": self.cfg.data, "name": d.name, "class_names": list(d.class_names),
+                         "resolution": d.resolution, "channels": d.channels}}
+
+    def _perceptual_name(self) -> str | None:
+        return self.perceptual.name if self.perceptual is not None else None
+
+    def run_config(self) -> dict:
+        """config.json: the network, the settings, and the latent scale measured on the EMA (or raw) weights."""
+        from kuosan.latent import latent_statistics
+
+        stats = latent_statistics(self.ema.module if self.ema is not None else self.ae, self.scale_images)
+        stats["measured_on"] = f"{self.data.name}, {stats['images']} images"
+        return {"format": "kuosan-autoencoder", "version": 1, "network": {"kind": "autoencoder", "fields": self.fields},
+                **self._train_and_data(),
+                "latent": {**stats, "shape": list(self.ae.latent_shape)},
+                "losses": {"perceptual": self._perceptual_name(), "note": self.perceptual_note}}
+
+    # --- restore ---------------------------------------------------------------------------------
+    def restore(self, allow_changes: bool) -> None:
+        """Continue from the newest intact checkpoint of ``out``: refuse another architecture, load the
+        training state, refuse a changed recipe unless ``allow_changes``, record the resume."""
+        from kuosan.checkpoint import resolve_checkpoint
+
+        ckpt = resolve_checkpoint(self.out, require_state=True)
+        saved = json.loads((ckpt / "config.json").read_text())
+        if saved.get("network", {}).get("fields") != json.loads(json.dumps(self.fields)):
+            raise KuosanError(f"cannot resume {self.out}: its checkpoint has another autoencoder architecture; "
+                              "drop the changed options or choose another --out")
+        self._load_state(ckpt)
+        changed = self._check_recipe(saved, ckpt, allow_changes)
+        self.log(f"resuming {self.out} from step {self.start_step} ({ckpt.name})"
+                 + (f" with changed {', '.join(changed)} (recorded in history.jsonl)" if changed else ""))
+
+    def _load_state(self, ckpt: Path) -> None:
+        """Weights (discriminator's included), EMA, optimiser, counters and generator states of ``ckpt``."""
+        from safetensors.torch import load_file
+        from kuosan.checkpoint import decode_rng, optimizer_from_tensors
+
+        try:
+            state = json.loads((ckpt / "state.json").read_text())
+            tensors = load_file(str(ckpt / "model.safetensors"))
+            self.ae.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("discriminator.")})
+            if self.disc is not None:
+                self.disc.load_state_dict({k[14:]: v for k, v in tensors.items() if k.startswith("discriminator.")})
+            if self.ema is not None:
+                self.ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
+            self.opt.load_state_dict(optimizer_from_tensors(load_file(str(ckpt / "optimizer.safetensors")),
+                                                            state["optimizer_param_groups"]))
+            match_state_layout(self.opt)
+            self.start_step, self.elapsed_before = int(state["step"]), float(state["elapsed"])
+            self.noise_gen.set_state(decode_rng(state["rng_noise"]))
+            torch.set_rng_state(decode_rng(state["rng_torch"]))
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise KuosanError(f"cannot resume from {ckpt}: its training state does not fit this run (GAN or EMA "
+                              f"switched on or off?): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                              ) from None
+
+    def _check_recipe(self, saved: dict, ckpt: Path, allow_changes: bool) -> list:
+        """The recipe keys that differ from ``saved`` (refused unless ``allow_changes``), recorded in history."""
+        from kuosan.rundir import changed_values, check_resume, record_history
+
+        recipe = {**self._train_and_data(), "losses": {"perceptual": self._perceptual_name()}}
+        saved_recipe = {key: saved.get(key) for key in ("train", "data")}
+        saved_recipe["losses"] = {"perceptual": (saved.get("losses") or {}).get("perceptual")}
+        changed = check_resume(saved_recipe, recipe, allow_changes=allow_changes, where=str(self.out))
+        record_history(self.out, {"event": "resume", "step": self.start_step, "checkpoint": ckpt.name})
+        if changed:
+            record_history(self.out, {"event": "changed", "step": self.start_step,
+                                      "changed": changed_values(saved_recipe, recipe, changed)})
+        return changed
+
+    # --- one step --------------------------------------------------------------------------------
+    def batch(self, step: int) -> torch.Tensor:
+        """The images of ``step``'s batch, in [-1, 1]."""
+        from kuosan.data import to_model_range
+        from kuosan.training.loop import batch_indices
+
+        return to_model_range(self.images[batch_indices(step, self.cfg.batch, len(self.data), self.cfg.seed)
+                                          .to(self.device)])
+
+    def losses(self, x: torch.Tensor, gan_on: bool):
+        """``(x̂, nll, kl, loss, g_loss)``: the terms of L (see the module docstring); ``g_loss`` None without GAN."""
+        cfg = self.cfg
+        x_hat, posterior = self.ae(x, sample=True, generator=self.noise_gen)
+        diff = (x_hat - x).abs() if cfg.rec_loss == "l1" else (x_hat - x).square()
+        nll = diff.flatten(1).mean(1)
+        if self.perceptual is not None:
+            nll = nll + cfg.perceptual_weight * self.perceptual(x_hat, x)
+        nll = nll.mean()
+        kl = posterior.kl().mean() / self.pixels
+        loss = nll + cfg.kl_weight * kl
+        g_loss = None
+        if gan_on:
+            g_loss = -self.disc(x_hat).mean()
+            lam = adaptive_gan_weight(nll, g_loss, self.ae.decoder.last_layer)
+            loss = loss + cfg.disc_weight * lam * g_loss
+        return x_hat, nll, kl, loss, g_loss
+
+    def one_step(self, step: int) -> None:
+        """One autoencoder step, then (from ``disc_start``) one discriminator step; adds to the metrics window."""
+        from kuosan.training.loop import lr_at
+
+        cfg, opt = self.cfg, self.opt
+        x = self.batch(step)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        gan_on = self.disc is not None and step >= cfg.disc_start
+        x_hat, nll, kl, loss, g_loss = self.losses(x, gan_on)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.disc is not None:
+            for p in self.disc.parameters():             # the generator step must not move the discriminator
+                p.grad = None
+        torch.nn.utils.clip_grad_norm_(self.ae.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if not torch.isfinite(loss):
+            raise KuosanError(f"autoencoder training diverged at step {step} (loss {float(loss)}); "
+                              f"lower --lr (now {cfg.lr:g})")
+        opt.step()
+        if gan_on:                                       # discriminator step, on the detached reconstruction
+            opt.zero_grad(set_to_none=True)
+            d_loss = hinge_d_loss(self.disc(x), self.disc(x_hat.detach()))
+            d_loss.backward()
+            opt.step()
+            self._add(d_loss=d_loss, g_loss=g_loss)
+        if self.ema is not None:
+            self.ema.update(self.ae, step)
+        self._add(loss=loss, nll=nll, kl=kl, mse01=float(((x_hat.detach() - x) / 2).square().mean()))
+        self.window["n"] = self.window.get("n", 0) + 1
+
+    def _add(self, **values) -> None:
+        for key, value in values.items():
+            self.window[key] = self.window.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
+
+    def out_of_time(self) -> bool:
+        t = self.cfg.time_limit
+        return t is not None and self.elapsed_before + time.time() - self.t0 >= t
+
+    # --- metrics, checkpoint ---------------------------------------------------------------------
+    def metrics(self, step: int, window_t: float) -> dict:
+        """The metrics-log line after ``step``: the window's means, learning rate, time, speed, train PSNR."""
+        from kuosan.training.loop import lr_at
+
+        n = self.window.pop("n")
+        rec = {"step": step, **{k: v / n for k, v in self.window.items()}, "lr": lr_at(step - 1, self.cfg),
+               "time": self.elapsed_before + time.time() - self.t0,
+               "images_per_s": n * self.cfg.batch / max(1e-9, time.time() - window_t)}
+        rec["train_psnr"] = -10 * float(torch.log10(torch.tensor(rec.pop("mse01"))))
+        return rec
+
+    def checkpoint(self, step: int) -> Path:
+        """Checkpoint ``step``; the run's config.json is rewritten with the latent scale measured now."""
+        from kuosan.checkpoint import atomic_write_text, encode_rng, save_checkpoint
+
+        model = dict(self.ae.state_dict())
+        if self.disc is not None:
+            model.update({f"discriminator.{k}": v for k, v in self.disc.state_dict().items()})
+        state = {"elapsed": self.elapsed_before + time.time() - self.t0, "seed": self.cfg.seed,
+                 "rng_noise": encode_rng(self.noise_gen.get_state()), "rng_torch": encode_rng(torch.get_rng_state())}
+        config = self.run_config()
+        atomic_write_text(self.out / "config.json", json.dumps(config, indent=2))
+        return save_checkpoint(self.out, step, config=config, model=model,
+                               ema=self.ema.state_dict() if self.ema is not None else None,
+                               optimizer=self.opt, state=state, keep=self.cfg.keep_checkpoints)
+
+
+def _open_metrics(out: Path, start_step: int):
+    """The metrics log: a new one for a new run; on resume, without the lines a killed run wrote after its
+    checkpoint, appended to."""
+    from kuosan.checkpoint import atomic_write_text
+
+    path = out / "metrics.jsonl"
+    if start_step and path.is_file():
+        kept = [ln for ln in path.read_text().splitlines() if _step_of_line(ln) <= start_step]
+        atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+    return open(path, "a" if start_step else "w")
+
+
 def train_autoencoder(cfg: AutoencoderTrainConfig, *, resume: bool = False, allow_changes: bool = False,
                       log=print) -> Path:
     """Train an autoencoder as ``cfg`` says; returns the run directory. See the module docstring.
@@ -262,182 +484,44 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, *, resume: bool = False, allo
 
 
 def _train(cfg: AutoencoderTrainConfig, *, resume: bool, allow_changes: bool, log) -> Path:
-    from kuosan.data import load_dataset, to_model_range
-    from kuosan.latent import latent_statistics
-    from kuosan.nets.autoencoder import Autoencoder, AutoencoderConfig, PatchDiscriminator
-    from kuosan.nets.build import count_parameters
-    from kuosan.checkpoint import (atomic_write_text, encode_rng, decode_rng, list_checkpoints, resolve_checkpoint, save_checkpoint)
-    from kuosan.training.ema import EMA
+    """Build, restore, the loop (one step, log, checkpoint), the final checkpoint; see :class:`AutoencoderRun`."""
+    from kuosan.checkpoint import list_checkpoints
+    from kuosan.rundir import record_history
     from kuosan.runtime import resolve_device
-    from kuosan.training.loop import batch_indices, lr_at
-    from kuosan.rundir import changed_values, check_resume, record_history
 
     out, device = Path(cfg.out), resolve_device(cfg.device)
     if list_checkpoints(out) and not resume:
         raise KuosanError(f"{out} already holds a training run; pass --resume to continue it, or choose another --out")
-    torch.manual_seed(cfg.seed)
-
-    # --- data, network, losses, optimiser ---------------------------------------------------------
-    data = load_dataset(cfg.data, "train", root=cfg.data_root, resolution=cfg.resolution, channels=cfg.channels,
-                        max_images=cfg.max_images)
-    images = data.images.to(device)
-    fields = _network_fields(cfg, data)
-    ae = Autoencoder(AutoencoderConfig(**fields)).to(device)
-    disc = PatchDiscriminator(data.channels, data.resolution).to(device) if cfg.disc_weight > 0 else None
-    perceptual, perceptual_note = (build_perceptual(cfg.perceptual, data.name, data.resolution)
-                                   if cfg.perceptual_weight > 0 else (None, "perceptual loss off (weight 0)"))
-    perceptual = perceptual.to(device) if perceptual is not None else None
-    ema = EMA(ae, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    params = [{"params": ae.parameters()}] + ([{"params": disc.parameters()}] if disc is not None else [])
-    opt = adamw(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=0.0)
-    noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    pixels = data.channels * data.resolution ** 2
-    start_step, elapsed_before = 0, 0.0
-
-    if resume and list_checkpoints(out):
-        from safetensors.torch import load_file
-
-        ckpt = resolve_checkpoint(out, require_state=True)
-        saved = json.loads((ckpt / "config.json").read_text())
-        if saved.get("network", {}).get("fields") != json.loads(json.dumps(fields)):
-            raise KuosanError(f"cannot resume {out}: its checkpoint has another autoencoder architecture; "
-                              "drop the changed options or choose another --out")
-        from kuosan.checkpoint import optimizer_from_tensors
-
-        try:
-            state = json.loads((ckpt / "state.json").read_text())
-            tensors = load_file(str(ckpt / "model.safetensors"))
-            ae.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("discriminator.")})
-            if disc is not None:
-                disc.load_state_dict({k[14:]: v for k, v in tensors.items() if k.startswith("discriminator.")})
-            if ema is not None:
-                ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
-            opt.load_state_dict(optimizer_from_tensors(load_file(str(ckpt / "optimizer.safetensors")),
-                                                       state["optimizer_param_groups"]))
-            match_state_layout(opt)
-            start_step, elapsed_before = int(state["step"]), float(state["elapsed"])
-            noise_gen.set_state(decode_rng(state["rng_noise"]))
-            torch.set_rng_state(decode_rng(state["rng_torch"]))
-        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
-            raise KuosanError(f"cannot resume from {ckpt}: its training state does not fit this run (GAN or EMA "
-                              f"switched on or off?): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                              ) from None
-        recipe = {"train": json.loads(json.dumps(dataclasses.asdict(cfg))),
-                  "data": {"spec": cfg.data, "name": data.name, "class_names": list(data.class_names),
-                           "resolution": data.resolution, "channels": data.channels},
-                  "losses": {"perceptual": perceptual.name if perceptual is not None else None}}
-        saved_recipe = {key: saved.get(key) for key in ("train", "data")}
-        saved_recipe["losses"] = {"perceptual": (saved.get("losses") or {}).get("perceptual")}
-        changed = check_resume(saved_recipe, recipe, allow_changes=allow_changes, where=str(out))
-        record_history(out, {"event": "resume", "step": start_step, "checkpoint": ckpt.name})
-        if changed:
-            record_history(out, {"event": "changed", "step": start_step,
-                                 "changed": changed_values(saved_recipe, recipe, changed)})
-        log(f"resuming {out} from step {start_step} ({ckpt.name})"
-            + (f" with changed {', '.join(changed)} (recorded in history.jsonl)" if changed else ""))
-
-    log(f"data: {data.name}, {len(data)} images {data.channels}x{data.resolution}x{data.resolution} | "
-        f"autoencoder: {count_parameters(ae) / 1e6:.2f} M parameters, latent {ae.latent_shape} "
-        f"({pixels / (ae.latent_shape[0] * ae.latent_shape[1] ** 2):.1f}x fewer numbers) | {perceptual_note} | "
-        f"GAN: {'from step %d' % cfg.disc_start if disc is not None else 'off'} | device: {device}")
+    run = AutoencoderRun(cfg, device, log=log)                  # build: data, network, losses, optimiser
+    if resume and list_checkpoints(out):                        # restore (none yet: start from step 0)
+        run.restore(allow_changes)
+    log(run.describe())
     out.mkdir(parents=True, exist_ok=True)
-    if not start_step:
+    if not run.start_step:
         record_history(out, {"event": "start", "steps": cfg.steps, "seed": cfg.seed})
-    scale_images = _scale_subset(data, cfg.scale_images)
-
-    def run_config() -> dict:
-        net = ema.module if ema is not None else ae
-        stats = latent_statistics(net, scale_images)
-        stats["measured_on"] = f"{data.name}, {stats['images']} images"
-        return {"format": "kuosan-autoencoder", "version": 1, "network": {"kind": "autoencoder", "fields": fields},
-                "train": json.loads(json.dumps(dataclasses.asdict(cfg))),
-                "data": {"spec": cfg.data, "name": data.name, "class_names": list(data.class_names),
-                         "resolution": data.resolution, "channels": data.channels},
-                "latent": {**stats, "shape": list(ae.latent_shape)},
-                "losses": {"perceptual": perceptual.name if perceptual is not None else None,
-                           "note": perceptual_note}}
-
-    def checkpoint(step: int) -> Path:
-        model = dict(ae.state_dict())
-        if disc is not None:
-            model.update({f"discriminator.{k}": v for k, v in disc.state_dict().items()})
-        state = {"elapsed": elapsed_before + time.time() - t0, "seed": cfg.seed,
-                 "rng_noise": encode_rng(noise_gen.get_state()), "rng_torch": encode_rng(torch.get_rng_state())}
-        config = run_config()
-        atomic_write_text(out / "config.json", json.dumps(config, indent=2))
-        return save_checkpoint(out, step, config=config, model=model, ema=ema.state_dict() if ema else None,
-                               optimizer=opt, state=state, keep=cfg.keep_checkpoints)
-
-    # --- the loop ---------------------------------------------------------------------------------
-    if start_step and (out / "metrics.jsonl").is_file():     # drop lines a killed run wrote after its checkpoint
-        kept = [ln for ln in (out / "metrics.jsonl").read_text().splitlines() if _step_of_line(ln) <= start_step]
-        atomic_write_text(out / "metrics.jsonl", "".join(ln + "\n" for ln in kept))
-    metrics = open(out / "metrics.jsonl", "a" if start_step else "w")
-    t0 = window_t = time.time()
-    window: dict[str, float] = {}
-    step = start_step
+    run.scale_images = _scale_subset(run.data, cfg.scale_images)
+    metrics = _open_metrics(out, run.start_step)
+    run.t0 = window_t = time.time()
+    step = run.start_step
     try:
-        while step < cfg.steps:
-            if cfg.time_limit is not None and elapsed_before + time.time() - t0 >= cfg.time_limit:
+        while step < cfg.steps:                                 # the loop
+            if run.out_of_time():
                 break
-            x = to_model_range(images[batch_indices(step, cfg.batch, len(data), cfg.seed).to(device)])
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            x_hat, posterior = ae(x, sample=True, generator=noise_gen)
-            diff = (x_hat - x).abs() if cfg.rec_loss == "l1" else (x_hat - x).square()
-            nll = diff.flatten(1).mean(1)
-            if perceptual is not None:
-                nll = nll + cfg.perceptual_weight * perceptual(x_hat, x)
-            nll = nll.mean()
-            kl = posterior.kl().mean() / pixels
-            loss = nll + cfg.kl_weight * kl
-            gan_on = disc is not None and step >= cfg.disc_start
-            if gan_on:
-                g_loss = -disc(x_hat).mean()
-                lam = adaptive_gan_weight(nll, g_loss, ae.decoder.last_layer)
-                loss = loss + cfg.disc_weight * lam * g_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if disc is not None:
-                for p in disc.parameters():              # the generator step must not move the discriminator
-                    p.grad = None
-            torch.nn.utils.clip_grad_norm_(ae.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            if not torch.isfinite(loss):
-                raise KuosanError(f"autoencoder training diverged at step {step} (loss {float(loss)}); "
-                                  f"lower --lr (now {cfg.lr:g})")
-            opt.step()
-            if gan_on:                                   # discriminator step, on the detached reconstruction
-                opt.zero_grad(set_to_none=True)
-                d_loss = hinge_d_loss(disc(x), disc(x_hat.detach()))
-                d_loss.backward()
-                opt.step()
-                window["d_loss"] = window.get("d_loss", 0.0) + float(d_loss.detach())
-                window["g_loss"] = window.get("g_loss", 0.0) + float(g_loss.detach())
-            if ema is not None:
-                ema.update(ae, step)
-            mse = float(((x_hat.detach() - x) / 2).square().mean())
-            for key, value in (("loss", loss), ("nll", nll), ("kl", kl), ("mse01", mse)):
-                window[key] = window.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
-            window["n"] = window.get("n", 0) + 1
+            run.one_step(step)
             step += 1
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                n = window.pop("n")
-                rec = {"step": step, **{k: v / n for k, v in window.items()}, "lr": lr_at(step - 1, cfg),
-                       "time": elapsed_before + time.time() - t0,
-                       "images_per_s": n * cfg.batch / max(1e-9, time.time() - window_t)}
-                rec["train_psnr"] = -10 * float(torch.log10(torch.tensor(rec.pop("mse01"))))
+            if step % cfg.log_every == 0 or step == cfg.steps:  # log
+                rec = run.metrics(step, window_t)
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
                 log(f"step {step}: loss {rec['loss']:.4f}, train PSNR {rec['train_psnr']:.2f} dB, "
                     f"{rec['images_per_s']:.0f} images/s")
-                window, window_t = {}, time.time()
+                run.window, window_t = {}, time.time()
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                checkpoint(step)
+                run.checkpoint(step)                            # checkpoint
     finally:
         metrics.close()
-    if step > start_step:
-        ckpt = checkpoint(step)
+    if step > run.start_step:                                   # finish
+        ckpt = run.checkpoint(step)
         log(f"stopped at step {step}; checkpoint {ckpt} (latent scale "
             f"{json.loads((ckpt / 'config.json').read_text())['latent']['scale']:.4g})")
     return out
-
