@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["to_uint8_nhwc", "make_grid", "save_png", "save_images"]
+__all__ = ["to_uint8_nhwc", "make_grid", "encode_png", "save_png", "save_images"]
 
 
 def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
@@ -30,17 +30,39 @@ def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2, value: 
     return grid
 
 
-def save_png(image: np.ndarray, path: str | Path, scale: int = 1) -> Path:
-    """Save a uint8 [H, W, C] (C = 1 or 3) image as PNG, optionally enlarged ``scale`` times."""
+def encode_png(image: np.ndarray, scale: int = 1) -> bytes:
+    """A uint8 [H, W, C] (C = 1 or 3) image as PNG bytes, optionally enlarged ``scale`` times."""
+    import io
+
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = image[..., 0] if image.shape[-1] == 1 else image
     img = Image.fromarray(arr)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    img.save(path)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(image: np.ndarray, path: str | Path, scale: int = 1) -> Path:
+    """Save a uint8 [H, W, C] (C = 1 or 3) image as PNG, optionally enlarged ``scale`` times.
+
+    Atomic: written to a temporary file beside ``path`` and renamed over it, so an interrupt or a crash at
+    any moment leaves the old file or the new one, never part of a PNG. A failed write (a full disk, a
+    read-only file system) removes the temporary file and raises a one-line KuosanError."""
+    from kuosan.checkpoint import atomic_write_bytes, write_failure
+    from kuosan.errors import KuosanError
+
+    path = Path(path)
+    data = encode_png(image, scale)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data, durable=False)
+    except OSError as e:
+        what, fix = write_failure(e)
+        raise KuosanError(f"{what} while writing {path}: nothing partial was left there; {fix} and run "
+                          "again") from None
     return path
 
 

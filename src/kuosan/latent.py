@@ -276,14 +276,27 @@ def _read_cache(path: Path, ae: LatentAutoencoder) -> LatentDataset | None:
 
 
 def _write_cache(path: Path, data: LatentDataset, ae: LatentAutoencoder) -> None:
-    from safetensors.torch import save_file
+    """Save ``data`` as the cache file ``path``, atomically (a temporary file beside it, renamed over it).
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    The cache only saves time, so a write that fails (a full disk, a quota, a read-only cache folder) warns
+    once, removes its temporary file and lets the run go on without the cache; an interrupt removes the
+    temporary file and propagates."""
+    import warnings
+
+    from safetensors.torch import save
+
+    from kuosan.checkpoint import atomic_write_bytes, write_failure
+
     meta = {"class_names": json.dumps(data.class_names), "name": data.name, "sha256": ae.checksum,
             "config_sha256": ae.config_sha256, "scale": repr(ae.scale)}
-    save_file({"latents": data.images.contiguous(), "labels": data.labels.contiguous()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    blob = save({"latents": data.images.contiguous(), "labels": data.labels.contiguous()}, metadata=meta)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, blob)
+    except OSError as e:
+        what, _ = write_failure(e)
+        warnings.warn(f"{what} while writing the latent cache {path}; continuing without it (KUOSAN_CACHE "
+                      "chooses where the cache goes)", stacklevel=3)
 
 
 def encode_dataset(autoencoder, data_spec: str, split: str | None = "train", *, root: str | None = None,

@@ -37,19 +37,50 @@ class SampleResult:
     seconds: float                # wall time of sampling
 
     def save(self, out_dir: str | Path, grid_cols: int | None = None) -> dict:
-        """One PNG per seed, ``grid.png``, and ``samples.npz`` (images uint8 NHWC, labels, seeds)."""
-        from kuosan.images import make_grid, save_png
+        """One PNG per seed, ``grid.png``, and ``samples.npz`` (images uint8 NHWC, labels, seeds).
+
+        Each file is written to a temporary file beside it and renamed into place, so an interrupt, SIGTERM
+        or a full disk at any moment leaves only complete files (and a KeyboardInterrupt no temporary one).
+        A failed write (disk full, quota, read-only file system) raises a one-line KuosanError saying how
+        far it got. Temporary files that a killed earlier save left here are removed first."""
+        import io
+        import os
+
+        from kuosan.checkpoint import atomic_write_bytes, write_failure
+        from kuosan.images import encode_png, make_grid
 
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for img, seed in zip(self.images, self.seeds):
-            save_png(img, out / f"seed{seed:06d}.png")
-        grid = save_png(make_grid(self.images, grid_cols), out / "grid.png", scale=2)
-        npz = out / "samples.npz"
-        arrays = {"images": self.images, "seeds": np.asarray(self.seeds, dtype=np.int64)}
-        if self.labels is not None:
-            arrays["labels"] = self.labels
-        np.savez_compressed(npz, **arrays)
+        names = [f"seed{seed:06d}.png" for seed in self.seeds]
+        ours = set(names) | {"grid.png", "samples.npz"}
+        done, current = 0, out
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for stale in out.glob(".*.tmp*"):  # atomic_write_bytes names them ".NAME.tmpPID"
+                name, _, pid = stale.name[1:].rpartition(".tmp")
+                if name in ours and pid.isdigit() and int(pid) != os.getpid() and stale.is_file():
+                    try:
+                        os.kill(int(pid), 0)
+                    except ProcessLookupError:
+                        stale.unlink(missing_ok=True)
+                    except OSError:
+                        pass
+            for img, name in zip(self.images, names):
+                current = out / name
+                atomic_write_bytes(current, encode_png(img), durable=False)
+                done += 1
+            current = grid = out / "grid.png"
+            atomic_write_bytes(grid, encode_png(make_grid(self.images, grid_cols), scale=2), durable=False)
+            current = npz = out / "samples.npz"
+            arrays = {"images": self.images, "seeds": np.asarray(self.seeds, dtype=np.int64)}
+            if self.labels is not None:
+                arrays["labels"] = self.labels
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **arrays)
+            atomic_write_bytes(npz, buf.getbuffer())
+        except OSError as e:
+            what, fix = write_failure(e)
+            raise KuosanError(f"{what} while writing {current}: {done} of {len(names)} images saved, each complete, "
+                              f"nothing partial left; {fix} and sample again") from None
         return {"dir": out, "grid": grid, "npz": npz}
 
 
