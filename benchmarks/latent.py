@@ -63,7 +63,8 @@ def _shim_latent_loop(ae_dir: str, data: str) -> None:
     to_model_range = kuosan.data.to_model_range
     kuosan.data.to_model_range = lambda x: x if x.is_floating_point() else to_model_range(x)
     run_config = loop._run_config
-    loop._run_config = lambda cfg, spec, d: {**run_config(cfg, spec, d), "autoencoder": d.autoencoder}
+    loop._run_config = lambda cfg, spec, d, transfer: run_config(cfg, spec, d, transfer).replace(
+        autoencoder=d.autoencoder)
 
 
 def train_one(data: str, out: str, seconds: float, autoencoder: str | None) -> None:
@@ -167,7 +168,7 @@ def _sample(run: Path, n: int, steps: int) -> tuple[np.ndarray, float]:
     if getattr(pipe, "autoencoder", None) is not None or "autoencoder" not in pipe.config:
         images = pipe.sample(n, sampler="heun", steps=steps, batch_size=100).images
     else:                                              # pipeline.py without the latent patch: decode here
-        ae = autoencoder_for_checkpoint(pipe.config, pipe.path, device="cpu")
+        ae = autoencoder_for_checkpoint(pipe.record, pipe.path, device="cpu")
         x = generate(pipe.precond, shape=pipe.image_shape, seeds=range(n), class_labels=[k % 10 for k in range(n)],
                      sample=SampleConfig("heun", steps), batch_size=100)
         images = ae.decode_nhwc(x)

@@ -69,7 +69,7 @@ def test_round_trip_restores_weights_and_optimiser(tmp_path):
     for idx, state in want["state"].items():
         for key, value in state.items():
             assert torch.equal(got["state"][idx][key], value), (idx, key)
-    assert saved["state"]["step"] == 5 and saved["state"]["nonfinite"] == 0
+    assert saved["state"].step == 5 and saved["state"].nonfinite == 0
 
 
 def test_save_is_atomic_keeps_the_last_n_and_moves_latest(tmp_path):

@@ -107,17 +107,20 @@ def test_not_an_autoencoder_is_refused(tmp_path):
 def test_recorded_autoencoder_is_found_checked_and_can_be_moved(ae_dir, tmp_path):
     import shutil
 
+    from kuosan.records import DataRecord, NetworkSpec, RunConfig
+
     ref = latent.load_autoencoder(ae_dir).reference()
-    config = {"autoencoder": ref}
-    assert latent.autoencoder_for_checkpoint({}, tmp_path) is None
+    pixel = RunConfig(network=NetworkSpec("unet", {}), data=DataRecord(), sections={})
+    config = pixel.replace(autoencoder=ref)
+    assert latent.autoencoder_for_checkpoint(pixel, tmp_path) is None
     assert latent.autoencoder_for_checkpoint(config, tmp_path).checksum == ref["sha256"]
     moved = tmp_path / "moved"
     shutil.copytree(ref["path"], moved)
-    gone = dict(config, autoencoder=dict(ref, path=str(tmp_path / "nowhere")))
+    gone = config.replace(autoencoder=dict(ref, path=str(tmp_path / "nowhere")))
     with pytest.raises(KuosanError, match="missing .moved or deleted.*autoencoder=DIR"):
         latent.autoencoder_for_checkpoint(gone, tmp_path)
     assert latent.autoencoder_for_checkpoint(gone, tmp_path, override=moved).checksum == ref["sha256"]
-    wrong = dict(config, autoencoder=dict(ref, sha256="0" * 64))
+    wrong = config.replace(autoencoder=dict(ref, sha256="0" * 64))
     with pytest.raises(KuosanError, match="not the one"):
         latent.autoencoder_for_checkpoint(wrong, tmp_path)
 
@@ -143,22 +146,8 @@ def test_interpolation_and_class_arithmetic_strips(ae_dir, tmp_path):
 
 
 def _latent_training(monkeypatch, ae_dir):
-    """Train through kuosan.training.loop.train in latent space: via ``train.autoencoder`` once loop.py and
-    config.py carry the latent patch, else by feeding the loop the LatentDataset through the names it imports."""
-    import kuosan.data
-    import kuosan.training.loop as loop
-    from kuosan.config import TrainConfig
-
-    if "autoencoder" in {f.name for f in dataclasses.fields(TrainConfig)}:
-        return {"autoencoder": str(ae_dir)}
-    encoded = latent.encode_dataset(ae_dir, "digits", "train")
-    monkeypatch.setattr(kuosan.data, "load_dataset", lambda *a, **k: encoded)
-    to_model_range = kuosan.data.to_model_range
-    monkeypatch.setattr(kuosan.data, "to_model_range", lambda x: x if x.is_floating_point() else to_model_range(x))
-    run_config = loop._run_config
-    monkeypatch.setattr(loop, "_run_config", lambda cfg, spec, data: {**run_config(cfg, spec, data),
-                                                                      "autoencoder": data.autoencoder})
-    return {}
+    """Train through kuosan.training.loop.train in latent space (``train.autoencoder``)."""
+    return {"autoencoder": str(ae_dir)}
 
 
 def test_tiny_latent_diffusion_end_to_end(ae_dir, tmp_path, monkeypatch):
@@ -186,7 +175,7 @@ def test_tiny_latent_diffusion_end_to_end(ae_dir, tmp_path, monkeypatch):
         with pytest.raises(KuosanError, match="latents"):  # clipping to [-1, 1] is for pixels
             pipe.sample([0], steps=2, threshold="clip")
     else:
-        ae = latent.autoencoder_for_checkpoint(pipe.config, pipe.path)
+        ae = latent.autoencoder_for_checkpoint(pipe.record, pipe.path)
         x = generate(pipe.precond, SampleConfig(steps=2), shape=pipe.image_shape, seeds=[0, 1, 2],
                      class_labels=[0, 1, 2])
         assert x.shape == (3, 2, 4, 4) and ae.decode_nhwc(x).shape == (3, 8, 8, 1)

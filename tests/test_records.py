@@ -44,3 +44,59 @@ def test_fixtures_are_the_old_format(name):
 
     config = json.loads((FIXTURES / name / "config.json").read_text())
     assert config["version"] == 1 and config["format"] in ("kuosan-checkpoint", "kuosan-autoencoder")
+
+
+# --- the records themselves -------------------------------------------------------------------------
+
+def _json(path):
+    import json
+
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("name", ["v1-run", "v1-autoencoder"])
+def test_records_read_and_write_the_same_json(name):
+    from kuosan.records import RunConfig, TrainState
+
+    config = _json(FIXTURES / name / "config.json")
+    record = RunConfig.from_dict(config)
+    assert record.to_dict() == config
+    state_path = next((FIXTURES / name / "checkpoints").glob("step-*/state.json"))
+    state = _json(state_path)
+    assert TrainState.from_dict(state).to_dict() == state
+
+
+def test_records_are_typed():
+    from kuosan.records import RunConfig
+
+    record = RunConfig.from_dict(_json(FIXTURES / "v1-run" / "config.json"))
+    assert record.network.kind == "unet" and record.network.num_classes == 10
+    assert record.network.image_shape == (1, 8, 8)
+    assert record.data.spec == "digits" and len(record.data.class_names) == 10
+    assert record.sample.sampler == "heun" and record.sample.steps == 2  # the run's own sampling settings
+    assert RunConfig.from_dict({**record.to_dict(), "future": {"x": 1}}).to_dict()["future"] == {"x": 1}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"version": 2}, "newer kuosan"),
+    ({"version": "1"}, "no valid format version"),
+    ({"format": "something"}, "not a kuosan checkpoint config"),
+    ({"network": {"kind": 3}}, "network.kind must name a network"),
+    ({"data": {"class_names": "abc"}}, "class_names must be a list"),
+])
+def test_bad_records_are_one_line_errors(change, message):
+    from kuosan.errors import KuosanError
+    from kuosan.records import RunConfig
+
+    config = {**_json(FIXTURES / "v1-run" / "config.json"), **change}
+    with pytest.raises(KuosanError, match=message) as e:
+        RunConfig.from_dict(config)
+    assert "\n" not in str(e.value)
+
+
+def test_a_state_without_a_step_is_refused():
+    from kuosan.errors import KuosanError
+    from kuosan.records import TrainState
+
+    with pytest.raises(KuosanError, match="step must be a whole number"):
+        TrainState.from_dict({"files": {}})

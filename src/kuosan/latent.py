@@ -28,6 +28,7 @@ import torch
 from kuosan.data.dataset import ImageShape
 from kuosan.checkpoint import file_sha256
 from kuosan.errors import KuosanError
+from kuosan.records import RunConfig
 
 __all__ = ["LatentAutoencoder", "LatentDataset", "load_autoencoder", "encode_dataset", "autoencoder_for_checkpoint",
            "latent_statistics", "reconstruction_metrics", "latent_cache_dir", "interpolate", "class_means",
@@ -153,10 +154,10 @@ def load_autoencoder(path, device=None, use_ema: bool = True) -> LatentAutoencod
                              file_sha256(ckpt / "config.json"))
 
 
-def autoencoder_for_checkpoint(config: dict, ckpt, override=None, device=None) -> LatentAutoencoder | None:
-    """The autoencoder a latent diffusion checkpoint's config.json names (None for a pixel model), checked
+def autoencoder_for_checkpoint(record: RunConfig, ckpt, override=None, device=None) -> LatentAutoencoder | None:
+    """The autoencoder a latent diffusion checkpoint's record names (None for a pixel model), checked
     against the recorded checksum. ``override``: its new location, when it was moved."""
-    ref = config.get("autoencoder")
+    ref = record.autoencoder
     if not ref:
         return None
     path = Path(override or ref.get("path", ""))

@@ -14,6 +14,7 @@ from kuosan.errors import KuosanError
 from kuosan.interop.diffusers import precond_from_config
 from kuosan.nets.build import build_network, network_fields
 from kuosan.nets.lora import apply_lora_config
+from kuosan.records import RunConfig, TrainState
 
 __all__ = ["network_spec", "build_model", "model_from_checkpoint_config", "expected_state", "read_model_checkpoint"]
 
@@ -48,16 +49,19 @@ def build_model(spec: dict, diffusion: DiffusionConfig | dict) -> Precond:
                          timesteps=d["timesteps"], sigma_min=d["sigma_min"], sigma_max=d["sigma_max"])
 
 
-def model_from_checkpoint_config(config: dict) -> Precond:
+def model_from_checkpoint_config(config: RunConfig | dict) -> Precond:
+    """The untrained model a checkpoint's config.json describes (its weights are loaded by the caller)."""
+    record = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
+    network = record.network.to_dict()
     try:
-        if config["network"]["kind"] == "diffusers-unet2d":  # fine-tuned from a diffusers model
-            precond = precond_from_config(config)
+        if record.network.kind == "diffusers-unet2d":  # fine-tuned from a diffusers model
+            precond = precond_from_config({"network": network})
         else:
-            precond = build_model(config["network"], config["diffusion"])
+            precond = build_model(network, record.diffusion)
     except KeyError as e:
         raise KuosanError(f"checkpoint config.json lacks {e}; is this a kuosan checkpoint?") from None
-    if config.get("lora"):  # a LoRA run: its checkpoints hold the adapters beside the base weights
-        apply_lora_config(precond, config["lora"])
+    if record.lora:  # a LoRA run: its checkpoints hold the adapters beside the base weights
+        apply_lora_config(precond, record.lora)
     return precond
 
 
@@ -65,7 +69,7 @@ def expected_state(config: dict) -> dict[str, torch.Tensor] | None:
     """The state dict (names, shapes, dtypes; on the meta device: no memory, no initialisation) that the
     model ``config`` describes, or None where the config alone does not fix the tensors (LoRA runs add
     adapter tensors; autoencoders and other formats are checked by their own readers)."""
-    if "network" not in config or "diffusion" not in config or config.get("lora"):
+    if not isinstance(config, dict) or "network" not in config or "diffusion" not in config or config.get("lora"):
         return None
     try:
         with torch.device("meta"):
@@ -79,5 +83,12 @@ def expected_state(config: dict) -> dict[str, torch.Tensor] | None:
 
 def read_model_checkpoint(ckpt: str | Path, *, weights: str = "ema", training_state: bool = False) -> dict:
     """:func:`kuosan.checkpoint.read_checkpoint` with the weights checked against the architecture that
-    the checkpoint's config.json describes."""
-    return read_checkpoint(Path(ckpt), weights=weights, training_state=training_state, expected=expected_state)
+    the checkpoint's config.json describes, and the records typed: ``"record"`` (a
+    :class:`~kuosan.records.RunConfig`) beside ``"config"`` (its JSON), and ``"state"`` a
+    :class:`~kuosan.records.TrainState`."""
+    ckpt = Path(ckpt)
+    saved = read_checkpoint(ckpt, weights=weights, training_state=training_state, expected=expected_state)
+    saved["record"] = RunConfig.from_dict(saved["config"], where=str(ckpt / "config.json"))
+    if training_state:
+        saved["state"] = TrainState.from_dict(saved["state"], where=str(ckpt / "state.json"))
+    return saved

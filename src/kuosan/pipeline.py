@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from kuosan.checkpoint import resolve_checkpoint
-from kuosan.config import SampleConfig, sample_config_from
+from kuosan.config import SampleConfig
 from kuosan.diffusion.samplers import nfe
 from kuosan.errors import KuosanError
 from kuosan.interop import looks_like_hub_name, require_local_dir
@@ -21,6 +21,7 @@ from kuosan.latent import autoencoder_for_checkpoint
 from kuosan.model import model_from_checkpoint_config, read_model_checkpoint
 from kuosan.nets.layout import prepare_model
 from kuosan.nets.lora import mix_adapters
+from kuosan.records import RunConfig
 from kuosan.runtime import resolve_device
 from kuosan.sampling import generate, generate_distributed
 from kuosan.validation import check_sample_request
@@ -87,8 +88,9 @@ class SampleResult:
 class Pipeline:
     """A loaded checkpoint: its denoiser (EMA weights by default) and how it was trained."""
 
-    def __init__(self, precond, config: dict, path: Path, autoencoder=None):
-        self.precond, self.config, self.path = precond.eval().requires_grad_(False), config, path
+    def __init__(self, precond, record: RunConfig, path: Path, autoencoder=None):
+        self.precond, self.path = precond.eval().requires_grad_(False), path
+        self.record = record if isinstance(record, RunConfig) else RunConfig.from_dict(record)  # its config.json
         self.autoencoder = autoencoder  # latent models: a kuosan.latent.LatentAutoencoder that decodes samples
 
     @classmethod
@@ -101,19 +103,20 @@ class Pipeline:
             require_local_dir(checkpoint_dir, "checkpoint")  # refused: kuosan never downloads
         device = resolve_device(device or "auto")
         if is_diffusers_dir(checkpoint_dir):
-            precond, config = diffusers_model(checkpoint_dir)
-            pipe = cls(precond.to(device), config, Path(checkpoint_dir))
+            precond, record = diffusers_model(checkpoint_dir)
+            pipe = cls(precond.to(device), record, Path(checkpoint_dir))
         else:
             ckpt = resolve_checkpoint(checkpoint_dir)
             saved = read_model_checkpoint(ckpt, weights="ema" if use_ema else "model")
-            precond = model_from_checkpoint_config(saved["config"])
+            record = saved["record"]
+            precond = model_from_checkpoint_config(record)
             try:
                 precond.load_state_dict(saved["weights"])
             except RuntimeError as e:
                 raise KuosanError(f"weights in {ckpt} do not fit the architecture in its config.json: "
                                   f"{str(e).splitlines()[0]}") from None
-            ae = autoencoder_for_checkpoint(saved["config"], ckpt, override=autoencoder, device=device)
-            pipe = cls(precond.to(device), saved["config"], ckpt, ae)
+            ae = autoencoder_for_checkpoint(record, ckpt, override=autoencoder, device=device)
+            pipe = cls(precond.to(device), record, ckpt, ae)
         if adapters:
             mix_adapters(pipe.precond, [(a, 1.0) if isinstance(a, (str, Path)) else a for a in adapters])
         prepare_model(pipe.precond)  # kuosan UNets compute in channels_last; other networks untouched
@@ -125,22 +128,26 @@ class Pipeline:
         return next(self.precond.parameters()).device
 
     @property
+    def config(self) -> dict:
+        """The checkpoint's config.json as JSON (:attr:`record` is the typed view)."""
+        return self.record.to_dict()
+
+    @property
     def num_classes(self) -> int:
-        return int(self.config["network"]["fields"].get("num_classes", 0))
+        return self.record.network.num_classes
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.config.get("data", {}).get("class_names", []))
+        return list(self.record.data.class_names)
 
     @property
     def dataset(self) -> str:
-        return self.config.get("data", {}).get("spec", "")
+        return self.record.data.spec or ""
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """The shape the denoiser works on: pixels, or latents for a latent model."""
-        f = self.config["network"]["fields"]
-        return (f["in_channels"], f["resolution"], f["resolution"])
+        return self.record.network.image_shape
 
     @property
     def pixel_shape(self) -> tuple[int, int, int]:
@@ -163,7 +170,7 @@ class Pipeline:
     @property
     def sample_config(self) -> SampleConfig:
         """The model's default sampling settings: its config's ``sample`` section over kuosan's defaults."""
-        return sample_config_from(self.config.get("sample"))
+        return self.record.sample
 
     def labels_for(self, seeds: list[int], class_labels) -> list[int] | None:
         """One class per seed: all the same (an index or name), a list, or None (conditional models then

@@ -25,6 +25,7 @@ nothing is ever downloaded: a hub name is refused with a KuosanError.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -32,9 +33,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kuosan.config import SampleConfig
 from kuosan.diffusion.schedules import DiscreteVP
 from kuosan.errors import KuosanError
 from kuosan.interop import require_local_dir
+from kuosan.records import DataRecord, NetworkSpec, RunConfig
 
 __all__ = ["KIND", "PREDICTION_TYPES", "DiffusersVP", "DiffusersUNet", "is_diffusers_dir", "load_diffusers_unet",
            "diffusers_model", "precond_from_config", "training_sections", "load_for_training",
@@ -286,17 +289,20 @@ def load_diffusers_unet(path, *, scheduler=None, device=None):
     return precond.to(device) if device is not None else precond
 
 
-def _pipeline_config(spec: dict, info: dict) -> dict:
+# How a diffusers model samples unless told otherwise: DDIM on its own timesteps, as diffusers' pipelines do.
+DIFFUSERS_SAMPLING = SampleConfig(sampler="ddim", steps=50, schedule="vp-linear")
+
+
+def _pipeline_config(spec: dict, info: dict) -> RunConfig:
     f = spec["fields"]
     s = f["scheduler"]
-    return {"format": "kuosan-checkpoint", "version": 1, "network": spec,
-            "diffusion": {"precond": PREDICTION_TYPES[s.get("prediction_type", "epsilon")],
-                          "beta_schedule": s.get("beta_schedule", "linear"),
-                          "timesteps": int(s.get("num_train_timesteps", 1000)), "sigma_data": 1.0},
-            "sample": {"sampler": "ddim", "steps": 50, "schedule": "vp-linear", "rho": 7.0, "guidance": 1.0},
-            "data": {"spec": "", "class_names": [str(k) for k in range(f["num_classes"])],
-                     "resolution": f["resolution"], "channels": f["in_channels"], "num_classes": f["num_classes"]},
-            "source": info}
+    diffusion = {"precond": PREDICTION_TYPES[s.get("prediction_type", "epsilon")],
+                 "beta_schedule": s.get("beta_schedule", "linear"),
+                 "timesteps": int(s.get("num_train_timesteps", 1000)), "sigma_data": 1.0}
+    data = DataRecord(class_names=tuple(str(k) for k in range(f["num_classes"])), resolution=f["resolution"],
+                      channels=f["in_channels"], num_classes=f["num_classes"])
+    return RunConfig(network=NetworkSpec.from_dict(spec), data=data, source=info,
+                     sections={"diffusion": diffusion, "sample": dataclasses.asdict(DIFFUSERS_SAMPLING)})
 
 
 def diffusers_model(path, *, scheduler=None):

@@ -22,10 +22,12 @@ import torch
 
 from kuosan.config import Config, config_to_dict
 from kuosan.images import make_grid, save_png, to_uint8_nhwc
+from kuosan.model import read_model_checkpoint
+from kuosan.records import DataRecord, NetworkSpec, RunConfig
 from kuosan.sampling import generate
 from kuosan.errors import KuosanError
-from kuosan.checkpoint import (atomic_write_text, decode_rng, encode_rng, list_checkpoints, read_checkpoint,
-                               resolve_checkpoint, save_checkpoint)
+from kuosan.checkpoint import (atomic_write_text, decode_rng, encode_rng, list_checkpoints, resolve_checkpoint,
+                               save_checkpoint)
 from kuosan.runtime import resolve_device
 from kuosan.training.distributed import ShardedStep, init_distributed, setup_backends
 from kuosan.training.ema import EMA
@@ -134,15 +136,14 @@ def _truncate_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _run_config(cfg: Config, spec: dict, data) -> dict:
-    out = {"format": "kuosan-checkpoint", "version": 1, "network": spec,
-           **config_to_dict(cfg),
-           "data": {"spec": cfg.train.data, "class_names": list(data.class_names),
-                    "resolution": data.resolution, "channels": data.channels,
-                    "num_classes": spec["fields"]["num_classes"]}}
-    if getattr(data, "is_latent", False):  # path, checksum and scale of the autoencoder that decodes samples
-        out["autoencoder"] = data.autoencoder
-    return out
+def _run_config(cfg: Config, spec: dict, data, transfer: dict) -> RunConfig:
+    """The run's config.json: the network, the config sections, the data, and how it was made."""
+    record = DataRecord(spec=cfg.train.data, class_names=tuple(data.class_names), resolution=data.resolution,
+                        channels=data.channels, num_classes=spec["fields"]["num_classes"])
+    return RunConfig(network=NetworkSpec.from_dict(json.loads(json.dumps(spec))), data=record,
+                     sections=config_to_dict(cfg), lora=transfer.get("lora"), parent=transfer.get("parent"),
+                     # path, checksum and scale of the autoencoder that decodes a latent model's samples
+                     autoencoder=data.autoencoder if getattr(data, "is_latent", False) else None)
 
 
 @dataclasses.dataclass
@@ -208,7 +209,8 @@ class Run:
         self.obj_kw = ({"p_mean": d.p_mean, "p_std": d.p_std} if d.precond == "edm"
                        else {"min_snr_gamma": d.min_snr_gamma} if d.precond != "flow" else {})
         self.noise_gen = torch.Generator(device="cpu").manual_seed(t.seed + 1)
-        self.run_config = {**_run_config(cfg, spec, data), **transfer}
+        self.record = _run_config(cfg, spec, data, transfer)
+        self.run_config = self.record.to_dict()  # its JSON, as written
         self.decoder = None
         if self.is_latent:
             from kuosan.latent import load_autoencoder
@@ -232,13 +234,13 @@ class Run:
         counters); returns the run config it was written with."""
         def read():
             found = resolve_checkpoint(self.out, require_state=True)
-            return found, read_checkpoint(found, training_state=True)
+            return found, read_model_checkpoint(found, training_state=True)
 
         ckpt, saved = self.ctx.from_main(read)  # sent to the other ranks: no shared file system needed
-        if saved["config"].get("network") != json.loads(json.dumps(self.spec)):
+        if saved["record"].network != self.record.network:
             raise KuosanError(f"cannot resume {self.out}: its checkpoint {ckpt.name} has another architecture "
-                              f"({_spec_difference(saved['config'].get('network'), self.spec)}); drop the changed "
-                              "options or choose another --out")
+                              f"({_spec_difference(saved['record'].network.to_dict(), self.spec)}); drop the "
+                              "changed options or choose another --out")
         st = saved["state"]
         try:
             self.precond.load_state_dict(saved["model"])
@@ -247,17 +249,17 @@ class Run:
                 raise KeyError("optimizer.safetensors")
             self.opt.load_state_dict(saved["optimizer"])
             match_state_layout(self.opt)  # channels_last weights, NCHW moments on disk (see training.optim.adamw)
-            self.progress = Progress(int(st["step"]), int(st["nonfinite"]), float(st["elapsed"]),
-                                     float(st.get("window_loss", 0.0)), int(st.get("window_n", 0)))
-            self.noise_gen.set_state(decode_rng(st["rng_noise"]))
-            torch.set_rng_state(decode_rng(st["rng_torch"]))
-            if self.device.type == "cuda" and "rng_cuda" in st:
-                torch.cuda.set_rng_state(decode_rng(st["rng_cuda"]), self.device)
+            self.progress = Progress(st.step, int(st.nonfinite), float(st.elapsed), float(st.get("window_loss", 0.0)),
+                                     int(st.get("window_n", 0)))
+            self.noise_gen.set_state(decode_rng(st.rng_noise))
+            torch.set_rng_state(decode_rng(st.rng_torch))
+            if self.device.type == "cuda" and st.rng_cuda is not None:
+                torch.cuda.set_rng_state(decode_rng(st.rng_cuda), self.device)
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             raise KuosanError(f"cannot resume from {ckpt}: its training state does not fit this run "
                               f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         self.log(f"resuming {self.out} from step {self.progress.step} ({ckpt.name})")
-        return saved["config"]
+        return saved["config"]  # the JSON it was written with, for the recipe check
 
     def write_config(self) -> None:
         """Create ``out`` and write the run's config.json (rank 0)."""
