@@ -45,7 +45,8 @@ from safetensors.torch import save as _safetensors_bytes
 
 from kuosan.errors import KuosanError
 
-__all__ = ["save_checkpoint", "resolve_checkpoint", "read_checkpoint", "list_checkpoints",
+__all__ = ["save_checkpoint", "resolve_checkpoint", "read_checkpoint", "read_config_json", "read_state_json",
+           "list_checkpoints",
            "verify_checkpoint", "check_architecture", "optimizer_to_tensors", "optimizer_from_tensors",
            "encode_rng", "decode_rng", "atomic_write_text", "atomic_write_bytes", "write_failure", "file_sha256"]
 
@@ -550,12 +551,9 @@ def check_architecture(expected: dict[str, torch.Tensor], tensors: dict[str, tor
                               f"{list(want.shape)} {str(want.dtype).replace('torch.', '')}")
 
 
-def read_checkpoint(ckpt: Path, *, weights: str = "ema", training_state: bool = False,
-                    expected=None) -> dict:
-    """Read a checkpoint directory: {"config", "weights", and with ``training_state`` "model",
-    "ema", "optimizer", "state"}. Only JSON and safetensors are parsed. ``expected``: a function of the
-    config giving the state dict the weights must match (names, shapes, dtypes), or None when the config
-    alone does not fix the tensors; :func:`kuosan.model.read_model_checkpoint` passes the model's."""
+def read_config_json(ckpt: Path) -> dict:
+    """A checkpoint's ``config.json``, read confined and size-capped (:class:`kuosan.records.RunConfig`
+    types it); one-line KuosanError otherwise."""
     ckpt = Path(ckpt)
     try:
         config = _read_json_member(ckpt, "config.json")
@@ -565,6 +563,25 @@ def read_checkpoint(ckpt: Path, *, weights: str = "ema", training_state: bool = 
         raise KuosanError(f"cannot read {ckpt / 'config.json'}: {str(e).splitlines()[0]}") from None
     if not isinstance(config, dict):
         raise KuosanError(f"{ckpt / 'config.json'} is not a kuosan checkpoint config")
+    return config
+
+
+def read_state_json(ckpt: Path) -> dict:
+    """A checkpoint's ``state.json``, confined and checked against its own digest; one-line KuosanError."""
+    try:
+        return _read_state(Path(ckpt))
+    except ValueError as e:
+        raise KuosanError(f"cannot read the training state of {ckpt}: {e}") from None
+
+
+def read_checkpoint(ckpt: Path, *, weights: str = "ema", training_state: bool = False,
+                    expected=None) -> dict:
+    """Read a checkpoint directory: {"config", "weights", and with ``training_state`` "model",
+    "ema", "optimizer", "state"}. Only JSON and safetensors are parsed. ``expected``: a function of the
+    config giving the state dict the weights must match (names, shapes, dtypes), or None when the config
+    alone does not fix the tensors; :func:`kuosan.model.read_model_checkpoint` passes the model's."""
+    ckpt = Path(ckpt)
+    config = read_config_json(ckpt)
     expected = expected(config) if expected is not None else None
     out: dict = {"config": config, "path": ckpt}
     ema_path = ckpt / "ema.safetensors"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kuosan.config import Config, load_config, resolve_config_path
 from kuosan.errors import KuosanError
+from kuosan.records import read_train_state
 
 __all__ = ["run_demo", "pick_demo_data"]
 
@@ -115,7 +116,7 @@ def run_demo(minutes: float = 10.0, out: str = "runs/demo", data: str | None = N
     train_time = time.time() - t_train
 
     pipe = kuosan.load(run_dir, device=device)
-    state = json.loads((pipe.path / "state.json").read_text())
+    state = read_train_state(pipe.path)
     grid, grid_seconds, grid_n = _labelled_grid(pipe, 10, seed, out_dir / "grid.png", guidance=cfg.sample.guidance)
     loss_png = plot_losses(run_dir / "metrics.jsonl", out_dir / "loss.png")
 
@@ -127,8 +128,8 @@ def run_demo(minutes: float = 10.0, out: str = "runs/demo", data: str | None = N
 
     report = {
         "data": spec, "device": str(pipe.device), "budget_minutes": minutes,
-        "steps": state["step"], "batch": cfg.train.batch, "train_seconds": round(train_time, 1),
-        "train_images_per_s": round(state["step"] * cfg.train.batch / max(train_time, 1e-9), 1),
+        "steps": state.step, "batch": cfg.train.batch, "train_seconds": round(train_time, 1),
+        "train_images_per_s": round(state.step * cfg.train.batch / max(train_time, 1e-9), 1),
         "parameters": count_parameters(pipe.precond),
         "gflop_per_forward": round(count_flops(pipe.precond.net, *pipe.image_shape[:2], 1, pipe.num_classes) / 1e9, 4),
         "sampler": cfg.sample.sampler, "sampler_steps": cfg.sample.steps,
@@ -145,7 +146,7 @@ def _evaluate(pipe, run_dir: Path, out_dir: Path, spec: str, seconds_left: float
     """Quality and diversity of the demo model, beside the real-vs-real floor (if the evaluation
     package is present); the sample count adapts to the time left."""
     try:
-        from kuosan.evaluation.report import evaluate
+        from kuosan.evaluation.report import EvalConfig, evaluate
     except ImportError:
         return None
     import numpy as np
@@ -166,9 +167,10 @@ def _evaluate(pipe, run_dir: Path, out_dir: Path, spec: str, seconds_left: float
     # The data set's own classifier only: ImageNet backbones at 224 px would cost minutes of the budget
     # (run `kuosan evaluate` for every extractor).
     clf = classifier_for_dataset(spec)
-    report = evaluate(out_dir / "eval_samples.npz", f"{spec}:test", out_dir=out_dir / "evaluation",
-                      extractors=[clf] if clf else None, metrics_log=run_dir / "metrics.jsonl", speed=speed,
-                      train_reference=f"{spec}:train", max_real=max(2000, n), log=log)
+    report = evaluate(out_dir / "eval_samples.npz", f"{spec}:test",
+                      EvalConfig(extractors=[clf] if clf else None, max_real=max(2000, n)),
+                      out_dir=out_dir / "evaluation", metrics_log=run_dir / "metrics.jsonl", speed=speed,
+                      train_reference=f"{spec}:train", log=log)
     report["markdown_summary"] = _evaluation_summary(report)
     return report
 

@@ -28,7 +28,7 @@ import torch
 from kuosan.data.dataset import ImageShape
 from kuosan.checkpoint import file_sha256
 from kuosan.errors import KuosanError
-from kuosan.records import RunConfig
+from kuosan.records import RunConfig, recorded_sha256
 
 __all__ = ["LatentAutoencoder", "LatentDataset", "load_autoencoder", "encode_dataset", "autoencoder_for_checkpoint",
            "latent_statistics", "reconstruction_metrics", "latent_cache_dir", "interpolate", "class_means",
@@ -112,45 +112,33 @@ class LatentAutoencoder:
                 f"{'x'.join(map(str, self.latent_shape))}, scale={self.scale:.4g})")
 
 
-def _weights_checksum(ckpt: Path, name: str) -> str:
-    """The file's SHA-256 from state.json (already verified by resolve_checkpoint), else computed."""
-    try:
-        return str(json.loads((ckpt / "state.json").read_text())["files"][name]["sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return file_sha256(ckpt / name)
-
-
 def load_autoencoder(path, device=None, use_ema: bool = True) -> LatentAutoencoder:
     """The autoencoder checkpoint at ``path`` (a checkpoint directory or a ``train-autoencoder`` run directory)."""
-    from safetensors.torch import load_file
-
     from kuosan.nets.autoencoder import Autoencoder, AutoencoderConfig
-    from kuosan.checkpoint import resolve_checkpoint
+    from kuosan.checkpoint import read_checkpoint, read_config_json, resolve_checkpoint
     from kuosan.runtime import resolve_device
 
     ckpt = resolve_checkpoint(path)
-    try:
-        config = json.loads((ckpt / "config.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise KuosanError(f"cannot read {ckpt / 'config.json'}: {str(e).splitlines()[0]}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise KuosanError(f"{ckpt} is not an autoencoder checkpoint (config.json format "
-                          f"{config.get('format') if isinstance(config, dict) else None!r}, expected {FORMAT!r}); "
-                          "train one with `kuosan train-autoencoder`")
-    if not isinstance(config.get("latent"), dict) or "scale" not in config["latent"]:
+    config = read_config_json(ckpt)
+    if config.get("format") != FORMAT:
+        raise KuosanError(f"{ckpt} is not an autoencoder checkpoint (config.json format {config.get('format')!r}, "
+                          f"expected {FORMAT!r}); train one with `kuosan train-autoencoder`")
+    record = RunConfig.from_dict(config, where=str(ckpt / "config.json"))
+    if not isinstance(record.latent, dict) or "scale" not in record.latent:
         raise KuosanError(f"{ckpt / 'config.json'} records no latent scale; it was not written by train-autoencoder")
+    saved = read_checkpoint(ckpt, weights="ema" if use_ema else "model")
     name = "ema.safetensors" if use_ema and (ckpt / "ema.safetensors").is_file() else "model.safetensors"
-    fields = dict(config["network"]["fields"])
+    fields = dict(record.network.fields)
     fields["channel_mults"] = tuple(fields["channel_mults"])
     net = Autoencoder(AutoencoderConfig(**fields))
-    tensors = {k: v for k, v in load_file(str(ckpt / name)).items() if not k.startswith("discriminator.")}
+    tensors = {k: v for k, v in saved["weights"].items() if not k.startswith("discriminator.")}
     try:
         net.load_state_dict(tensors)
     except RuntimeError as e:
         raise KuosanError(f"{ckpt / name} does not fit the autoencoder in its config.json: "
                           f"{str(e).splitlines()[0]}") from None
     device = resolve_device(str(device) if device is not None else "auto")
-    return LatentAutoencoder(net.to(device), config, ckpt, _weights_checksum(ckpt, name),
+    return LatentAutoencoder(net.to(device), config, ckpt, recorded_sha256(ckpt, name),
                              file_sha256(ckpt / "config.json"))
 
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from kuosan.checkpoint import file_sha256, read_config_json, read_state_json
 from kuosan.config import SampleConfig, sample_config_from
 from kuosan.errors import KuosanError
 
-__all__ = ["RUN_FORMAT", "AUTOENCODER_FORMAT", "VERSION", "NetworkSpec", "DataRecord", "RunConfig", "TrainState"]
+__all__ = ["RUN_FORMAT", "AUTOENCODER_FORMAT", "VERSION", "NetworkSpec", "DataRecord", "RunConfig", "TrainState",
+           "read_run_config", "read_train_state", "recorded_sha256"]
 
 RUN_FORMAT = "kuosan-checkpoint"           # a diffusion model's run
 AUTOENCODER_FORMAT = "kuosan-autoencoder"  # an autoencoder's run (latent diffusion)
@@ -199,3 +202,28 @@ class TrainState:
         """Dict-style access for the few readers of optional keys (``state.get("window_n", 0)``)."""
         value = getattr(self, key, None) if key in _STATE_KEYS else self.extra.get(key)
         return default if value is None else value
+
+
+# --- reading them from a checkpoint directory --------------------------------------------------------
+
+def read_run_config(ckpt) -> RunConfig:
+    """The typed ``config.json`` of checkpoint directory ``ckpt``."""
+    return RunConfig.from_dict(read_config_json(Path(ckpt)), where=str(Path(ckpt) / "config.json"))
+
+
+def read_train_state(ckpt) -> TrainState | None:
+    """The typed ``state.json`` of ``ckpt`` (verified against its digest), or None for an export without one."""
+    ckpt = Path(ckpt)
+    if not (ckpt / "state.json").exists():
+        return None
+    return TrainState.from_dict(read_state_json(ckpt), where=str(ckpt / "state.json"))
+
+
+def recorded_sha256(ckpt, name: str) -> str:
+    """The SHA-256 of file ``name`` of ``ckpt`` as its state.json records it (verified when the checkpoint was
+    resolved), else computed."""
+    state = read_train_state(ckpt)
+    entry = state.files.get(name) if state is not None else None
+    if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    return file_sha256(Path(ckpt) / name)

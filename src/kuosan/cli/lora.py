@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from kuosan.errors import KuosanError
+from kuosan.records import RUN_FORMAT, read_train_state
 
 __all__ = ["register", "add_arguments", "run", "parse_adapter"]
 
@@ -81,14 +81,12 @@ def _merge(args) -> int:
     merge_lora(precond)
     remove_lora(precond, keep_merged=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in precond.state_dict().items()}
-    config = {k: v for k, v in pipe.config.items() if k not in ("lora", "source")}
-    config["format"] = "kuosan-checkpoint"
-    config.setdefault("version", 1)
-    config["parent"] = {"path": str(Path(pipe.path).resolve()), "merged_adapters": [
+    parent = {"path": str(Path(pipe.path).resolve()), "merged_adapters": [
         {"path": str(Path(p).resolve()), "weight": w, "name": n} for (p, w), n in zip(adapters, names)]}
-    step = int(json.loads((Path(pipe.path) / "state.json").read_text()).get("step", 0)) \
-        if (Path(pipe.path) / "state.json").is_file() else 0
-    ckpt = save_checkpoint(out, step, config=config, model=weights, ema=weights)
+    record = pipe.record.replace(lora=None, source=None, parent=parent, format=RUN_FORMAT)
+    state = read_train_state(pipe.path)  # None for a model without training state (a diffusers directory)
+    ckpt = save_checkpoint(out, state.step if state is not None else 0, config=record.to_dict(), model=weights,
+                           ema=weights)
     what = f"{len(names)} adapter(s)" if names else "the run's adapters"
     print(f"merged {what} into {ckpt}")
     return 0

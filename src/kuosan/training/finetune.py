@@ -35,6 +35,7 @@ from torch import nn
 from kuosan.checkpoint import file_sha256
 from kuosan.diffusion.precond import EDMPrecond
 from kuosan.errors import KuosanError
+from kuosan.records import RunConfig, read_run_config, read_train_state, recorded_sha256
 from kuosan.nets.classes import class_embeddings as _class_embeddings, resize_class_rows, resize_classes
 from kuosan.nets.lora import (add_lora, is_adapter_key, lora_layers, mark_only_lora_trainable, merge_state_dict,
                               save_adapter, weights_checksum)
@@ -130,23 +131,18 @@ def read_parent(path, weights: str = "ema") -> dict:
                           "kuosan.interop.diffusers.load_for_training (kuosan train --init-from does)")
     ckpt = resolve_checkpoint(local)
     saved = read_model_checkpoint(ckpt, weights=weights)
-    config = saved["config"]
+    record: RunConfig = saved["record"]
     file = "ema.safetensors" if weights == "ema" and (ckpt / "ema.safetensors").is_file() else "model.safetensors"
     tensors = saved["weights"]
-    lora = config.get("lora")
+    lora = record.lora
     if lora:  # a LoRA run as parent: its adapters become part of the weights
         tensors = merge_state_dict(tensors, {lora.get("name", "default"): float(lora["alpha"]) / int(lora["rank"])})
-    try:
-        state = json.loads((ckpt / "state.json").read_text())
-    except (OSError, ValueError):
-        state = {}
-    recorded = state.get("files", {}).get(file, {}).get("sha256") if isinstance(state.get("files"), dict) else None
-    info = {"path": str(ckpt.resolve()), "weights": file, "sha256": recorded or file_sha256(ckpt / file),
-            "weights_sha256": weights_checksum(tensors), "step": state.get("step"),
-            "data": config.get("data", {}).get("spec"),
-            "num_classes": int(config["network"].get("fields", {}).get("num_classes", 0)),
-            "class_names": list(config.get("data", {}).get("class_names", []))}
-    return {"config": config, "tensors": tensors, "info": info}
+    state = read_train_state(ckpt)
+    info = {"path": str(ckpt.resolve()), "weights": file, "sha256": recorded_sha256(ckpt, file),
+            "weights_sha256": weights_checksum(tensors), "step": state.step if state is not None else None,
+            "data": record.data.spec, "num_classes": record.network.num_classes,
+            "class_names": list(record.data.class_names)}
+    return {"config": saved["config"], "record": record, "tensors": tensors, "info": info}
 
 
 def _signature(precond) -> dict:
@@ -183,15 +179,15 @@ def init_from(precond, parent_dir, *, num_classes: int, weights: str = "ema") ->
     from kuosan.model import model_from_checkpoint_config
 
     parent = read_parent(parent_dir, weights)
-    config, info = parent["config"], parent["info"]
+    record, info = parent["record"], parent["info"]
     with torch.device("meta"):
-        parent_model = model_from_checkpoint_config(config)
+        parent_model = model_from_checkpoint_config(record)
     mine, theirs = _signature(precond), _signature(parent_model)
     for key in mine:
         if mine[key] != theirs.get(key):
             hint = ""
             if key in ("parameterisation", "schedule", "sigma_data", "noise_scale"):
-                d = config.get("diffusion", {})
+                d = record.diffusion
                 hint = (f"; fine-tuning keeps the parent's parameterisation: drop the --diffusion.* options or set "
                         f"--diffusion.precond {d.get('precond')}")
             raise KuosanError(f"--init-from {parent_dir}: the parent's {key} is {theirs.get(key)!r}, this run's "
@@ -204,7 +200,7 @@ def init_from(precond, parent_dir, *, num_classes: int, weights: str = "ema") ->
     if old != num_classes and not embeds:
         raise KuosanError(f"--init-from {parent_dir}: the parent has {old} classes, this run {num_classes}, and "
                           f"this network has no kuosan class embedding to resize")
-    fields = config["network"].get("fields", {})
+    fields = record.network.fields
 
     def mismatch(reason):
         raise KuosanError(f"--init-from {parent_dir}: the parent's architecture differs from this run's: "
@@ -244,14 +240,10 @@ def _parent_sections(path) -> dict:
     p = require_local_dir(path, "--init-from")
     if is_diffusers_dir(p):
         return training_sections(p)
-    ckpt = resolve_checkpoint(p)
-    try:
-        config = json.loads((ckpt / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise KuosanError(f"cannot read {ckpt / 'config.json'}: {e}") from None
-    data = config.get("data", {})
-    return {"model": dict(config.get("model", {})), "diffusion": dict(config.get("diffusion", {})),
-            "train": {k: data[k] for k in ("resolution", "channels") if data.get(k) is not None}}
+    record = read_run_config(resolve_checkpoint(p))
+    data = {"resolution": record.data.resolution, "channels": record.data.channels}
+    return {"model": dict(record.sections.get("model", {})), "diffusion": dict(record.diffusion),
+            "train": {k: v for k, v in data.items() if v is not None}}
 
 
 def finetune_config(cfg, overrides=None):
@@ -282,11 +274,12 @@ def finetune_config(cfg, overrides=None):
 # --- the training loop's hook --------------------------------------------------------------------
 
 def _saved_run_config(out) -> dict:
-    from kuosan.checkpoint import resolve_checkpoint
+    """The run's config.json as JSON, or {} before its first checkpoint."""
+    from kuosan.checkpoint import read_config_json, resolve_checkpoint
 
     try:
-        return json.loads((resolve_checkpoint(out, verify=False) / "config.json").read_text())
-    except (KuosanError, OSError, ValueError):
+        return read_config_json(resolve_checkpoint(out, verify=False))
+    except KuosanError:
         return {}
 
 
