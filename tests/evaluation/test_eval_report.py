@@ -11,9 +11,10 @@ from kuosan.data import load_dataset
 from kuosan.data.dataset import take_stratified
 from kuosan.errors import KuosanError
 from kuosan.evaluation import cli
+from kuosan.evaluation.config import EvalConfig
 from kuosan.evaluation.report import evaluate
 
-FAST = dict(extractors=["fmnist-cnn"], max_real=300, kid_subsets=10)
+FAST = EvalConfig(extractors=("fmnist-cnn",), max_real=300, kid_subsets=10)
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +37,7 @@ def held_out(test, n, max_real=300):
 def test_tiny_grey_set_end_to_end(tmp_path, fmnist_test):
     images, _ = held_out(fmnist_test, 10)
     speed = {"images_per_s": 50.0, "ms_per_image": 20.0, "nfe": 35, "device": "cpu"}  # what the demo passes
-    report = evaluate(images, "fashion-mnist:test", out_dir=tmp_path / "out", speed=speed, **FAST)
+    report = evaluate(images, "fashion-mnist:test", FAST, out_dir=tmp_path / "out", speed=speed)
     q = report["quality"]["fmnist-cnn"]
     assert q["floor_images"] == 10
     for key in ("frechet_distance", "kid", "precision", "recall", "density", "coverage"):
@@ -53,13 +54,13 @@ def test_tiny_grey_set_end_to_end(tmp_path, fmnist_test):
 
 def test_real_images_score_near_the_floor_and_noise_far_from_it(fmnist_test):
     images, labels = held_out(fmnist_test, 300)
-    real = evaluate(images, "fashion-mnist:test", generated_labels=labels, **FAST)
+    real = evaluate(images, "fashion-mnist:test", FAST, generated_labels=labels)
     fd = real["quality"]["fmnist-cnn"]["frechet_distance"]
     assert fd["generated"] < 2 * fd["floor"]
     assert real["diversity"]["conditional_accuracy"]["generated"] > 0.85
     assert real["flags"] == []
     noise = torch.randint(0, 256, images.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    bad = evaluate(noise, "fashion-mnist:test", **FAST)
+    bad = evaluate(noise, "fashion-mnist:test", FAST)
     fd_bad = bad["quality"]["fmnist-cnn"]["frechet_distance"]
     assert fd_bad["generated"] > 10 * fd_bad["floor"]
     assert bad["quality"]["fmnist-cnn"]["precision"]["generated"] < 0.1
@@ -68,21 +69,25 @@ def test_real_images_score_near_the_floor_and_noise_far_from_it(fmnist_test):
 def test_mode_collapse_reaches_the_report_flags(fmnist_test):
     images, labels = held_out(fmnist_test, 3000)
     three = images[np.isin(labels, [3, 5, 8])][:500]
-    report = evaluate(three, "fashion-mnist:test", **FAST)
+    report = evaluate(three, "fashion-mnist:test", FAST)
     assert any(f.startswith("mode collapse") for f in report["flags"])
 
 
 def test_statistics_file_as_reference_and_cache_hits(tmp_path, fmnist_test):
     images, _ = held_out(fmnist_test, 50)
-    first = evaluate(images, "fashion-mnist:test", out_dir=tmp_path / "a", plots=False, **FAST)
+    computed = FAST.replace(plots=False, shipped_stats=False)  # the shipped statistics would serve first
+    first = evaluate(images, "fashion-mnist:test", computed, out_dir=tmp_path / "a")
     assert first["extractors"]["fmnist-cnn"]["reference_cached"] is False
-    again = evaluate(images, "fashion-mnist:test", plots=False, **FAST)
+    assert first["extractors"]["fmnist-cnn"]["reference_from"] == "computed"
+    again = evaluate(images, "fashion-mnist:test", computed)
     assert again["extractors"]["fmnist-cnn"]["reference_cached"] is True
+    assert again["extractors"]["fmnist-cnn"]["reference_from"] == "cache"
     assert again["quality"] == first["quality"]
-    self_ref = evaluate(images, str(tmp_path / "a" / "stats.npz"), train_reference=None, **FAST)
+    self_ref = evaluate(images, str(tmp_path / "a" / "stats.npz"), FAST, train_reference=None)
     assert self_ref["quality"]["fmnist-cnn"]["frechet_distance"]["generated"] == pytest.approx(0, abs=1e-6)
     with pytest.raises(KuosanError, match="no 'efficientnet-lite0' features"):
-        evaluate(images, str(tmp_path / "a" / "stats.npz"), extractors=["efficientnet-lite0"], train_reference=None)
+        evaluate(images, str(tmp_path / "a" / "stats.npz"), EvalConfig(extractors=("efficientnet-lite0",)),
+                 train_reference=None)
 
 
 def test_rgb_in_memory_sets_with_efficientnet(tmp_path):
@@ -91,8 +96,8 @@ def test_rgb_in_memory_sets_with_efficientnet(tmp_path):
     gen = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=g)
     ref = torch.randint(0, 256, (8, 16, 16, 3), dtype=torch.uint8, generator=g)  # NHWC is fine too
     train = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=g)
-    report = evaluate(gen, ref, train_reference=train, extractors=["efficientnet-lite0"], kid_subsets=5,
-                      out_dir=tmp_path)
+    report = evaluate(gen, ref, EvalConfig(extractors=("efficientnet-lite0",), kid_subsets=5),
+                      train_reference=train, out_dir=tmp_path)
     q = report["quality"]["efficientnet-lite0"]
     assert np.isfinite(q["frechet_distance"]["generated"]) and q["floor_images"] == 6
     assert "diversity" not in report and report["memorisation"]["features"] == "efficientnet-lite0"
@@ -124,7 +129,7 @@ class FakePipe:
     def __init__(self, test):
         self.test = test
 
-    def sample(self, seeds, class_labels=None, sampler="heun", steps=18, guidance=1.0, batch_size=64):
+    def sample(self, seeds, class_labels=None, sampler="heun", steps=18, guidance=1.0, batch_size=64, progress=None):
         labels = self.test.labels.numpy()
         idx = [np.flatnonzero(labels == c)[s // 10] for s, c in zip(seeds, class_labels)]
         images = self.test.images[idx].permute(0, 2, 3, 1).numpy()

@@ -40,8 +40,10 @@ class Extractor:
         return f"Extractor({self.name!r}, dim={self.dim}, device={self.device})"
 
     @torch.inference_mode()
-    def run(self, images):
-        """``(features float64 [N, dim], class probabilities float64 [N, K] or None)``."""
+    def run(self, images, progress=None):
+        """``(features float64 [N, dim], class probabilities float64 [N, K] or None)``.
+
+        ``progress``: called with the number of images after each batch (a tqdm bar's ``update``)."""
         images = as_uint8_nchw(images)
         feats, probs = [], []
         start = time.perf_counter()
@@ -51,6 +53,8 @@ class Extractor:
             feats.append(f.double().cpu())
             if logits is not None:
                 probs.append(logits.double().softmax(-1).cpu())
+            if progress is not None:
+                progress(len(x))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds += time.perf_counter() - start
@@ -133,6 +137,15 @@ def _inception(device, batch_size, weights):
     return Extractor("inception-v3-fid", model.dim, model, lambda x: _to_rgb(x).float() / 255,
                      lambda x: (model.features(x), None), device, batch_size,
                      info={"weights": str(weights), "input": "RGB [0, 1], 299x299 bilinear (pytorch-fid)"})
+
+
+def canonical_name(name):
+    """The registry name for ``name`` (aliases resolved); a :class:`KuosanError` naming the choices if unknown."""
+    key = ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
+    if key not in NAMES:
+        raise KuosanError(f"unknown feature extractor {name!r}; choose from {', '.join(NAMES)} "
+                          f"(aliases: {', '.join(ALIASES)})")
+    return key
 
 
 def get_extractor(name, device="cpu", inception_weights=None, batch_size=64):

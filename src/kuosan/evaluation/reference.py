@@ -108,6 +108,12 @@ def is_stats_file(path):
         return False
 
 
+def stats_file_extractors(path):
+    """The extractor names a statistics file holds (its arrays are not read)."""
+    with np.load(path, allow_pickle=False) as data:
+        return sorted({k.rsplit(".", 1)[0] for k in data.files if k.endswith(".mu")})
+
+
 def read_stats_file(path):
     """``{extractor: FeatureSet}`` from a statistics file (never unpickles anything)."""
     with np.load(path, allow_pickle=False) as data:
@@ -120,11 +126,13 @@ def cache_path(fingerprint, extractor):
 
 
 def reference_features(spec, extractor, *, resolution=None, channels=None, max_images=None, use_cache=True,
-                       log=None):
+                       log=None, progress=None):
     """Features of data set ``spec`` through ``extractor``, from the cache when present.
 
     ``resolution``/``channels``: what the images are converted to before extraction (the generated set's),
-    so both sides pass through the same resizing. Returns ``(FeatureSet, cache hit?)``.
+    so both sides pass through the same resizing. ``progress(total, description)``: returns a progress bar
+    (with ``update(n)``, usable as a context manager) shown while features are computed.
+    Returns ``(FeatureSet, cache hit?)``.
     """
     from kuosan.data import dataset_fingerprint, load_dataset
 
@@ -139,7 +147,11 @@ def reference_features(spec, extractor, *, resolution=None, channels=None, max_i
     dataset = load_dataset(spec, resolution=resolution, channels=channels, max_images=max_images)
     if log:
         log(f"computing {extractor.name} features of {spec} ({len(dataset)} images)")
-    feats, probs = extractor.run(dataset.images)
+    if progress is None:
+        feats, probs = extractor.run(dataset.images)
+    else:
+        with progress(len(dataset), f"{extractor.name} {spec}") as bar:
+            feats, probs = extractor.run(dataset.images, progress=bar.update)
     fs = FeatureSet.from_features(extractor.name, feats, probs, dataset.labels.numpy())
     if use_cache:
         try:

@@ -1,7 +1,7 @@
 """``evaluate``: generated images + a reference -> quality, diversity, stability and speed, with real floors.
 
-    from kuosan.evaluation.report import evaluate
-    report = evaluate("samples.npz", "fashion-mnist:test", out_dir="eval/")
+    from kuosan.evaluation.report import EvalConfig, evaluate
+    report = evaluate("samples.npz", "fashion-mnist:test", EvalConfig(max_real=2000), out_dir="eval/")
 
 Every distance is computed twice: generated set versus reference, and *floor*: a real set of the same size
 (a class-balanced subset of the training split) versus the same reference. The floor is what a perfect
@@ -17,6 +17,7 @@ import numpy as np
 from kuosan.errors import KuosanError
 from kuosan.evaluation import diversity as div
 from kuosan.evaluation.classifier import classifier_for_dataset
+from kuosan.evaluation.config import EvalConfig
 from kuosan.evaluation.features import as_uint8_nchw, get_extractor
 from kuosan.evaluation.metrics import density_coverage, frechet_distance, kid, precision_recall
 from kuosan.evaluation.reference import FeatureSet, is_stats_file, read_stats_file, reference_features
@@ -92,23 +93,40 @@ def default_train_reference(reference):
     return f"{dataset}:train"
 
 
-def default_extractors(reference):
-    """The data set's classifier where the reference is a bundled set, plus EfficientNet-Lite0."""
+def default_extractors(reference, device="cpu"):
+    """What ``evaluate`` scores with when no extractors are named.
+
+    A bundled set: its own classifier (seconds on a CPU, reference features shipped with kuosan), plus
+    EfficientNet-Lite0 (ImageNet features, minutes of a CPU for the real sets the first time) on CUDA. A set
+    without a classifier of its own: EfficientNet-Lite0. A statistics file: the extractors it holds.
+    Add EfficientNet-Lite0 on a CPU with ``--extractors fmnist-cnn,efficientnet-lite0``.
+    """
+    if isinstance(reference, (str, Path)) and is_stats_file(reference):
+        from kuosan.evaluation.features import NAMES
+        from kuosan.evaluation.reference import stats_file_extractors
+
+        held = [n for n in stats_file_extractors(reference) if n in NAMES]
+        return tuple([n for n in held if n != "inception-v3-fid"] or held or ["efficientnet-lite0"])
     own = classifier_for_dataset(dataset_of(reference))
-    return (own, "efficientnet-lite0") if own else ("efficientnet-lite0",)
+    if own is None:
+        return ("efficientnet-lite0",)
+    return (own, "efficientnet-lite0") if str(device).startswith("cuda") else (own,)
 
 
 # --- feature sets ---------------------------------------------------------------------------------
 
 class _Real:
-    """A real image source (data set spec, statistics file or in-memory images), featurised on demand."""
+    """A real image source (data set spec, statistics file or in-memory images), featurised on demand.
 
-    def __init__(self, source, resolution, channels, max_images, use_cache, log):
-        self.source, self.log, self.use_cache = source, log, use_cache
-        self.resolution, self.channels, self.max_images = resolution, channels, max_images
+    A bundled data set split is taken, in this order, from the statistics shipped with kuosan (when they
+    match, see :mod:`kuosan.evaluation.shipped`), the cache, or computed (and cached)."""
+
+    def __init__(self, source, cfg, resolution, channels, log, bar):
+        self.source, self.cfg, self.log, self.bar = source, cfg, log, bar
+        self.resolution, self.channels, self.max_images = resolution, channels, cfg.max_real
         self.stats = read_stats_file(source) if isinstance(source, (str, Path)) and is_stats_file(source) else None
         self.images = None if isinstance(source, (str, Path)) else as_image_set(source, "reference")
-        self.cache_hits = {}
+        self.origin = {}  # extractor -> {"from": shipped | cache | computed | statistics file | images, ...}
 
     @property
     def name(self):
@@ -119,16 +137,46 @@ class _Real:
             if ext.name not in self.stats:
                 raise KuosanError(f"statistics file {self.source} has no {ext.name!r} features "
                                   f"(it has: {', '.join(self.stats)}); choose --extractors among those")
+            self.origin[ext.name] = {"from": "statistics file"}
             return self.stats[ext.name]
         if self.images is not None:
             images = self.images.images[: self.max_images] if self.max_images else self.images.images
-            feats, probs = ext.run(images)
+            with self.bar(len(images), f"{ext.name} {self.name}") as bar:
+                feats, probs = ext.run(images, progress=bar.update)
             labels = None if self.images.labels is None else self.images.labels[: len(images)]
+            self.origin[ext.name] = {"from": "images"}
             return FeatureSet.from_features(ext.name, feats, probs, labels)
+        if self.cfg.shipped_stats:
+            from kuosan.evaluation.shipped import lookup
+
+            found = lookup(str(self.source), ext.name, resolution=self.resolution, channels=self.channels,
+                           max_images=self.max_images, log=self.log)
+            if found is not None:
+                fs, origin = found
+                self.log(f"{ext.name}: statistics of {self.source} shipped with kuosan ({fs.count} images, "
+                         + ("checked against the data files)" if origin["verified"] else
+                            "no data files here to check them against)"))
+                self.origin[ext.name] = {"from": "shipped", **origin}
+                return fs
         fs, hit = reference_features(str(self.source), ext, resolution=self.resolution, channels=self.channels,
-                                     max_images=self.max_images, use_cache=self.use_cache, log=self.log)
-        self.cache_hits[ext.name] = hit
+                                     max_images=self.max_images, use_cache=self.cfg.use_cache, log=self.log,
+                                     progress=self.bar)
+        self.origin[ext.name] = {"from": "cache" if hit else "computed"}
         return fs
+
+
+def _progress_factory(cfg):
+    """``bar(total, description)``: a tqdm bar on stderr, shown as ``cfg.progress`` says (None: on a terminal)."""
+    import sys
+
+    show = sys.stderr.isatty() if cfg.progress is None else bool(cfg.progress)
+
+    def bar(total, desc):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="img", disable=not show, file=sys.stderr, leave=False)
+
+    return bar
 
 
 def _floor_indices(train_fs, n, seed=1):
@@ -208,9 +256,10 @@ def _flags(report):
     return flags
 
 
-def _feature_sets(ext, gen, ref, train):
+def _feature_sets(ext, gen, ref, train, bar):
     """``(generated, reference, train, floor)`` feature sets for one extractor (train/floor ``None`` without one)."""
-    gen_fs = FeatureSet.from_features(ext.name, *ext.run(gen.images))
+    with bar(len(gen.images), f"{ext.name} generated") as b:
+        gen_fs = FeatureSet.from_features(ext.name, *ext.run(gen.images, progress=b.update))
     ref_fs = ref.features(ext)
     train_fs = train.features(ext) if train is not None else None
     floor_fs = train_fs.subset(_floor_indices(train_fs, len(gen.images))) if train_fs is not None else None
@@ -235,51 +284,65 @@ def _nearest_neighbours(gen_fs, ref_fs, train_fs):
 
 # --- entry point ----------------------------------------------------------------------------------
 
-def evaluate(generated, reference=DEFAULT_REFERENCE, *, extractors=None, out_dir=None, metrics_log=None,
-             speed=None, train_reference="auto", generated_labels=None, device="cpu", max_real=10000,
-             inception_weights=None, kid_subset_size=1000, kid_subsets=100, pr_k=3, dc_k=5, use_cache=True,
-             plots=True, log=None):
+def evaluate(generated, reference=DEFAULT_REFERENCE, config=None, *, train_reference="auto",
+             generated_labels=None, out_dir=None, metrics_log=None, speed=None, log=None):
     """Evaluate ``generated`` images against ``reference``; write ``report.json``/``report.md``/plots to ``out_dir``.
 
     ``generated``: a folder, a ``.npz``, an ``ImageDataset``, a sampling result or a uint8 array.
     ``reference``: a data set spec (``"fashion-mnist:test"``), a folder, a statistics ``.npz`` or images.
-    ``train_reference``: real images for the floors and the memorisation check; ``"auto"`` takes the training
-    split of a bundled reference, ``None`` skips both. ``generated_labels``: the class each image was asked
-    for (conditional accuracy); by default the labels the generated set carries, if any.
-    ``max_real``: at most this many real images per real set (class-balanced). Returns the report dict.
+    ``config``: an :class:`~kuosan.evaluation.config.EvalConfig` (extractors, device, real-set size, metric
+    options; ``None``: the defaults). ``train_reference``: real images for the floors and the memorisation
+    check; ``"auto"`` takes the training split of a bundled reference, ``None`` skips both.
+    ``generated_labels``: the class each image was asked for (conditional accuracy); by default the labels
+    the generated set carries, if any. ``metrics_log``: a training run's ``metrics.jsonl`` (stability);
+    ``speed``: the sampling timings. Every input is checked (:func:`kuosan.evaluation.validate.validate`)
+    before any image is featurised. Returns the report dict.
     """
+    from kuosan.evaluation.validate import check_reference, validate
+
+    cfg = EvalConfig() if config is None else config
+    if not isinstance(cfg, EvalConfig):
+        raise KuosanError(f"config must be an EvalConfig, got {type(cfg).__name__}")
     log = log or (lambda msg: None)
+    if train_reference == "auto":
+        train_reference = default_train_reference(reference)
+    names, clf_name = validate(reference, cfg, train_reference=train_reference, out_dir=out_dir)
     gen = as_image_set(generated)
     if len(gen.images) < 2:
         raise KuosanError(f"need at least 2 generated images to compare sets, got {len(gen.images)}")
-    if train_reference == "auto":
-        train_reference = default_train_reference(reference)
-    names = list(extractors or default_extractors(reference))
-    clf_name = classifier_for_dataset(dataset_of(reference))
     resolution, channels = int(gen.images.shape[-1]), int(gen.images.shape[1])
-    real_args = dict(resolution=resolution, channels=channels, max_images=max_real, use_cache=use_cache, log=log)
-    ref = _Real(reference, **real_args)
-    train = _Real(train_reference, **real_args) if train_reference is not None else None
+    needed = names + ([clf_name] if clf_name and clf_name not in names else [])
+    for spec, option in ((reference, "--reference"), (train_reference, "--train-reference")):
+        check_reference(spec, cfg, needed, option=option, image_shape=(channels, resolution))
+    bar = _progress_factory(cfg)
+    ref = _Real(reference, cfg, resolution, channels, log, bar)
+    train = _Real(train_reference, cfg, resolution, channels, log, bar) if train_reference is not None else None
     requested = np.asarray(generated_labels, dtype=np.int64) if generated_labels is not None else gen.labels
 
     report = {
         "kuosan_version": _version(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": cfg.to_dict(),
         "generated": {"source": gen.source, "images": len(gen.images), "resolution": resolution,
                       "channels": channels, "labels": requested is not None},
-        "reference": {"source": ref.name, "max_images": max_real,
+        "reference": {"source": ref.name, "max_images": cfg.max_real,
                       "train_reference": None if train is None else train.name},
         "extractors": {}, "quality": {},
     }
-    opts = dict(kid_subset_size=kid_subset_size, kid_subsets=kid_subsets, pr_k=pr_k, dc_k=dc_k)
+    opts = dict(kid_subset_size=cfg.kid_subset_size, kid_subsets=cfg.kid_subsets, pr_k=cfg.pr_k, dc_k=cfg.dc_k)
     used, sets = [], {}
-    for name in names + ([clf_name] if clf_name and clf_name not in names else []):
-        ext = get_extractor(name, device=device, inception_weights=inception_weights)
+    for name in needed:
+        ext = get_extractor(name, device=cfg.device, inception_weights=cfg.inception_weights)
         used.append(ext)
         log(f"{name}: features of {len(gen.images)} generated images")
-        sets[name] = _feature_sets(ext, gen, ref, train)
-        report["extractors"][name] = {"dim": ext.dim, **ext.info, "reference_images": sets[name][1].count,
-                                      "reference_cached": ref.cache_hits.get(name)}
+        sets[name] = _feature_sets(ext, gen, ref, train, bar)
+        origin = ref.origin.get(name, {})
+        report["extractors"][name] = {
+            "dim": ext.dim, **ext.info, "reference_images": sets[name][1].count,
+            "reference_from": origin.get("from"),
+            "reference_cached": origin.get("from") in ("shipped", "cache"),
+            **({"reference_checked_against_data": origin["verified"]} if "verified" in origin else {}),
+            **({"train_reference_from": train.origin.get(name, {}).get("from")} if train is not None else {})}
         if name in names:
             report["quality"][name] = _quality(*sets[name], opts)
 
@@ -308,7 +371,7 @@ def evaluate(generated, reference=DEFAULT_REFERENCE, *, extractors=None, out_dir
     if out_dir is not None:
         from kuosan.evaluation.render import write_outputs
 
-        write_outputs(report, out_dir, gen, sets, nn, stability_log, plots=plots,
+        write_outputs(report, out_dir, gen, sets, nn, stability_log, plots=cfg.plots,
                       class_names=_class_names(reference, gen), log=log)
     return report
 
@@ -331,4 +394,4 @@ def _version():
         return None
 
 
-__all__ = ["evaluate", "default_extractors", "default_train_reference", "DEFAULT_REFERENCE"]
+__all__ = ["evaluate", "EvalConfig", "default_extractors", "default_train_reference", "DEFAULT_REFERENCE"]
