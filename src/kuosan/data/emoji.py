@@ -1,23 +1,37 @@
-"""``emoji``: a colour data set rendered offline from the Noto Color Emoji font (Debian ``fonts-noto-color-emoji``).
+"""``emoji``: a labelled colour data set of 64x64 emoji in up to five art styles, from installed packages.
 
-Each single-code-point emoji in the classes below that the font has is drawn by Pillow from the font's
-colour bitmaps (``ImageFont.truetype(path, 109)``, ``draw.text(..., embedded_color=True)``: 109 px is the
-size of the font's only bitmap strike), cropped to its visible pixels, centred on a white square and
-resized to 64x64 (LANCZOS). 8 classes, 730 images with Noto Color Emoji 2.042; the classes are Unicode
-code-point ranges, chosen to follow the emoji groups of Unicode's ``emoji-test.txt``:
+Sources (see :mod:`kuosan.data.emoji_sources` and ``docs/data-emoji.md``): the Twemoji and Noto images of
+emoji-datasource 16.0.0, Microsoft's Fluent 3D (``@lobehub/fluent-emoji-3d`` 1.1.0), OpenMoji 17.0.0 and
+EmojiOne 2 (Debian ``ruby-gemojione`` 3.3.0), each installed by ``scripts/install_emoji_data.sh``. The set
+holds every style that is installed; ``emoji:<style>`` holds one (``twitter``, ``google``, ``fluent``,
+``openmoji``, ``gemojione``), and ``emoji:noto`` is the older 730-image set rendered from the Noto font
+(:mod:`kuosan.data.emoji_noto`). Specs: ``emoji[:STYLE][:SPLIT]``.
 
-    faces       1F600-1F637, 1F641-1F644, 1F910-1F92F, 1F970-1F97A, 1F9D0   smileys
-    people      1F442-1F487                                                 body parts, hands, people
-    animals     1F400-1F43F, 1F980-1F9AE                                    animals
-    nature      1F300-1F344                                                 weather, sky, plants
-    food        1F345-1F37F, 1F950-1F96F, 1F9C0-1F9CB                       food and drink
-    activities  1F380-1F3CA, 1F93A-1F94F                                    celebrations, music, sport
-    transport   1F680-1F6C5, 1F6E0-1F6FC                                    vehicles, places
-    objects     1F4A0-1F4FF                                                 office, media, money, symbols
+Classes, by meaning, from ``emoji.json``'s ``subcategory`` (its ``category`` in brackets):
 
-Split: within each class, in code-point order, every 5th emoji (index % 5 == 4) is ``test``, the rest
-``train`` (deterministic). The rendered array is cached in ``$KUOSAN_CACHE/data`` (default
-``~/.cache/kuosan/data``), keyed by the font file's size and modification time.
+    faces       [Smileys & Emotion] face-*, cat-face, monkey-face
+    people      [People & Body] person*, family, body-parts, hand-*, hands
+    animals     [Animals & Nature] animal-mammal, -bird, -marine, -bug, -reptile, -amphibian
+    plants      [Animals & Nature] plant-flower, plant-other
+    food        [Food & Drink] all seven subcategories (fruit ... dishware)
+    landscapes  [Travel & Places] sky & weather, place-geographic, -building, -religious, -other, -map
+    vehicles    [Travel & Places] transport-ground, -water, -air
+    activities  [Activities] event, award-medal, sport, game, arts & crafts
+    objects     [Objects] all, and [Travel & Places] hotel and time without the 24 clock faces
+
+Dropped: flags, symbols, skin-tone components, hearts and ``emotion`` (symbols in all but name), the clock
+faces. Variants are one emoji: skin tones are never used (only the base image), and man/woman/person,
+boy/girl/child, the gender signs and the facing-right arrow fold into one key (:func:`group_key`), so
+"woman cook" and "man cook" are the emoji "cook"; each style contributes one image per emoji (the
+gender-neutral one where it has it), and an image identical to one already taken in that style is dropped.
+
+Each image is cropped to its visible pixels (alpha > 8), centred on a white square, composited on white,
+and resized (LANCZOS) into the middle 60x60 of a 64x64 RGB image. Split by emoji: an emoji is ``test``
+when the first 32 bits of the SHA-256 of its key are 0 mod 5 (about 20%), so all its styles fall on one side
+and the test set measures generalisation to unseen emoji. Labels: ``labels`` is the class, ``styles`` the
+art style (an index into :data:`~kuosan.data.emoji_sources.STYLE_NAMES`, the same for every spec). Each
+style's decoded array is cached in ``$KUOSAN_CACHE/data`` (default ``~/.cache/kuosan/data``) under a hash of
+its files' names, sizes and modification times, ``emoji.json``'s, and the class mapping.
 """
 
 from __future__ import annotations
@@ -25,129 +39,249 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from kuosan.data import emoji_sources
+from kuosan.data.dataset import ImageDataset
+from kuosan.data.emoji_sources import BY_NAME, STYLE_NAMES, Style
 from kuosan.errors import KuosanError
 
-FONT_ENV = "KUOSAN_EMOJI_FONT"
-FONT_NAME = "NotoColorEmoji.ttf"
-FONT_DIRS = ("/usr/share/fonts/truetype/noto", "/usr/share/fonts/noto", "/usr/share/fonts/google-noto-emoji",
-             "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts", "/System/Library/Fonts")
-FONT_SIZE = 109                      # the font's only bitmap strike (CBDT); other sizes fail to load
 RESOLUTION = 64
+MARGIN = 2                    # white pixels kept round the emoji on each side
+ALPHA_VISIBLE = 8             # alpha above this counts as drawn, for the crop
 CACHE_VERSION = 1
+TEST_EVERY = 5                # about 1 emoji in 5 is test
 CLASSES = {
-    "faces": ((0x1F600, 0x1F637), (0x1F641, 0x1F644), (0x1F910, 0x1F92F), (0x1F970, 0x1F97A), (0x1F9D0, 0x1F9D0)),
-    "people": ((0x1F442, 0x1F487),),
-    "animals": ((0x1F400, 0x1F43F), (0x1F980, 0x1F9AE)),
-    "nature": ((0x1F300, 0x1F344),),
-    "food": ((0x1F345, 0x1F37F), (0x1F950, 0x1F96F), (0x1F9C0, 0x1F9CB)),
-    "activities": ((0x1F380, 0x1F3CA), (0x1F93A, 0x1F94F)),
-    "transport": ((0x1F680, 0x1F6C5), (0x1F6E0, 0x1F6FC)),
-    "objects": ((0x1F4A0, 0x1F4FF),),
+    "faces": ("face-smiling", "face-affection", "face-tongue", "face-hand", "face-neutral-skeptical",
+              "face-sleepy", "face-unwell", "face-hat", "face-glasses", "face-concerned", "face-negative",
+              "face-costume", "cat-face", "monkey-face"),
+    "people": ("person", "person-gesture", "person-role", "person-fantasy", "person-activity", "person-sport",
+               "person-resting", "family", "body-parts", "hand-fingers-open", "hand-fingers-partial",
+               "hand-single-finger", "hand-fingers-closed", "hands", "hand-prop"),
+    "animals": ("animal-mammal", "animal-bird", "animal-amphibian", "animal-reptile", "animal-marine", "animal-bug"),
+    "plants": ("plant-flower", "plant-other"),
+    "food": ("food-fruit", "food-vegetable", "food-prepared", "food-asian", "food-sweet", "drink", "dishware"),
+    "landscapes": ("sky & weather", "place-geographic", "place-building", "place-religious", "place-other",
+                   "place-map"),
+    "vehicles": ("transport-ground", "transport-water", "transport-air"),
+    "activities": ("event", "award-medal", "sport", "game", "arts & crafts"),
+    "objects": ("clothing", "sound", "music", "musical-instrument", "phone", "computer", "light & video",
+                "book-paper", "money", "mail", "writing", "office", "lock", "tool", "science", "medical",
+                "household", "other-object", "hotel", "time"),
 }
 CLASS_NAMES = list(CLASSES)
+DROPPED = ((0x1F550, 0x1F567),)                 # the clock faces: 24 near-duplicates
+_FOLD = {"1F468": "1F9D1", "1F469": "1F9D1",   # man, woman -> person
+         "1F466": "1F9D2", "1F467": "1F9D2"}   # boy, girl -> child
+_JOINED_DROP = {"2640", "2642", "27A1"}         # ZWJ + female sign, male sign, rightwards arrow
 
 
-def font_path(root: str | None = None) -> Path:
-    """The font file: ``root`` (the file or its directory), else ``$KUOSAN_EMOJI_FONT``, else the usual places."""
-    given = root or os.environ.get(FONT_ENV)
-    if given:
-        p = Path(given).expanduser()
-        p = p / FONT_NAME if p.is_dir() else p
-        if not p.is_file():
-            raise KuosanError(f"emoji font {p} not found; give the path of {FONT_NAME} (or its directory)")
-        return p
-    for d in FONT_DIRS:
-        p = Path(d).expanduser() / FONT_NAME
-        if p.is_file():
-            return p
-    raise KuosanError(f"the `emoji` data set needs the font {FONT_NAME}: `apt-get install fonts-noto-color-emoji`, "
-                      f"or set {FONT_ENV} (or --data-root) to the font file")
+@dataclass
+class StyledImageDataset(ImageDataset):
+    """An :class:`ImageDataset` with a second label: ``styles`` int64 ``[N]`` indexing ``style_names``."""
+
+    styles: torch.Tensor = None
+    style_names: list[str] = field(default_factory=lambda: list(STYLE_NAMES))
+
+    def __post_init__(self):
+        super().__post_init__()
+        s = self.styles
+        if s is None or s.dtype != torch.int64 or s.shape != self.labels.shape:
+            raise ValueError(f"styles must be int64 [{len(self.labels)}]")
+        if len(s) and (int(s.min()) < 0 or int(s.max()) >= len(self.style_names)):
+            raise ValueError(f"styles must lie in [0, {len(self.style_names)})")
+
+    def subset(self, idx) -> "StyledImageDataset":
+        if not isinstance(idx, slice):
+            idx = torch.as_tensor(idx)
+            idx = idx if idx.dtype == torch.bool else idx.long()
+        return StyledImageDataset(self.images[idx].contiguous(), self.labels[idx], self.class_names, self.name,
+                                  self.styles[idx], self.style_names)
 
 
-def font_fingerprint(root: str | None = None) -> list:
-    """What the rendered array depends on: the font's name, size and modification time, and the classes."""
-    p = font_path(root)
-    st = p.stat()
-    return [p.name, st.st_size, st.st_mtime_ns, FONT_SIZE, RESOLUTION, CACHE_VERSION,
-            {k: [list(r) for r in v] for k, v in CLASSES.items()}]
+def with_styles(dataset: ImageDataset, styles: torch.Tensor) -> StyledImageDataset:
+    """``dataset`` with its style labels attached."""
+    return StyledImageDataset(dataset.images, dataset.labels, dataset.class_names, dataset.name, styles)
 
 
-def _cache_file(root: str | None) -> Path:
-    base = Path(os.environ.get("KUOSAN_CACHE") or Path.home() / ".cache" / "kuosan").expanduser()
-    digest = hashlib.sha256(json.dumps(font_fingerprint(root)).encode()).hexdigest()[:12]
-    return base / "data" / f"emoji-{RESOLUTION}px-{digest}.npz"
+# --- which emoji, in which class -------------------------------------------------------------------
+
+def group_key(unified: str) -> str:
+    """An emoji's key with gender, age and direction variants folded: ``1F469-200D-1F373`` -> ``1F9D1-200D-1F373``."""
+    parts, out, i = emoji_sources.seq_key(unified).split("-"), [], 0
+    while i < len(parts):
+        if parts[i] == "200D" and i + 1 < len(parts) and parts[i + 1] in _JOINED_DROP:
+            i += 2
+            continue
+        out.append(_FOLD.get(parts[i], parts[i]))
+        i += 1
+    return "-".join(out)
 
 
-def _code_points(path: Path) -> list[tuple[int, int]]:
-    """``(code point, class)`` of every emoji in :data:`CLASSES` that the font maps, in code-point order."""
-    from fontTools.ttLib import TTFont   # ships with matplotlib; reads only the cmap table
-
-    cmap = set(TTFont(str(path), lazy=True).getBestCmap())
-    return [(cp, k) for k, ranges in enumerate(CLASSES.values())
-            for lo, hi in ranges for cp in range(lo, hi + 1) if cp in cmap]
+def _dropped(key: str) -> bool:
+    first = int(key.split("-")[0], 16)
+    return any(lo <= first <= hi for lo, hi in DROPPED)
 
 
-def render(cp: int, font) -> np.ndarray:
-    """One emoji -> uint8 ``[3, 64, 64]``: drawn in colour, cropped to its pixels, centred on white."""
-    from PIL import Image, ImageDraw
+@dataclass(frozen=True)
+class Emoji:
+    """One emoji of the set: its key, class, and its members' join keys, the preferred (neutral) first."""
 
-    left, top, right, bottom = font.getbbox(chr(cp))
-    im = Image.new("RGBA", (right + 4, bottom + 4), (0, 0, 0, 0))
-    ImageDraw.Draw(im).text((0, 0), chr(cp), font=font, embedded_color=True)
-    box = im.getbbox()
+    key: str
+    label: int
+    members: tuple[str, ...]
+
+
+def read_catalogue(path: Path) -> list[Emoji]:
+    """The emoji of ``emoji.json`` in the classes above, in class then ``sort_order`` order."""
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        rows = [(e["unified"], e.get("subcategory"), int(e.get("sort_order", 0))) for e in entries]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise KuosanError(f"{path} is not emoji-datasource's emoji.json ({e}); run "
+                          f"`{emoji_sources.INSTALL}` again after deleting {path.parent}") from None
+    label_of = {sub: k for k, subs in enumerate(CLASSES.values()) for sub in subs}
+    groups: dict[tuple[int, str], list[tuple[bool, int, str]]] = {}
+    for unified, sub, order in rows:
+        if sub not in label_of:
+            continue
+        key, own = group_key(unified), emoji_sources.seq_key(unified)
+        if not _dropped(key):
+            groups.setdefault((label_of[sub], key), []).append((own != key, order, own))
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], min(m[1] for m in kv[1])))
+    return [Emoji(key, label, tuple(m[2] for m in sorted(members))) for (label, key), members in ordered]
+
+
+def is_test(key: str) -> bool:
+    """The split of an emoji: a hash of its key, so every style of it lands on the same side."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % TEST_EVERY == 0
+
+
+# --- images ----------------------------------------------------------------------------------------
+
+def compose(im) -> np.ndarray | None:
+    """A PIL image (any mode, transparent or not) -> uint8 ``[3, 64, 64]`` on white; ``None`` if it is blank."""
+    from PIL import Image
+
+    im = im.convert("RGBA")
+    box = im.getchannel("A").point(lambda a: 255 if a > ALPHA_VISIBLE else 0).getbbox()
     if box is None:
-        raise KuosanError(f"the emoji font drew nothing for U+{cp:04X}; is {FONT_NAME} damaged?")
+        return None
     im = im.crop(box)
     side = max(im.size)
     square = Image.new("RGBA", (side, side), (255, 255, 255, 255))
     square.alpha_composite(im, ((side - im.width) // 2, (side - im.height) // 2))
-    small = square.convert("RGB").resize((RESOLUTION, RESOLUTION), Image.Resampling.LANCZOS)
-    return np.asarray(small, dtype=np.uint8).transpose(2, 0, 1)
+    inner = RESOLUTION - 2 * MARGIN
+    out = Image.new("RGB", (RESOLUTION, RESOLUTION), (255, 255, 255))
+    out.paste(square.convert("RGB").resize((inner, inner), Image.Resampling.LANCZOS), (MARGIN, MARGIN))
+    return np.asarray(out, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def render_all(root: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(images uint8 [N, 3, 64, 64], labels int64 [N], code points int64 [N])``, from the cache when there."""
-    cache = _cache_file(root)
+def _open(path: Path):
+    from PIL import Image
+
+    try:
+        im = Image.open(path)
+        im.load()
+        return im
+    except (OSError, ValueError) as e:
+        raise KuosanError(f"{path} is not a readable image ({e}); delete {path.parent} and run "
+                          f"`{emoji_sources.INSTALL}` again") from None
+
+
+def decode_style(style: Style, catalogue: list[Emoji], root: str | None = None):
+    """``(images uint8 [n, 3, 64, 64], labels int64 [n], keys [n])`` of one style, in catalogue order."""
+    files = emoji_sources.list_images(style, root)
+    images, labels, keys, seen = [], [], [], set()
+    for e in catalogue:
+        path = next((files[m] for m in e.members if m in files), None)
+        if path is None:
+            continue
+        x = compose(_open(path))
+        digest = None if x is None else hashlib.sha256(x.tobytes()).digest()
+        if x is None or digest in seen:              # blank, or the same picture as an emoji already taken
+            continue
+        seen.add(digest)
+        images.append(x)
+        labels.append(e.label)
+        keys.append(e.key)
+    if not images:
+        raise KuosanError(f"none of the images in {files and next(iter(files.values())).parent} is an emoji of "
+                          f"emoji.json's classes; is it {style.package}?")
+    return np.stack(images), np.array(labels, dtype=np.int64), np.array(keys)
+
+
+def _cache_file(style: Style, root: str | None) -> Path:
+    key = [CACHE_VERSION, RESOLUTION, MARGIN, ALPHA_VISIBLE, emoji_sources.fingerprint(style, root),
+           emoji_sources.catalogue_fingerprint(root), CLASSES, DROPPED]
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
+    base = Path(os.environ.get("KUOSAN_CACHE") or Path.home() / ".cache" / "kuosan").expanduser()
+    return base / "data" / f"emoji-{style.name}-{RESOLUTION}px-{digest}.npz"
+
+
+def load_style(style: Style, root: str | None = None):
+    """:func:`decode_style`, from the cache when its files have not changed since."""
+    cache = _cache_file(style, root)
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as f:
-                return f["images"], f["labels"], f["code_points"]
+                return f["images"], f["labels"], f["keys"]
         except (OSError, ValueError, KeyError):
-            pass                                          # damaged: render again
-    from PIL import ImageFont
-
-    path = font_path(root)
-    try:
-        font = ImageFont.truetype(str(path), FONT_SIZE)
-    except OSError as e:
-        raise KuosanError(f"cannot load {path} at {FONT_SIZE} px ({e}); is it Noto Color Emoji?") from None
-    pairs = _code_points(path)
-    if not pairs:
-        raise KuosanError(f"{path} has none of the emoji code points kuosan uses; is it Noto Color Emoji?")
-    images = np.stack([render(cp, font) for cp, _ in pairs])
-    labels = np.array([k for _, k in pairs], dtype=np.int64)
-    cps = np.array([cp for cp, _ in pairs], dtype=np.int64)
+            pass                                          # damaged: decode again
+    images, labels, keys = decode_style(style, read_catalogue(emoji_sources.catalogue_file(root)), root)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, images=images, labels=labels, code_points=cps)
+    np.savez_compressed(tmp, images=images, labels=labels, keys=keys)
     os.replace(tmp, cache)
-    return images, labels, cps
+    return images, labels, keys
 
 
-def read_emoji(split: str, root: str | None = None):
-    """The ``emoji`` set's ``split`` as ``(images [N, 3, 64, 64], labels, class_names)``."""
-    images, labels, _ = render_all(root)
-    rank = np.zeros(len(labels), dtype=np.int64)        # position of each emoji within its class
-    for k in np.unique(labels):
-        members = np.flatnonzero(labels == k)
-        rank[members] = np.arange(len(members))
-    test = rank % 5 == 4
-    keep = {"train": np.flatnonzero(~test), "test": np.flatnonzero(test),
-            "all": np.concatenate([np.flatnonzero(~test), np.flatnonzero(test)])}[split]
+# --- the data set ----------------------------------------------------------------------------------
+
+def parse_style(suffix: str) -> tuple[str | None, str | None]:
+    """``"twitter:test"`` -> ``("twitter", "test")``; ``"test"`` -> ``(None, "test")``; ``""`` -> ``(None, None)``."""
+    style, split = None, None
+    for part in [p for p in suffix.lower().split(":") if p] if suffix else []:
+        if part in STYLE_NAMES or part == "noto":
+            if style:
+                raise KuosanError(f"emoji:{suffix} names two styles; give one of {', '.join(STYLE_NAMES)}, noto")
+            style = part
+        elif part in ("train", "test", "all") and split is None:
+            split = part
+        else:
+            raise KuosanError(f"emoji:{suffix}: {part!r} is neither a style ({', '.join(STYLE_NAMES)}, noto) "
+                              "nor a split (train, test, all)")
+    return style, split
+
+
+def _styles_of(style: str | None, root: str | None) -> list[Style]:
+    if style:
+        return [BY_NAME[style]]
+    emoji_sources.catalogue_file(root)                   # the one-line error when nothing is installed
+    return emoji_sources.installed(root)
+
+
+def fingerprint(style: str | None, root: str | None = None) -> list:
+    """What ``emoji[:style]`` depends on (for :func:`kuosan.data.dataset_fingerprint`)."""
+    return [CACHE_VERSION, emoji_sources.catalogue_fingerprint(root), CLASSES, DROPPED,
+            [emoji_sources.fingerprint(s, root) for s in _styles_of(style, root)]]
+
+
+def read_emoji(split: str, root: str | None = None, style: str | None = None):
+    """``(images [N, 3, 64, 64], labels, class_names, styles)`` of ``split``: train, then test for ``all``.
+
+    ``style``: one style's name, or ``None`` for every installed one; ``root``: the sources' directory.
+    """
+    parts = [(s, *load_style(s, root)) for s in _styles_of(style, root)]
+    images = np.concatenate([p[1] for p in parts])
+    labels = np.concatenate([p[2] for p in parts])
+    styles = np.concatenate([np.full(len(p[2]), STYLE_NAMES.index(p[0].name), dtype=np.int64) for p in parts])
+    test = np.array([is_test(str(k)) for p in parts for k in p[3]], dtype=bool)
+    train_rows, test_rows = np.flatnonzero(~test), np.flatnonzero(test)
+    keep = {"train": train_rows, "test": test_rows, "all": np.concatenate([train_rows, test_rows])}[split]
     return (torch.from_numpy(np.ascontiguousarray(images[keep])), torch.from_numpy(labels[keep]),
-            list(CLASS_NAMES))
+            list(CLASS_NAMES), torch.from_numpy(styles[keep]))

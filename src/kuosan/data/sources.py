@@ -2,7 +2,8 @@
 
 A spec is one of
     ``fashion-mnist`` | ``mnist`` | ``digits``  built-in grey-scale sets (``NAME:SPLIT`` means ``split=SPLIT``)
-    ``emoji``                                  64x64 colour emoji rendered from a font (see :mod:`kuosan.data.emoji`)
+    ``emoji[:STYLE]``                          64x64 colour emoji in five art styles (see :mod:`kuosan.data.emoji`);
+                                               ``emoji:noto``: the older set rendered from a font
     ``DIR`` or ``folder:DIR``                  an image folder (see :mod:`kuosan.data.folder`)
     ``FILE.npz``                               images written by ``kuosan sample`` (see :mod:`kuosan.data.arrays`)
 
@@ -21,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kuosan.data import arrays, builtin, emoji, folder
+from kuosan.data import arrays, builtin, emoji, emoji_noto, folder
 from kuosan.data.dataset import ImageDataset, take_stratified
 from kuosan.data.transforms import fit_images
 from kuosan.errors import KuosanError
@@ -30,7 +31,7 @@ _ALIASES = {"fashion-mnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", 
             "mnist": "mnist", "digits": "digits", "sklearn-digits": "digits", "emoji": "emoji"}
 _NATIVE_RESOLUTION = {"fashion-mnist": 28, "mnist": 28, "digits": 8, "emoji": 64}
 _NATIVE_CHANNELS = {"emoji": 3}                        # the others are grey
-_READERS = {**builtin.READERS, "emoji": emoji.read_emoji}  # colour, rendered from a font (data/emoji.py)
+_READERS = {**builtin.READERS, "emoji:noto": emoji_noto.read_noto}  # colour, from a font (data/emoji_noto.py)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ def parse_spec(spec: str, split: str | None = None, root: str | None = None) -> 
     spec = str(spec).strip()
     name, sep, suffix = spec.partition(":")
     if name.lower() in _ALIASES:
+        if _ALIASES[name.lower()] == "emoji":                   # emoji[:STYLE][:SPLIT]
+            style, from_spec = emoji.parse_style(suffix)
+            return Source("builtin", f"emoji:{style}" if style else "emoji", _pick_split(from_spec, split, spec))
         return Source("builtin", _ALIASES[name.lower()], _pick_split(suffix if sep else None, split, spec))
     path_text, from_spec = spec, None
     if spec.startswith("folder:"):
@@ -90,6 +94,14 @@ def _check_options(resolution, channels, max_images):
         raise KuosanError(f"max_images must be a positive whole number, got {max_images!r}")
 
 
+def _read_builtin(target: str, split: str, root: str | None):
+    """``(images, labels, class_names[, styles])``; ``emoji`` and ``emoji:STYLE`` carry a style per image."""
+    name, _, style = target.partition(":")
+    if name == "emoji" and style != "noto":
+        return emoji.read_emoji(split, root, style or None)
+    return _READERS[target](split, root)
+
+
 def load_dataset(spec: str, split: str | None = None, *, root: str | None = None, resolution: int | None = None,
                  channels: int | None = None, max_images: int | None = None) -> ImageDataset:
     """Load a data set into memory as uint8 ``[N, C, H, W]`` (see the module docstring for specs and defaults).
@@ -103,18 +115,20 @@ def load_dataset(spec: str, split: str | None = None, *, root: str | None = None
         dataset, _ = folder.load_image_folder(src.target, src.split, resolution=resolution,
                                               channels=channels or 3, max_images=max_images)
         return dataset
+    styles: list = []                                       # emoji's second label, when it has one
     if src.kind == "npz":
         images, labels, names = arrays.read_npz(src.target)
         dataset_name = src.target
         if resolution is None and images.shape[2] != images.shape[3]:
             resolution = min(images.shape[2:])              # non-square: centre-crop to the shorter side
     else:
-        images, labels, names = _READERS[src.target](src.split, root)
+        images, labels, names, *styles = _read_builtin(src.target, src.split, root)
         dataset_name = f"{src.target}:{src.split}"
     keep = take_stratified(labels.numpy(), max_images)
     if len(keep) < len(labels):
-        images, labels = images[keep], labels[keep]
-    return ImageDataset(fit_images(images, resolution, channels), labels.contiguous(), names, dataset_name)
+        images, labels, styles = images[keep], labels[keep], [s[keep] for s in styles]
+    dataset = ImageDataset(fit_images(images, resolution, channels), labels.contiguous(), names, dataset_name)
+    return emoji.with_styles(dataset, styles[0]) if styles else dataset
 
 
 # --- fingerprint ----------------------------------------------------------------------------------
@@ -136,10 +150,13 @@ def _describe(src: Source, root: str | None, resolution, channels) -> tuple[str,
         elif src.target == "mnist":
             p = builtin.mnist_csv_path(root)
             content = [[p.name, p.stat().st_size]] if p.is_file() else []
-        elif src.target == "emoji":
-            content = emoji.font_fingerprint(root)
-        return (src.target, resolution or _NATIVE_RESOLUTION[src.target],
-                channels or _NATIVE_CHANNELS.get(src.target, 1), content)
+        elif src.target == "emoji:noto":
+            content = emoji_noto.font_fingerprint(root)
+        elif src.target.startswith("emoji"):
+            content = emoji.fingerprint(src.target.partition(":")[2] or None, root)
+        base = src.target.partition(":")[0]
+        return (src.target.replace(":", "-"), resolution or _NATIVE_RESOLUTION[base],
+                channels or _NATIVE_CHANNELS.get(base, 1), content)
     path = Path(src.target)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", path.resolve().name or "data")[:40]
     if src.kind == "npz":

@@ -1,0 +1,201 @@
+"""The `emoji` data set on a small fixture of images and an emoji.json made here (the real packages are
+used only by the slow test, where scripts/install_emoji_data.sh installed them)."""
+
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kuosan.cli import main as cli_main
+from kuosan.data import dataset_fingerprint, emoji, emoji_sources, load_dataset
+from kuosan.errors import KuosanError
+
+# unified, category, subcategory, sort order; skin tones live inside their base entry, as in emoji-datasource
+ENTRIES = [
+    ("1F600", "Smileys & Emotion", "face-smiling", 1),
+    ("2764-FE0F", "Smileys & Emotion", "heart", 2),                      # dropped: a symbol
+    ("1F44D", "People & Body", "hand-fingers-closed", 3),
+    ("1F468-200D-1F373", "People & Body", "person-role", 4),             # man cook   } one emoji, "cook"
+    ("1F469-200D-1F373", "People & Body", "person-role", 5),             # woman cook }
+    ("1F9D1-200D-1F373", "People & Body", "person-role", 6),             # cook       }
+    ("1F98A", "Animals & Nature", "animal-mammal", 7),
+    ("1F355", "Food & Drink", "food-prepared", 8),                       # on the test side
+    ("1F3D4-FE0F", "Travel & Places", "place-geographic", 9),
+    ("1F550", "Travel & Places", "time", 10),                            # dropped: a clock face
+    ("231A", "Travel & Places", "time", 11),                             # a watch: objects
+    ("1F1EB-1F1F7", "Flags", "country-flag", 12),                        # dropped
+    ("1F523", "Symbols", "alphanum", 13),                                # dropped
+]
+GOOGLE_LACKS = {"1F98A", "1F9D1-200D-1F373"}
+FLUENT_HAS = {"1F600", "1F355", "1F3D4-FE0F"}
+
+
+def _colour(unified: str, style: str) -> tuple[int, int, int]:
+    """A colour of its own for each image, so a test can tell which file was read."""
+    return tuple(hashlib.sha256(f"{unified} {style}".encode()).digest()[:3])
+
+
+def _square(rgb, alpha=255, size=16, inner=10):
+    """A transparent ``size`` image with an ``inner`` square of colour ``rgb`` at opacity ``alpha``."""
+    im = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    lo = (size - inner) // 2
+    im.paste(Image.new("RGBA", (inner, inner), (*rgb, alpha)), (lo, lo))
+    return im
+
+
+def write_sources(base):
+    """Three styles of the entries above; returns ``{(unified, style): colour}``."""
+    colours = {}
+    rows = []
+    for unified, cat, sub, order in ENTRIES:
+        name = unified.lower()
+        row = {"unified": unified, "image": f"{name}.png", "category": cat, "subcategory": sub, "sort_order": order}
+        if unified == "1F44D":
+            row["skin_variations"] = {"1F3FB": {"unified": "1F44D-1F3FB", "image": "1f44d-1f3fb.png"}}
+        rows.append(row)
+    for style, folder, suffix, has in (
+            ("twitter", "emoji-datasource-twitter-16.0.0/img/twitter/64", ".png", lambda u: True),
+            ("google", "emoji-datasource-google-16.0.0/img/google/64", ".png", lambda u: u not in GOOGLE_LACKS),
+            ("fluent", "fluent-emoji-3d-1.1.0/assets", ".webp", lambda u: u in FLUENT_HAS)):
+        d = base / folder
+        d.mkdir(parents=True)
+        for unified in [e[0] for e in ENTRIES] + ["1F44D-1F3FB"]:
+            if has(unified):
+                colours[unified, style] = _colour(unified, style)
+                _square(colours[unified, style]).save(d / f"{unified.lower()}{suffix}", lossless=True)
+    for pkg in ("emoji-datasource-twitter-16.0.0", "emoji-datasource-google-16.0.0"):
+        (base / pkg / "emoji.json").write_text(json.dumps(rows))
+    return colours
+
+
+@pytest.fixture
+def sources(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUOSAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(emoji_sources.SOURCES_ENV, str(tmp_path / "src"))
+    return write_sources(tmp_path / "src")
+
+
+def _centre(ds, i):
+    return tuple(ds.images[i, :, 32, 32].tolist())
+
+
+def test_classes_variants_and_styles(sources):
+    ds = load_dataset("emoji:all")
+    assert ds.images.shape[1:] == (3, 64, 64) and ds.images.dtype == torch.uint8
+    assert ds.class_names == list(emoji.CLASSES) and ds.style_names == emoji_sources.STYLE_NAMES
+    per_style = {s: sorted(ds.class_names[int(c)] for c in ds.labels[ds.styles == k])
+                 for k, s in enumerate(ds.style_names)}
+    # faces, people (thumbs up, cook), animals, food, landscapes, objects (the watch); no flag, heart, clock
+    assert per_style["twitter"] == ["animals", "faces", "food", "landscapes", "objects", "people", "people"]
+    assert per_style["google"] == ["faces", "food", "landscapes", "objects", "people", "people"]
+    assert per_style["fluent"] == ["faces", "food", "landscapes"]
+    assert len(ds) == 7 + 6 + 3
+    centres = {_centre(ds, i) for i in range(len(ds))}
+    assert sources["1F9D1-200D-1F373", "twitter"] in centres        # the neutral cook where the style has it,
+    assert sources["1F468-200D-1F373", "google"] in centres         # else the first variant
+    for dropped in ("1F469-200D-1F373", "1F44D-1F3FB", "1F1EB-1F1F7", "2764-FE0F", "1F550", "1F523"):
+        assert not any(sources.get((dropped, s)) in centres for s in ("twitter", "google", "fluent"))
+
+
+def test_transparency_is_composited_on_white(sources, tmp_path):
+    folder = tmp_path / "src" / "emoji-datasource-twitter-16.0.0" / "img" / "twitter" / "64"
+    _square((200, 0, 0), alpha=128, inner=16).save(folder / "1f600.png")   # half-transparent red, all over
+    ds = load_dataset("emoji:twitter:all")
+    face = ds.images[ds.labels == ds.class_names.index("faces")][0]
+    assert (face[:, :2, :] == 255).all() and (face[:, :, -2:] == 255).all()   # the white margin
+    assert (face[:, 4:60, 4:60].float().mean((1, 2)) - torch.tensor([227.5, 127.5, 127.5])).abs().max() < 1.5
+    fox = ds.images[ds.labels == ds.class_names.index("animals")][0]
+    assert tuple(fox[:, 0, 0].tolist()) == (255, 255, 255)                    # transparent corner -> white
+    assert tuple(fox[:, 32, 32].tolist()) == sources["1F98A", "twitter"]      # opaque middle unchanged
+
+
+def test_split_is_by_emoji(sources):
+    train, test, every = (load_dataset("emoji", s) for s in ("train", "test", "all"))
+    assert len(train) + len(test) == len(every) and len(test) > 0 and len(train) > 0
+    pizza = sources["1F355", "twitter"], sources["1F355", "google"], sources["1F355", "fluent"]
+    test_centres = [_centre(test, i) for i in range(len(test))]
+    assert sorted(test_centres) == sorted(pizza)                           # every style of the pizza, only it
+    assert all(emoji.is_test("1F355") != emoji.is_test(k) for k in ("1F600", "1F98A", "231A"))
+    assert torch.equal(every.images, torch.cat([train.images, test.images]))
+    assert torch.equal(every.styles, torch.cat([train.styles, test.styles]))
+
+
+def test_one_style_keeps_the_style_index(sources):
+    fluent = load_dataset("emoji:fluent:all")
+    assert len(fluent) == 3 and fluent.styles.tolist() == [emoji_sources.STYLE_NAMES.index("fluent")] * 3
+    assert fluent.class_names == list(emoji.CLASSES)
+    few = load_dataset("emoji:all", max_images=4)
+    assert len(few) == 4 and few.styles.shape == (4,)
+    part = few.subset([0, 2])
+    assert torch.equal(part.styles, few.styles[[0, 2]]) and part.style_names == few.style_names
+
+
+def test_cache_is_used_and_invalidated_when_a_source_changes(sources, tmp_path, monkeypatch):
+    first = load_dataset("emoji:twitter:all")
+    fp = dataset_fingerprint("emoji:twitter:all")
+    calls = []
+    real = emoji.decode_style
+    monkeypatch.setattr(emoji, "decode_style", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert torch.equal(load_dataset("emoji:twitter:all").images, first.images) and not calls   # from the cache
+    png = tmp_path / "src" / "emoji-datasource-twitter-16.0.0" / "img" / "twitter" / "64" / "1f98a.png"
+    _square((1, 2, 3), inner=12).save(png)
+    os.utime(png, ns=(time.time_ns(), time.time_ns() + 10**9))
+    again = load_dataset("emoji:twitter:all")
+    assert calls == [1] and dataset_fingerprint("emoji:twitter:all") != fp
+    assert (1, 2, 3) in {_centre(again, i) for i in range(len(again))}
+    (tmp_path / "src" / "emoji-datasource-twitter-16.0.0" / "emoji.json").touch()
+    os.utime(tmp_path / "src" / "emoji-datasource-twitter-16.0.0" / "emoji.json", ns=(1, 1))
+    load_dataset("emoji:twitter:all")
+    assert calls == [1, 1]                                                # emoji.json changed too
+
+
+def test_missing_sources_give_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KUOSAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(emoji_sources.SOURCES_ENV, str(tmp_path / "nothing"))
+    with pytest.raises(KuosanError, match="install_emoji_data.sh") as e:
+        load_dataset("emoji")
+    assert "\n" not in str(e.value)
+    with pytest.raises(KuosanError, match="fluent-emoji-3d@1.1.0.*install_emoji_data.sh"):
+        load_dataset("emoji:fluent")
+    assert cli_main(["data", "emoji:gemojione"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ruby-gemojione" in err and "Traceback" not in err
+    with pytest.raises(KuosanError, match="neither a style"):
+        load_dataset("emoji:bogus")
+
+
+def test_noto_spec_reaches_the_font_set(monkeypatch):
+    from kuosan.data import sources
+    from kuosan.data.sources import parse_spec
+
+    assert parse_spec("emoji:noto:test").target == "emoji:noto" and parse_spec("emoji:noto:test").split == "test"
+    assert parse_spec("emoji:test").target == "emoji" and parse_spec("emoji:google").split == "train"
+    fake = torch.zeros(2, 3, 64, 64, dtype=torch.uint8), torch.tensor([0, 1]), ["faces", "people"]
+    monkeypatch.setitem(sources._READERS, "emoji:noto", lambda split, root=None: fake)
+    ds = load_dataset("emoji:noto")
+    assert len(ds) == 2 and not hasattr(ds, "styles") and ds.name == "emoji:noto:train"
+
+
+def _installed():
+    try:
+        emoji_sources.catalogue_file()
+    except KuosanError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _installed(), reason="emoji sources not installed (bash scripts/install_emoji_data.sh)")
+def test_the_installed_set_is_large_and_labelled():
+    ds = load_dataset("emoji:all")
+    counts = np.bincount(ds.labels.numpy(), minlength=ds.num_classes)
+    assert ds.images.shape[1:] == (3, 64, 64) and (counts > 0).sum() >= 6
+    if len(emoji_sources.installed()) == len(emoji_sources.STYLES):
+        assert len(ds) >= 5000
+    test = load_dataset("emoji:test")
+    assert 0.1 < len(test) / len(ds) < 0.3
