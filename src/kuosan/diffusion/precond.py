@@ -13,11 +13,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kuosan.diffusion.consistency import boundary_scalings
 from kuosan.diffusion.schedules import DiscreteVP
 from kuosan.errors import KuosanError
 
 __all__ = ["Precond", "EDMPrecond", "EpsPrecond", "VPrecond", "X0Precond", "FlowPrecond", "sigma_to_t", "t_to_sigma",
-           "build_precond", "PRECONDS"]
+           "build_precond", "PRECONDS", "ConsistencyPrecond",
+           "ConsistencyFlowPrecond"]
 
 
 def _expand(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +132,7 @@ class X0Precond(_DiscretePrecond):
         return torch.zeros_like(sigma), torch.ones_like(sigma), 1 / (sigma ** 2 + 1).sqrt()
 
 
-PRECONDS = ("edm", "eps", "v", "x0", "flow")
+PRECONDS = ("edm", "eps", "v", "x0", "flow", "consistency", "consistency-flow")
 
 
 def sigma_to_t(sigma):
@@ -168,6 +170,26 @@ class FlowPrecond(Precond):
         return self.net(x_t.to(torch.float32), t.to(torch.float32), class_labels).to(torch.float32)
 
 
+class ConsistencyPrecond(EDMPrecond):
+    """A consistency model over EDM's parameterisation, f(x, σ_min) = x exactly (Song et al. 2023, Appendix C;
+    the maths in :mod:`kuosan.diffusion.consistency`). A student of ``kuosan distill``."""
+
+    kind = "consistency"
+
+    def scalings(self, sigma):
+        return boundary_scalings(super().scalings, sigma, self.sigma_min)
+
+
+class ConsistencyFlowPrecond(FlowPrecond):
+    """A consistency model over flow matching's parameterisation, f(x, σ_min) = x exactly
+    (:mod:`kuosan.diffusion.consistency`)."""
+
+    kind = "consistency-flow"
+
+    def scalings(self, sigma):
+        return boundary_scalings(super().scalings, sigma, self.sigma_min)
+
+
 def build_precond(kind: str, net: nn.Module, *, sigma_data: float = 0.5, beta_schedule: str = "linear",
                   timesteps: int = 1000, sigma_min: float = 0.002, sigma_max: float = 80.0) -> Precond:
     """The preconditioner named ``kind`` (one of :data:`PRECONDS`) around ``net``."""
@@ -175,6 +197,10 @@ def build_precond(kind: str, net: nn.Module, *, sigma_data: float = 0.5, beta_sc
         return EDMPrecond(net, sigma_data, sigma_min, sigma_max)
     if kind == "flow":
         return FlowPrecond(net, sigma_min, sigma_max)
+    if kind == "consistency":
+        return ConsistencyPrecond(net, sigma_data, sigma_min, sigma_max)
+    if kind == "consistency-flow":
+        return ConsistencyFlowPrecond(net, sigma_min, sigma_max)
     cls = {"eps": EpsPrecond, "v": VPrecond, "x0": X0Precond}.get(kind)
     if cls is None:
         raise KuosanError(f"unknown parameterisation {kind!r}; choose one of {', '.join(PRECONDS)}")

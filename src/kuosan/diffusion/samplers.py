@@ -32,12 +32,13 @@ from typing import Callable, Sequence
 
 import torch
 
+from kuosan.diffusion.consistency import renoise_levels
 from kuosan.rng import randn_like
 
 __all__ = ["SAMPLERS", "get_sampler", "nfe", "to_d", "ancestral_step", "add_noise",
            "sample_euler", "sample_heun", "sample_ddim", "sample_ddpm", "sample_euler_ancestral",
            "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_dpmpp_3m", "sample_dpmpp_3m_sde",
-           "sample_unipc", "sample_lms"]
+           "sample_unipc", "sample_lms", "sample_consistency", "CONSISTENCY_SAMPLERS"]
 
 
 # --- shared helpers --------------------------------------------------------------------------------
@@ -346,6 +347,35 @@ def sample_lms(denoiser, x, sigmas, *, extra_args=None, callback=None, generator
     return x
 
 
+@torch.no_grad()
+def sample_consistency(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=None,
+                       points: Sequence[float] | None = None, rho: float = 7.0):
+    """Multistep consistency sampling (Song et al. 2023, "Consistency Models", Algorithm 1) of a consistency
+    function f (``kuosan distill``'s student, f(x, σ_min) = x): x <- f(x, σ_max), then for each re-noising
+    point τ, x <- f(x + τ·z, τ); one evaluation a step, ``len(sigmas) − 1`` steps. The paper adds
+    sqrt(τ² − σ_min²)·z; kuosan treats f's output as the clean image, as every sampler here treats D's.
+
+    Of the grid only its ends count: σ_max = sigmas[0], σ_min its last nonzero level; the re-noising points
+    are ``points`` (steps − 1 values), else :func:`kuosan.diffusion.consistency.renoise_levels` with ``rho``.
+    A grid that ends above 0 ends re-noised to that level (a partial step of an edit). On a diffusion model's
+    denoiser this is no sampler: re-noising its posterior means loses variance (see CONSISTENCY_SAMPLERS)."""
+    extra_args = extra_args or {}
+    s = sigmas.tolist()
+    if any(b >= a for a, b in zip(s, s[1:])):
+        from kuosan.errors import KuosanError
+
+        raise KuosanError("the consistency sampler needs a decreasing σ grid; it cannot run the ODE backwards "
+                          "(inversion needs an ODE sampler and a diffusion model)")
+    levels = renoise_levels(len(s) - 1, s[0], s[-2] if s[-1] == 0 else s[-1], points=points, rho=rho)
+    denoised = x
+    for i, (sigma, sigma_next) in enumerate(zip(levels, [*levels[1:], s[-1]])):
+        if i:  # Algorithm 1, line 5: back to noise level τ, with fresh noise
+            x = add_noise(denoised, generator, sigma)
+        denoised = denoiser(x, sigmas.new_tensor(sigma), **extra_args)
+        _call(callback, i, x, sigmas.new_tensor(sigma), sigmas.new_tensor(sigma_next), denoised)
+    return add_noise(denoised, generator, s[-1])
+
+
 SAMPLERS: dict[str, Callable] = {
     "euler": sample_euler,
     "heun": sample_heun,
@@ -358,10 +388,14 @@ SAMPLERS: dict[str, Callable] = {
     "dpmpp_3m": sample_dpmpp_3m,
     "dpmpp_3m_sde": sample_dpmpp_3m_sde,
     "unipc": sample_unipc,
+    "consistency": sample_consistency,
 }
 
 # Samplers that draw fresh noise (with their default options).
-STOCHASTIC = ("ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde")
+STOCHASTIC = ("ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "consistency")
+
+# Samplers of consistency functions f(x, σ) -> x at σ_min (kuosan distill's students), not of denoisers.
+CONSISTENCY_SAMPLERS = ("consistency",)
 
 # Network evaluations per step; the last step of a second-order sampler costs one. Every other
 # sampler here makes one evaluation a step (UniPC's corrector reuses the next step's evaluation).
