@@ -184,7 +184,8 @@ def test_tiny_latent_diffusion_end_to_end(ae_dir, tmp_path, monkeypatch):
 # --- the emoji data set ---------------------------------------------------------------------------
 
 def test_emoji_renders_classes_in_colour_and_splits_deterministically(monkeypatch):
-    from kuosan.data import dataset_fingerprint, emoji, load_dataset
+    from kuosan.data import dataset_fingerprint, load_dataset
+    from kuosan.data import emoji_noto as emoji
 
     try:
         emoji.font_path()
@@ -193,27 +194,28 @@ def test_emoji_renders_classes_in_colour_and_splits_deterministically(monkeypatc
     # two small classes keep the test fast (the cache key includes the classes)
     monkeypatch.setattr(emoji, "CLASSES", {"faces": ((0x1F600, 0x1F609),), "animals": ((0x1F400, 0x1F409),)})
     monkeypatch.setattr(emoji, "CLASS_NAMES", ["faces", "animals"])
-    train, test = load_dataset("emoji:train"), load_dataset("emoji", "test")
+    train, test = load_dataset("emoji:noto:train"), load_dataset("emoji:noto", "test")
     assert train.images.shape == (16, 3, 64, 64) and test.images.shape == (4, 3, 64, 64)
     assert train.class_names == ["faces", "animals"] and test.labels.tolist() == [0, 0, 1, 1]
     corners = train.images[:, :, :2, :2]
     assert (corners == 255).float().mean() > 0.8                    # on white
     rgb = train.images.float()
     assert (rgb[:, 0] - rgb[:, 2]).abs().mean() > 10               # in colour (faces are yellow)
-    assert torch.equal(load_dataset("emoji:train").images, train.images)   # from the cache, identical
-    assert "emoji-train-64px-3ch" in dataset_fingerprint("emoji:train")
+    assert torch.equal(load_dataset("emoji:noto:train").images, train.images)   # from the cache, identical
+    assert "emoji-noto-train-64px-3ch" in dataset_fingerprint("emoji:noto:train")
 
 
 def test_emoji_without_the_font_says_how_to_install_it(monkeypatch, tmp_path):
-    from kuosan.data import emoji, load_dataset
+    from kuosan.data import load_dataset
+    from kuosan.data import emoji_noto as emoji
 
     monkeypatch.delenv(emoji.FONT_ENV, raising=False)
     monkeypatch.setattr(emoji, "FONT_DIRS", (str(tmp_path),))
     with pytest.raises(KuosanError, match="apt-get install fonts-noto-color-emoji"):
-        load_dataset("emoji")
+        load_dataset("emoji:noto")
     monkeypatch.setenv(emoji.FONT_ENV, str(tmp_path / "nope.ttf"))
     with pytest.raises(KuosanError, match="not found"):
-        load_dataset("emoji")
+        load_dataset("emoji:noto")
 
 
 # --- the command-line modules (wired into kuosan.cli as train-autoencoder and latent) ------------
