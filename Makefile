@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	  { apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
 	    echo "note: could not install dataset-fashion-mnist; the demo will use the MNIST subset"; } || true
+	@bash scripts/install_emoji_data.sh
 	$(PY) -m venv $(VENV)
 	# The CPU build of PyTorch first, so nothing later pulls a multi-GB CUDA build.
 	# Elsewhere, point pip at a CPU wheel: make TORCH="torch --index-url <your CPU wheel index>"
