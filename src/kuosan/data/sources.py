@@ -4,6 +4,7 @@ A spec is one of
     ``fashion-mnist`` | ``mnist`` | ``digits``  built-in grey-scale sets (``NAME:SPLIT`` means ``split=SPLIT``)
     ``emoji[:STYLE]``                          64x64 colour emoji in five art styles (see :mod:`kuosan.data.emoji`);
                                                ``emoji:noto``: the older set rendered from a font
+    ``stacked-mnist``                          three MNIST digits as R, G, B: 1,000 modes (:mod:`kuosan.data.stacked_mnist`)
     ``DIR`` or ``folder:DIR``                  an image folder (see :mod:`kuosan.data.folder`)
     ``FILE.npz``                               images written by ``kuosan sample`` (see :mod:`kuosan.data.arrays`)
 
@@ -22,16 +23,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kuosan.data import arrays, builtin, emoji, emoji_noto, folder
+from kuosan.data import arrays, builtin, emoji, emoji_noto, folder, stacked_mnist
 from kuosan.data.dataset import ImageDataset, take_stratified
 from kuosan.data.transforms import fit_images
 from kuosan.errors import KuosanError
 
 _ALIASES = {"fashion-mnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
-            "mnist": "mnist", "digits": "digits", "sklearn-digits": "digits", "emoji": "emoji"}
-_NATIVE_RESOLUTION = {"fashion-mnist": 28, "mnist": 28, "digits": 8, "emoji": 64}
-_NATIVE_CHANNELS = {"emoji": 3}                        # the others are grey
-_READERS = {**builtin.READERS, "emoji:noto": emoji_noto.read_noto}  # colour, from a font (data/emoji_noto.py)
+            "mnist": "mnist", "digits": "digits", "sklearn-digits": "digits", "emoji": "emoji",
+            "stacked-mnist": "stacked-mnist", "stacked_mnist": "stacked-mnist", "stackedmnist": "stacked-mnist"}
+_NATIVE_RESOLUTION = {"fashion-mnist": 28, "mnist": 28, "digits": 8, "emoji": 64, "stacked-mnist": 28}
+_NATIVE_CHANNELS = {"emoji": 3, "stacked-mnist": 3}    # the others are grey
+_READERS = {**builtin.READERS, "emoji:noto": emoji_noto.read_noto,  # colour, from a font (data/emoji_noto.py)
+            "stacked-mnist": stacked_mnist.read_stacked_mnist}  # built from `mnist` (data/stacked_mnist.py)
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,7 @@ def _describe(src: Source, root: str | None, resolution, channels) -> tuple[str,
             stems = [s for part in (("train", "test") if src.split == "all" else (src.split,))
                      for s in builtin.IDX_STEMS[part]]
             content = [[p.name, p.stat().st_size] for p in (builtin.find_idx_file(d, s) for s in stems) if p]
-        elif src.target == "mnist":
+        elif src.target in ("mnist", "stacked-mnist"):
             p = builtin.mnist_csv_path(root)
             content = [[p.name, p.stat().st_size]] if p.is_file() else []
         elif src.target == "emoji:noto":

@@ -17,9 +17,8 @@ from kuosan.diffusion.consistency import boundary_scalings
 from kuosan.diffusion.schedules import DiscreteVP
 from kuosan.errors import KuosanError
 
-__all__ = ["Precond", "EDMPrecond", "EpsPrecond", "VPrecond", "X0Precond", "FlowPrecond", "sigma_to_t", "t_to_sigma",
-           "build_precond", "PRECONDS", "ConsistencyPrecond",
-           "ConsistencyFlowPrecond"]
+__all__ = ["Precond", "EDMPrecond", "EpsPrecond", "VPrecond", "X0Precond", "FlowPrecond", "GANPrecond", "sigma_to_t",
+           "t_to_sigma", "build_precond", "PRECONDS", "ConsistencyPrecond", "ConsistencyFlowPrecond"]
 
 
 def _expand(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -132,7 +131,7 @@ class X0Precond(_DiscretePrecond):
         return torch.zeros_like(sigma), torch.ones_like(sigma), 1 / (sigma ** 2 + 1).sqrt()
 
 
-PRECONDS = ("edm", "eps", "v", "x0", "flow", "consistency", "consistency-flow")
+PRECONDS = ("edm", "eps", "v", "x0", "flow", "gan", "consistency", "consistency-flow")
 
 
 def sigma_to_t(sigma):
@@ -170,6 +169,36 @@ class FlowPrecond(Precond):
         return self.net(x_t.to(torch.float32), t.to(torch.float32), class_labels).to(torch.float32)
 
 
+class GANPrecond(Precond):
+    """A GAN generator as a one-step denoiser: D(x; σ) = G(x / σ), i.e. c_skip = 0, c_out = 1, c_in = 1/σ.
+
+    The sampler starts from x = σ_max · z, z ~ N(0, I), so D(x; σ_max) = G(z), and one Euler step from σ_max to 0
+    returns x + (0 − σ_max)(x − D)/σ_max = D: one network evaluation an image (the checkpoint's ``sample``
+    section: euler, 1 step). The generator was never trained at other noise levels, so a call at any σ other
+    than σ_max (a multi-step sampler, img2img) is refused rather than answered with a meaningless image."""
+
+    kind = "gan"
+
+    def __init__(self, net: nn.Module, sigma_max: float = 1.0):
+        super().__init__(net)
+        self._sigma_max = sigma_max
+
+    sigma_max = property(lambda self: self._sigma_max)
+
+    def scalings(self, sigma):
+        return torch.zeros_like(sigma), torch.ones_like(sigma), 1 / sigma
+
+    def noise_cond(self, sigma):
+        return sigma
+
+    def forward(self, x, sigma, class_labels=None):
+        s = _expand(sigma, x)
+        if not torch.allclose(s, torch.full_like(s, self._sigma_max), rtol=1e-5, atol=0):
+            raise KuosanError(f"a GAN maps noise at σ_max = {self._sigma_max:g} to an image in one network "
+                              "evaluation; sample it with one step (its checkpoint's default: euler, 1 step)")
+        return super().forward(x, s.flatten(), class_labels)
+
+
 class ConsistencyPrecond(EDMPrecond):
     """A consistency model over EDM's parameterisation, f(x, σ_min) = x exactly (Song et al. 2023, Appendix C;
     the maths in :mod:`kuosan.diffusion.consistency`). A student of ``kuosan distill``."""
@@ -201,6 +230,8 @@ def build_precond(kind: str, net: nn.Module, *, sigma_data: float = 0.5, beta_sc
         return ConsistencyPrecond(net, sigma_data, sigma_min, sigma_max)
     if kind == "consistency-flow":
         return ConsistencyFlowPrecond(net, sigma_min, sigma_max)
+    if kind == "gan":
+        return GANPrecond(net, sigma_max)
     cls = {"eps": EpsPrecond, "v": VPrecond, "x0": X0Precond}.get(kind)
     if cls is None:
         raise KuosanError(f"unknown parameterisation {kind!r}; choose one of {', '.join(PRECONDS)}")

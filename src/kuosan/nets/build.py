@@ -26,7 +26,13 @@ def _dit(fields: dict) -> nn.Module:
     return DiT(DiTConfig(**fields))
 
 
-NETWORKS = {"unet": _unet, "dit": _dit}
+def _gan(fields: dict) -> nn.Module:
+    from kuosan.nets.gan import GANConfig, GANPair
+
+    return GANPair(GANConfig(**fields))
+
+
+NETWORKS = {"unet": _unet, "dit": _dit, "gan": _gan}
 
 
 def network_fields(kind: str) -> set[str]:
@@ -39,6 +45,10 @@ def network_fields(kind: str) -> set[str]:
         from kuosan.nets.dit import DiTConfig
 
         return {f.name for f in dataclasses.fields(DiTConfig)}
+    if kind == "gan":
+        from kuosan.nets.gan import GANConfig
+
+        return {f.name for f in dataclasses.fields(GANConfig)}
     raise KuosanError(f"unknown network {kind!r}; choose one of {', '.join(sorted(NETWORKS))}")
 
 
