@@ -10,7 +10,7 @@ import torch
 from kuosan.data import load_dataset
 from kuosan.data.dataset import take_stratified
 from kuosan.errors import KuosanError
-from kuosan.evaluation import cli
+from kuosan.cli import evaluate as cli
 from kuosan.evaluation.config import EvalConfig
 from kuosan.evaluation.report import evaluate
 

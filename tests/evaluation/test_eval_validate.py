@@ -8,7 +8,7 @@ import pytest
 
 from kuosan.config import SampleConfig
 from kuosan.errors import KuosanError
-from kuosan.evaluation import cli
+from kuosan.cli import evaluate as cli
 from kuosan.evaluation.config import EvalConfig
 from kuosan.evaluation.report import default_extractors, evaluate
 

@@ -18,12 +18,11 @@ from kuosan.errors import KuosanError
 from kuosan.evaluation import diversity as div
 from kuosan.evaluation.classifier import classifier_for_dataset
 from kuosan.evaluation.config import EvalConfig
+from kuosan.evaluation.defaults import (DEFAULT_REFERENCE, dataset_of, default_extractors,  # noqa: F401
+                                       default_train_reference)
 from kuosan.evaluation.features import as_uint8_nchw, get_extractor
 from kuosan.evaluation.metrics import density_coverage, frechet_distance, kid, precision_recall
 from kuosan.evaluation.reference import FeatureSet, is_stats_file, read_stats_file, reference_features
-
-DEFAULT_REFERENCE = "fashion-mnist:test"
-
 
 @dataclass
 class ImageSet:
@@ -74,43 +73,6 @@ def _native_geometry(path):
         except OSError:
             continue
     return {}
-
-
-def dataset_of(spec):
-    """``"fashion-mnist"`` for ``"fashion-mnist:test"``; ``None`` for folders, files and in-memory sets."""
-    if not isinstance(spec, str):
-        return None
-    name = spec.split(":")[0].lower().replace("_", "-")
-    return {"fashionmnist": "fashion-mnist"}.get(name, name) if name in ("fashion-mnist", "fashionmnist",
-                                                                          "mnist", "digits") else None
-
-
-def default_train_reference(reference):
-    """The training split of a bundled reference (``fashion-mnist:test`` -> ``fashion-mnist:train``)."""
-    dataset = dataset_of(reference)
-    if dataset is None or reference.endswith(":train") or reference == dataset:
-        return None
-    return f"{dataset}:train"
-
-
-def default_extractors(reference, device="cpu"):
-    """What ``evaluate`` scores with when no extractors are named.
-
-    A bundled set: its own classifier (seconds on a CPU, reference features shipped with kuosan), plus
-    EfficientNet-Lite0 (ImageNet features, minutes of a CPU for the real sets the first time) on CUDA. A set
-    without a classifier of its own: EfficientNet-Lite0. A statistics file: the extractors it holds.
-    Add EfficientNet-Lite0 on a CPU with ``--extractors fmnist-cnn,efficientnet-lite0``.
-    """
-    if isinstance(reference, (str, Path)) and is_stats_file(reference):
-        from kuosan.evaluation.features import NAMES
-        from kuosan.evaluation.reference import stats_file_extractors
-
-        held = [n for n in stats_file_extractors(reference) if n in NAMES]
-        return tuple([n for n in held if n != "inception-v3-fid"] or held or ["efficientnet-lite0"])
-    own = classifier_for_dataset(dataset_of(reference))
-    if own is None:
-        return ("efficientnet-lite0",)
-    return (own, "efficientnet-lite0") if str(device).startswith("cuda") else (own,)
 
 
 # --- feature sets ---------------------------------------------------------------------------------

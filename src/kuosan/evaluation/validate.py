@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from kuosan.errors import KuosanError
+from kuosan.evaluation.defaults import dataset_of, default_extractors, default_train_reference
 
 
 def _int(value, option, lo, hi=None, allow_none=False):
@@ -129,7 +130,6 @@ def resolve_extractors(reference, cfg):
     """``(scored, classifier)``: the extractors whose distances are reported (canonical names, in order)
     and the data set's own classifier (``None`` when the reference is not a built-in set)."""
     from kuosan.evaluation.classifier import classifier_for_dataset
-    from kuosan.evaluation.report import dataset_of, default_extractors
 
     names = cfg.extractors if cfg.extractors is not None else default_extractors(reference, cfg.device)
     keys = list(dict.fromkeys(check_extractors(names, cfg)))
@@ -186,7 +186,6 @@ def validate(reference, cfg, *, train_reference=None, out_dir=None, image_shape=
     ``reference``/``train_reference``: specs, statistics files or images (``None``: not known yet, or no
     training reference); ``train_reference="auto"`` is resolved as :func:`evaluate` resolves it.
     """
-    from kuosan.evaluation.report import default_train_reference
 
     check_config(cfg)
     if reference is None:  # a checkpoint's data set, known once it is loaded: what can be checked now
