@@ -460,12 +460,18 @@ def test_a_client_that_goes_away_cancels_its_job(client, service, monkeypatch):
 def test_pngs_dropped_on_the_page_give_back_their_parameters(client):
     entry = run_job(client, seeds="11", steps=2, sampler="euler", **{"class": 6})
     data = client.get(entry["images"][0]["url"]).content
-    got = client.post("/api/pnginfo", content=data).json()["params"]
+    answer = client.post("/api/pnginfo", content=data).json()
+    got = answer["params"]
     assert got["seed"] == 11 and got["class"] == 6 and got["sampler"] == "euler" and got["steps"] == 2
+    assert answer["model"] == "tiny"
+    elsewhere = encode_png(np.zeros((8, 8, 1), np.uint8), {**got, "model": "/somewhere/else/run"})
+    assert client.post("/api/pnginfo", content=elsewhere).json()["model"] == "tiny"  # found by its checksum
+    stranger = encode_png(np.zeros((8, 8, 1), np.uint8), {**got, "model": "x", "checksum": "0" * 64})
+    assert client.post("/api/pnginfo", content=stranger).json()["model"] is None
     plain = io.BytesIO()
     Image.new("L", (2, 2)).save(plain, format="PNG")
     assert client.post("/api/pnginfo", content=plain.getvalue()).json() == {
-        "params": None, "message": "this PNG carries no kuosan parameters"}
+        "params": None, "model": None, "message": "this PNG carries no kuosan parameters"}
 
 
 def test_the_model_card_shows_its_facts_and_its_evaluation_report(client, service, runs):

@@ -267,7 +267,8 @@ def create_app(service: Service, allowed_hosts: list[str] | None = None):
 
         params = read_png_params(await _body(request, MAX_UPLOAD))
         note = None if params else "this PNG carries no kuosan parameters"
-        return JSONResponse({"params": params, "message": note})
+        match = await run_in_threadpool(service.models.match, params) if params else None
+        return JSONResponse({"params": params, "model": match, "message": note})
 
     routes = [
         Route("/", index), Route("/api/info", info), Route("/api/card", card), Route("/api/report", report),

@@ -180,3 +180,22 @@ class Models:
     def loaded_names(self) -> list[str]:
         with self._lock:
             return list(self._loaded)
+
+    def match(self, params: dict) -> str | None:
+        """The name of the model a PNG's parameters came from: by name, else by the checksum of its weights
+        (so a PNG that `kuosan sample` wrote, naming a path, finds its model here too)."""
+        from kuosan.checkpoint import resolve_checkpoint
+
+        entries = self.entries()
+        name, checksum = params.get("model"), params.get("checksum")
+        if any(e.name == name for e in entries):
+            return name
+        for e in entries:
+            if not isinstance(checksum, str) or e.kind != "kuosan":
+                continue  # hashing a diffusers model's weights on a drop would take too long
+            try:
+                if weights_checksum(resolve_checkpoint(e.path, verify=False), "kuosan") == checksum:
+                    return e.name
+            except (KuosanError, OSError):
+                continue
+        return None

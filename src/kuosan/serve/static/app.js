@@ -560,7 +560,7 @@ async function readDroppedPNG(file) {
     const body = await res.json();
     if (!res.ok) throw new Error(body.error);
     if (!body.params) { toast(`${file.name}: ${body.message}`); return; }
-    const mode = await fillForm(body.params);
+    const mode = await fillForm({ ...body.params, model: body.model || body.params.model });
     showTab(mode === "generate" ? "generate" : mode === "live" ? "live" : "edit");
     toast(`settings loaded from ${file.name}`);
   } catch (e) {
