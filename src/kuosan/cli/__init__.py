@@ -15,12 +15,12 @@ import warnings
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from kuosan import __version__  # noqa: E402
-from kuosan.cli import bench, data, demo, distill, edit, evaluate, gan, latent, lora, sample, serve, train  # noqa: E402
+from kuosan.cli import bench, data, demo, distill, edit, evaluate, export, gan, latent, lora, sample, serve, train  # noqa: E402
 from kuosan.errors import KuosanError  # noqa: E402
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS = (demo, train, distill, gan, sample, evaluate, edit, serve, data, latent, lora, bench)  # the order of `kuosan --help`
+COMMANDS = (demo, train, distill, gan, sample, evaluate, edit, serve, data, latent, lora, export, bench)  # the order of `kuosan --help`
 
 EXAMPLES = """examples:
   kuosan demo                                   train on Fashion-MNIST for ~10 minutes, write runs/demo/
