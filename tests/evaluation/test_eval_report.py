@@ -10,9 +10,15 @@ import torch
 from kuosan.data import load_dataset
 from kuosan.data.dataset import take_stratified
 from kuosan.errors import KuosanError
-from kuosan.cli import evaluate as cli
+from kuosan.cli import main as kuosan_main
 from kuosan.evaluation.config import EvalConfig
 from kuosan.evaluation.report import evaluate
+
+
+def evaluate_cli(argv):
+    """``kuosan evaluate ARGV`` through the command line's entry point (user errors: one line, status 2)."""
+    return kuosan_main(["evaluate", *argv])
+
 
 FAST = EvalConfig(extractors=("fmnist-cnn",), max_real=300, kid_subsets=10)
 
@@ -106,7 +112,7 @@ def test_rgb_in_memory_sets_with_efficientnet(tmp_path):
 def test_cli_on_an_npz(tmp_path, capsys, fmnist_test):
     images, _ = held_out(fmnist_test, 40)
     np.savez(tmp_path / "samples.npz", images=images.permute(0, 2, 3, 1).numpy())
-    code = cli.main(["--images", str(tmp_path / "samples.npz"), "--extractors", "fmnist-cnn", "--max-real", "300",
+    code = evaluate_cli(["--images", str(tmp_path / "samples.npz"), "--extractors", "fmnist-cnn", "--max-real", "300",
                      "--kid-subsets", "5", "--out", str(tmp_path / "eval"), "--device", "cpu", "--no-plots"])
     out = capsys.readouterr().out
     assert code == 0 and "Fréchet distance" in out and "real floor" in out
@@ -114,10 +120,10 @@ def test_cli_on_an_npz(tmp_path, capsys, fmnist_test):
 
 
 def test_cli_user_errors_are_one_line(tmp_path, capsys):
-    assert cli.main(["--images", str(tmp_path / "nowhere.npz")]) == 2
+    assert evaluate_cli(["--images", str(tmp_path / "nowhere.npz")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("kuosan: error:") and "\n" not in err
-    assert cli.main(["--images", str(tmp_path), "--reference", "no-such-set:test"]) == 2
+    assert evaluate_cli(["--images", str(tmp_path), "--reference", "no-such-set:test"]) == 2
     assert "reference" in capsys.readouterr().err
 
 
@@ -145,7 +151,7 @@ def test_cli_on_a_checkpoint_samples_times_and_reads_the_log(tmp_path, capsys, m
         json.dumps({"step": s, "loss": 1 / s, "grad_norm": 1.0, "lr": 1e-3, "nonfinite": 0, "time": s,
                     "images_per_s": 100.0}) + "\n" for s in range(1, 50)))
     monkeypatch.setattr(kuosan, "load", lambda path, device=None: FakePipe(fmnist_test))
-    code = cli.main(["--checkpoint", str(run_dir / "checkpoints" / "latest"), "--n", "60", "--steps", "9",
+    code = evaluate_cli(["--checkpoint", str(run_dir / "checkpoints" / "latest"), "--n", "60", "--steps", "9",
                      "--extractors", "fmnist-cnn", "--max-real", "300", "--kid-subsets", "5",
                      "--out", str(tmp_path / "eval"), "--device", "cpu"])
     assert code == 0, capsys.readouterr().err

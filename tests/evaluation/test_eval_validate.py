@@ -9,8 +9,14 @@ import pytest
 from kuosan.config import SampleConfig
 from kuosan.errors import KuosanError
 from kuosan.cli import evaluate as cli
+from kuosan.cli import main as kuosan_main
 from kuosan.evaluation.config import EvalConfig
 from kuosan.evaluation.report import default_extractors, evaluate
+
+
+def evaluate_cli(argv):
+    """``kuosan evaluate ARGV`` through the command line's entry point (user errors: one line, status 2)."""
+    return kuosan_main(["evaluate", *argv])
 
 
 @pytest.fixture
@@ -52,7 +58,7 @@ BAD = [
 
 @pytest.mark.parametrize("extra,message", BAD, ids=[" ".join(b[0]) for b in BAD])
 def test_bad_options_fail_in_one_line_before_sampling(run_dir, capsys, extra, message):
-    code = cli.main(["--checkpoint", str(run_dir), "--out", str(run_dir / "eval"), "--device", "cpu", *extra])
+    code = evaluate_cli(["--checkpoint", str(run_dir), "--out", str(run_dir / "eval"), "--device", "cpu", *extra])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("kuosan: error:") and "\n" not in err, err
     assert message in err
@@ -60,9 +66,9 @@ def test_bad_options_fail_in_one_line_before_sampling(run_dir, capsys, extra, me
 
 def test_unwritable_output_and_missing_checkpoint(run_dir, tmp_path, capsys):
     (tmp_path / "a-file").write_text("")
-    assert cli.main(["--checkpoint", str(run_dir), "--out", str(tmp_path / "a-file")]) == 2
+    assert evaluate_cli(["--checkpoint", str(run_dir), "--out", str(tmp_path / "a-file")]) == 2
     assert "--out" in capsys.readouterr().err
-    assert cli.main(["--checkpoint", str(tmp_path / "no-run"), "--out", str(tmp_path / "e")]) == 2
+    assert evaluate_cli(["--checkpoint", str(tmp_path / "no-run"), "--out", str(tmp_path / "e")]) == 2
     assert "--checkpoint" in capsys.readouterr().err
 
 
@@ -79,7 +85,7 @@ def test_the_reference_a_checkpoint_names_is_checked_before_sampling(run_dir, tm
     from kuosan.data import builtin
 
     monkeypatch.setenv(builtin.FASHION_MNIST_ENV, str(tmp_path / "empty"))  # no Fashion-MNIST files here
-    code = cli.main(["--checkpoint", str(run_dir), "--extractors", "fmnist-cnn,efficientnet-lite0",
+    code = evaluate_cli(["--checkpoint", str(run_dir), "--extractors", "fmnist-cnn,efficientnet-lite0",
                      "--out", str(tmp_path / "eval"), "--device", "cpu"])
     assert code == 2 and "do not cover efficientnet-lite0" in capsys.readouterr().err
 
