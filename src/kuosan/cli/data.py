@@ -22,8 +22,14 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from kuosan.data import load_dataset
+    from kuosan.errors import KuosanError
     from kuosan.images import make_grid, save_png
+    from kuosan.validation import output_file
 
+    if not args.spec.strip():
+        raise KuosanError("the data set spec is empty; give fashion-mnist, mnist, digits, a folder or an .npz file")
+    if args.grid is not None:
+        output_file(args.grid, "--grid")
     ds = load_dataset(args.spec, root=args.root)
     counts = ds.labels.bincount(minlength=ds.num_classes).tolist()
     print(f"{ds.name}: {len(ds)} images, {ds.channels}x{ds.resolution}x{ds.resolution}, "

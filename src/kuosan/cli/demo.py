@@ -21,7 +21,18 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from kuosan.demo import run_demo
+    from kuosan import demo
+    from kuosan.errors import KuosanError
+    from kuosan.runtime import resolve_device
+    from kuosan.validation import output_dir, real, whole
 
-    return run_demo(minutes=args.minutes, out=args.out, data=args.data, seed=args.seed, device=args.device,
-                    evaluate=not args.no_eval)
+    minutes = real(args.minutes, "--minutes", 0, 7 * 24 * 60)  # a week: more is a typo
+    if minutes <= 0.5:
+        raise KuosanError(f"--minutes must be more than 0.5, got {args.minutes}")
+    seed = whole(args.seed, "--seed", 0, 2 ** 32 - 1)
+    output_dir(args.out)
+    if args.data is not None and not args.data.strip():
+        raise KuosanError("--data is empty; give a data set spec, or leave it out for the default")
+    resolve_device(args.device)  # an unknown device fails now, not after the calibration
+    return demo.run_demo(minutes=minutes, out=args.out, data=args.data, seed=seed, device=args.device,
+                         evaluate=not args.no_eval)

@@ -13,8 +13,7 @@ import numpy as np
 import torch
 
 from kuosan.errors import KuosanError
-from kuosan.rundir import check_not_inside_checkpoint
-from kuosan.validation import LIMITS, check_sample_request, real, whole
+from kuosan.validation import LIMITS, check_sample_request, output_dir, real, seed_list, whole
 
 EXAMPLES = """\
 examples:
@@ -89,7 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = sub.add_parser("interpolate", help="a strip between two seeds (slerp) or two classes", formatter_class=fmt,
                        epilog="examples:\n  kuosan edit interpolate --checkpoint runs/fm --seeds 3,17 --n 8\n"
                               "  kuosan edit interpolate --checkpoint runs/fm --classes 1,7 --seeds 3")
-    p.add_argument("--seeds", default="0,1", help="two seeds A,B to interpolate between, or one with --classes")
+    p.add_argument("--seeds", default=None,
+                   help="two seeds A,B to interpolate between (default 0,1), or one with --classes (default 0)")
     p.add_argument("--classes", default=None, help="two classes A,B to interpolate between (names or indices)")
     p.add_argument("--n", type=int, default=8, help="images in the strip (default 8)")
     _common(p, None, None)
@@ -255,11 +255,9 @@ def run_invert(args, st: _Setup, out: Path) -> int:
 def run_interpolate(args, st: _Setup, out: Path) -> int:
     from kuosan.diffusion.editing import class_mix, slerp
     from kuosan.diffusion.samplers import get_sampler
-    from kuosan.rng import generators_for_seeds, parse_seeds, randn
+    from kuosan.rng import generators_for_seeds, randn
 
-    if args.n < 2:
-        raise KuosanError(f"--n must be at least 2, got {args.n}")
-    seeds = parse_seeds(args.seeds)
+    seeds = _interpolation_seeds(args)
     shape, device = st.pipe.image_shape, st.pipe.device
     t = torch.linspace(0, 1, args.n)
     fn = get_sampler(st.sampler)
@@ -278,8 +276,6 @@ def run_interpolate(args, st: _Setup, out: Path) -> int:
         x = fn(den, z * st.sigmas[0], st.sigmas, extra_args={}, generator=generators_for_seeds([seeds[0]] * args.n))
         what = f"classes {a} -> {b}, seed {seeds[0]}"
     else:
-        if len(seeds) != 2:
-            raise KuosanError(f"--seeds wants two seeds A,B to interpolate between, got {args.seeds!r}")
         z0, z1 = (randn((1, *shape), generators_for_seeds([s]), device=device) for s in seeds)
         z = slerp(z0, z1, t.to(device))
         x = fn(st.denoiser, z * st.sigmas[0], st.sigmas, extra_args=st.extra(args.n),
@@ -293,9 +289,21 @@ def run_interpolate(args, st: _Setup, out: Path) -> int:
     return 0
 
 
+def _interpolation_seeds(args) -> list[int]:
+    """Two seeds A,B to interpolate between, or one with --classes (the mix of two classes from one noise)."""
+    want = 1 if args.classes is not None else 2
+    text = args.seeds if args.seeds is not None else ("0" if want == 1 else "0,1")
+    seeds = seed_list(text, "--seeds")
+    if len(seeds) != want:
+        wanted = "one seed with --classes" if want == 1 else "two seeds A,B to interpolate between"
+        raise KuosanError(f"--seeds wants {wanted}, got {text!r}")
+    return seeds
+
+
 def _check_numbers(args) -> None:
     """The mode's own numbers, checked before the model loads (sampling ones in :class:`_Setup`)."""
-    whole(args.seed, "--seed", 0, LIMITS["seed"])
+    images = len(getattr(args, "input", None) or ()) or 1
+    whole(args.seed, "--seed", 0, LIMITS["seed"] - images + 1)  # image k uses seed + k
     if hasattr(args, "strength"):
         real(args.strength, "--strength", 0, 1)
     if hasattr(args, "resample"):
@@ -303,16 +311,18 @@ def _check_numbers(args) -> None:
         whole(args.jump, "--jump", 1, LIMITS["steps"])
     if hasattr(args, "n"):
         whole(args.n, "--n", 2, 1024)
+        _interpolation_seeds(args)
+        if args.classes is not None and args.class_label is not None:
+            raise KuosanError("give --class (one class for the strip) or --classes A,B (a mix of two), not both")
 
 
 def run(args) -> int:
     """Run the ``edit`` sub-mode in ``args.mode``; user mistakes raise :class:`KuosanError`."""
     if getattr(args, "mode", None) not in MODES:
         raise KuosanError(f"choose a mode: {', '.join(MODES)}")
-    check_not_inside_checkpoint(args.out)
+    out = output_dir(args.out)
     _check_numbers(args)
     st = _Setup(args)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return {"img2img": run_img2img, "inpaint": run_inpaint, "invert": run_invert,
             "interpolate": run_interpolate}[args.mode](args, st, out)

@@ -38,9 +38,18 @@ def _field_type(tp):
     if typing.get_origin(tp) is typing.Union:
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
     if tp is tuple:
-        return lambda text: tuple(float(v) if "." in v or "e" in v.lower() else int(v)
-                                  for v in text.replace("(", "").replace(")", "").split(",") if v.strip())
-    return {int: int, float: float, str: str}[tp]
+        return _number_list
+    return {int: _text_number, float: _text_number, str: str}[tp]
+
+
+def _text_number(text: str) -> str:
+    """Numbers stay text here; :func:`_check_options` reads them with the one rule for every door."""
+    return text
+
+
+def _number_list(text: str) -> tuple:
+    """``1,2,2`` or ``(0.9, 0.99)`` -> a tuple of the numbers' texts, checked by :func:`_check_options`."""
+    return tuple(v.strip() for v in text.replace("(", "").replace(")", "").split(",") if v.strip())
 
 
 def register(sub) -> None:
@@ -100,10 +109,58 @@ def config_from_args(args) -> "AutoencoderTrainConfig":  # noqa: F821
     options.update({k: getattr(args, f"ae_{k}") for k in known if getattr(args, f"ae_{k}", None) is not None})
     if getattr(args, "ae_downsample", None) is not None and getattr(args, "ae_channel_mults", None) is None:
         options.pop("channel_mults", None)               # a new factor takes its default widths
+    _check_options(options, args.config)
     for key in ("betas", "channel_mults"):
         if options.get(key) is not None:
             options[key] = tuple(options[key])
     return AutoencoderTrainConfig(**options)
+
+
+# Bounds of the numeric options (from a preset, a JSON file or the command line), as kuosan.config's for `train`.
+_AE_BOUNDS = {"resolution": (4, 1024), "channels": (1, 3), "max_images": (1, None), "latent_channels": (1, 64),
+              "base_channels": (1, 4096), "num_blocks": (1, 64), "steps": (1, 10 ** 9), "batch": (1, 65536),
+              "warmup_steps": (0, None), "disc_start": (0, None), "seed": (0, 2 ** 32 - 1), "log_every": (1, None),
+              "checkpoint_every": (0, None), "keep_checkpoints": (1, 1000), "scale_images": (1, 10 ** 7),
+              "lr": (0, 1), "perceptual_weight": (0, 1e6), "kl_weight": (0, 1e6), "disc_weight": (0, 1e6),
+              "grad_clip": (0, 1e6), "time_limit": (0, None), "downsample": (2, 8)}
+
+
+def _check_options(options: dict, source: str) -> None:
+    """Every option a whole or finite number in its range, a tuple of such numbers, or text, before the
+    config is built: the training code would otherwise meet a NaN weight or a one-number ``betas`` mid-run."""
+    from kuosan.training.autoencoder import AutoencoderTrainConfig
+    from kuosan.validation import real, whole
+
+    hints = typing.get_type_hints(AutoencoderTrainConfig)
+    for key, value in options.items():
+        tp, name = hints[key], f"--{key}"
+        optional = typing.get_origin(tp) is typing.Union
+        if optional:
+            if value is None:
+                continue
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        lo, hi = _AE_BOUNDS.get(key, (None, None))
+        if tp is int:
+            options[key] = whole(value, name, lo, hi)
+        elif tp is float:
+            options[key] = real(value, name, lo, hi)
+        elif tp is tuple:
+            if not isinstance(value, (list, tuple)) or not value:
+                raise KuosanError(f"{name} must be a list of numbers like 1,2,2, got {value!r}")
+            if key == "betas":
+                betas = tuple(real(b, "each of --betas", 0) for b in value)
+                if len(betas) != 2 or not all(b < 1 for b in betas):
+                    raise KuosanError(f"--betas must be two numbers in [0, 1) like 0.9,0.99, got "
+                                      f"{','.join(f'{b:g}' for b in betas)}")
+                options[key] = betas
+            else:
+                if len(value) > 8:
+                    raise KuosanError(f"{name} has {len(value)} levels; at most 8")
+                options[key] = tuple(whole(m, f"each of {name}", 1, 64) for m in value)
+        elif tp is str and not isinstance(value, str):
+            raise KuosanError(f"{name} in {source} must be text, got {value!r}")
+        elif tp is str and key in ("data", "out") and not value.strip():
+            raise KuosanError(f"{name} is empty")
 
 
 def run(args) -> int:
@@ -181,8 +238,12 @@ def _images(ae, spec, root, split="test"):
 def run_latent(args) -> int:
     from kuosan import latent
 
+    from kuosan.validation import output_file, whole
+
     if not getattr(args, "latent_command", None):
         raise KuosanError("say which tool: kuosan latent encode | interpolate | arithmetic (see --help)")
+    if args.data is not None and not args.data.strip():
+        raise KuosanError("--data is empty; give a data set spec (fashion-mnist, digits, a folder, an .npz)")
     ae = latent.load_autoencoder(args.autoencoder, device=args.device)
     if args.latent_command == "encode":
         spec = args.data or ae.config["data"]["spec"]
@@ -190,6 +251,11 @@ def run_latent(args) -> int:
                                      log=print)
         print(f"{data!r}: std {float(data.images.std()):.3f}, cached in {latent.latent_cache_dir()}")
         return 0
+    if args.latent_command == "interpolate":
+        whole(args.steps, "--steps", 2, 1024)
+    else:
+        whole(args.n, "--n", 1, 1024)
+    output_file(args.out)
     images = _images(ae, args.data, args.data_root)
     if args.latent_command == "interpolate":
         for k in (args.a, args.b):
@@ -200,10 +266,11 @@ def run_latent(args) -> int:
         return 0
     train = latent.encode_dataset(ae, ae.config["data"]["spec"], "train", root=ae.config["train"].get("data_root"))
     add, subtract = _class(args.add, train.class_names), _class(args.subtract, train.class_names)
-    if args.images:
-        idx = [int(v) for v in args.images.split(",") if v.strip()]
-        if any(not 0 <= i < len(images) for i in idx):
-            raise KuosanError(f"--images: indices must be in 0..{len(images) - 1}")
+    if args.images is not None:
+        idx = [whole(v.strip(), "an index in --images", 0, len(images) - 1) for v in args.images.split(",")
+               if v.strip()]
+        if not idx or len(idx) > 1024:
+            raise KuosanError(f"--images wants 1 to 1024 indices like 0,5,9, got {args.images!r}")
     else:
         idx = (images.labels == subtract).nonzero().flatten()[:args.n].tolist()
         if not idx:

@@ -18,13 +18,19 @@ __all__ = ["register", "add_arguments", "run", "parse_adapter"]
 
 
 def parse_adapter(text: str) -> tuple[str, float]:
-    """``PATH`` or ``PATH:WEIGHT`` -> (path, weight)."""
+    """``PATH`` or ``PATH:WEIGHT`` -> (path, weight); the weight a finite number (NaN would blacken every image)."""
+    from kuosan.validation import LIMITS, real
+
     path, _, tail = text.rpartition(":")
     if path:
         try:
-            return path, float(tail)
+            weight = float(tail)
         except ValueError:
-            pass
+            if Path(path).exists() and not Path(text).exists():
+                raise KuosanError(f"adapter weight {tail!r} in {text!r} is not a number; write PATH:0.8") from None
+        else:
+            limit = LIMITS["adapter_weight"]
+            return path, real(weight, f"the weight of adapter {path}", -limit, limit)
     return text, 1.0
 
 
@@ -69,12 +75,14 @@ def _merge(args) -> int:
     from kuosan.nets.lora import lora_layers, merge_lora, mix_adapters, remove_lora
     from kuosan.checkpoint import save_checkpoint
 
-    out = Path(args.out)
+    from kuosan.validation import output_dir
+
+    out = output_dir(args.out)
     if out.exists() and any(out.iterdir()):
         raise KuosanError(f"--out {out} is not empty; choose another directory")
+    adapters = [parse_adapter(a) for a in args.adapter]
     pipe = kuosan.load(args.checkpoint, device="cpu")
     precond = pipe.precond
-    adapters = [parse_adapter(a) for a in args.adapter]
     names = mix_adapters(precond, adapters, check_base=not args.any_base) if adapters else []
     if not lora_layers(precond):
         raise KuosanError("nothing to merge: give --adapter, or a LoRA run as --checkpoint")

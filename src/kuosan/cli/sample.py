@@ -41,24 +41,24 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import kuosan
-    from kuosan.rundir import check_not_inside_checkpoint
     from kuosan.runtime import resolve_device
     from kuosan.training.distributed import init_distributed
-    from kuosan.validation import check_sample_request
+    from kuosan.validation import adapter_list, check_sample_request, output_dir
 
     request = check_sample_request(n=args.n, seeds=args.seeds, sampler=args.sampler, steps=args.steps,
                                    schedule=args.schedule, guidance=args.guidance, batch=args.batch,
                                    threshold=args.threshold, prefix="--")
-    check_not_inside_checkpoint(args.out)
+    output_dir(args.out)  # a file or a checkpoint there fails now, not after the sampling
+    adapters = adapter_list([parse_adapter(a) for a in args.adapter], "--adapter")
     ctx = init_distributed(resolve_device(args.device))  # under torchrun: each process a share of the seeds
     pipe = kuosan.load(args.checkpoint, device=str(ctx.device), use_ema=not args.raw,
-                       autoencoder=args.autoencoder, adapters=[parse_adapter(a) for a in args.adapter])
+                       autoencoder=args.autoencoder, adapters=adapters)
     from tqdm import tqdm
 
     seeds = request["seeds"]
     shown = ctx.is_main and sys.stderr.isatty()
     with tqdm(total=len(seeds), desc="sample", unit="img", disable=not shown) as bar:
-        res = pipe.sample(seeds, args.class_label, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+        res = pipe.sample(seeds, args.class_label, sampler=request["sampler"], steps=args.steps, guidance=args.guidance,
                           schedule=args.schedule, batch_size=args.batch, progress=bar.update,
                           distributed=ctx.enabled, threshold=args.threshold, bf16=args.bf16)
     if not ctx.is_main:
