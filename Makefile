@@ -13,11 +13,16 @@ $(STAMP): pyproject.toml
 	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
 	    echo "note: could not install dataset-fashion-mnist; the demo will use the MNIST subset"; } || true
 	@bash scripts/install_emoji_data.sh
+	@# Chromium for the web page's browser tests (Debian's build; never `playwright install`, which downloads one)
+	@command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	    echo "note: could not install chromium; the browser tests will be skipped"; } || true
 	$(PY) -m venv $(VENV)
 	# The CPU build of PyTorch first, so nothing later pulls a multi-GB CUDA build.
 	# Elsewhere, point pip at a CPU wheel: make TORCH="torch --index-url <your CPU wheel index>"
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[data,eval,test]"
+	$(BIN)/pip install -q -e ".[data,eval,serve,test]"
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kuosan import pnginfo
+
 __all__ = ["to_uint8_nhwc", "make_grid", "encode_png", "save_png", "save_images"]
 
 
@@ -30,9 +32,13 @@ def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2, value: 
     return grid
 
 
-def encode_png(image: np.ndarray, scale: int = 1) -> bytes:
-    """A uint8 [H, W, C] (C = 1 or 3) image as PNG bytes, optionally enlarged ``scale`` times."""
+def encode_png(image: np.ndarray, scale: int = 1, params: dict | None = None) -> bytes:
+    """A uint8 [H, W, C] (C = 1 or 3) image as PNG bytes, optionally enlarged ``scale`` times; ``params`` (how
+    it was made) go into its text chunks (:func:`kuosan.pnginfo.encode_png`)."""
     import io
+
+    if params is not None:
+        return pnginfo.encode_png(image, params, scale=scale)
 
     from PIL import Image
 

@@ -21,7 +21,7 @@ from kuosan.latent import autoencoder_for_checkpoint
 from kuosan.model import model_from_checkpoint_config, read_model_checkpoint
 from kuosan.nets.layout import prepare_model
 from kuosan.nets.lora import mix_adapters
-from kuosan.records import RunConfig
+from kuosan.records import RunConfig, recorded_sha256
 from kuosan.runtime import resolve_device
 from kuosan.sampling import generate, generate_distributed
 from kuosan.validation import check_sample_request
@@ -36,6 +36,8 @@ class SampleResult:
     seeds: list[int]
     nfe: int                      # network evaluations per image (guidance counts as one)
     seconds: float                # wall time of sampling
+    params: dict = dataclasses.field(default_factory=dict)  # what made them (model, checksum, sampler, …):
+                                  # written into every PNG (kuosan.pnginfo), so a PNG says how to make it again
 
     def save(self, out_dir: str | Path, grid_cols: int | None = None) -> dict:
         """One PNG per seed, ``grid.png``, and ``samples.npz`` (images uint8 NHWC, labels, seeds).
@@ -65,12 +67,16 @@ class SampleResult:
                         stale.unlink(missing_ok=True)
                     except OSError:
                         pass
-            for img, name in zip(self.images, names):
+            labels = [None] * len(names) if self.labels is None else [int(c) for c in self.labels]
+            for img, name, seed, label in zip(self.images, names, self.seeds, labels):
                 current = out / name
-                atomic_write_bytes(current, encode_png(img), durable=False)
+                params = {**self.params, "seed": int(seed), **({} if label is None else {"class": label})}
+                atomic_write_bytes(current, encode_png(img, params=params), durable=False)
                 done += 1
             current = grid = out / "grid.png"
-            atomic_write_bytes(grid, encode_png(make_grid(self.images, grid_cols), scale=2), durable=False)
+            atomic_write_bytes(grid, encode_png(make_grid(self.images, grid_cols), scale=2,
+                                                params={**self.params, "seeds": [int(x) for x in self.seeds]}),
+                               durable=False)
             current = npz = out / "samples.npz"
             arrays = {"images": self.images, "seeds": np.asarray(self.seeds, dtype=np.int64)}
             if self.labels is not None:
@@ -88,8 +94,9 @@ class SampleResult:
 class Pipeline:
     """A loaded checkpoint: its denoiser (EMA weights by default) and how it was trained."""
 
-    def __init__(self, precond, record: RunConfig, path: Path, autoencoder=None):
+    def __init__(self, precond, record: RunConfig, path: Path, autoencoder=None, weights_file: str | None = None):
         self.precond, self.path = precond.eval().requires_grad_(False), path
+        self.weights_file = weights_file  # model.safetensors or ema.safetensors of a kuosan checkpoint
         self.record = record if isinstance(record, RunConfig) else RunConfig.from_dict(record)  # its config.json
         self.autoencoder = autoencoder  # latent models: a kuosan.latent.LatentAutoencoder that decodes samples
 
@@ -116,7 +123,8 @@ class Pipeline:
                 raise KuosanError(f"weights in {ckpt} do not fit the architecture in its config.json: "
                                   f"{str(e).splitlines()[0]}") from None
             ae = autoencoder_for_checkpoint(record, ckpt, override=autoencoder, device=device)
-            pipe = cls(precond.to(device), record, ckpt, ae)
+            name = "ema.safetensors" if use_ema and (ckpt / "ema.safetensors").is_file() else "model.safetensors"
+            pipe = cls(precond.to(device), record, ckpt, ae, weights_file=name)
         if adapters:
             mix_adapters(pipe.precond, [(a, 1.0) if isinstance(a, (str, Path)) else a for a in adapters])
         prepare_model(pipe.precond)  # kuosan UNets compute in channels_last; other networks untouched
@@ -237,4 +245,20 @@ class Pipeline:
         images = self.to_images(x)  # a latent model's samples are decoded here, inside the timing
         seconds = time.perf_counter() - t0
         return SampleResult(images=images, labels=None if labels is None else np.asarray(labels, np.int64),
-                            seeds=seeds, nfe=nfe(cfg.sampler, cfg.steps), seconds=seconds)
+                            seeds=seeds, nfe=nfe(cfg.sampler, cfg.steps), seconds=seconds,
+                            params=self.generation_params(cfg, threshold))
+
+    def generation_params(self, cfg: SampleConfig, threshold=None) -> dict:
+        """What a PNG made by this model records of how it was made (:mod:`kuosan.pnginfo`)."""
+        from kuosan import __version__
+
+        out = {"mode": "generate", "model": str(self.path), "checksum": self.weights_sha256, "sampler": cfg.sampler,
+               "steps": cfg.steps, "schedule": cfg.schedule, "guidance": cfg.guidance, "kuosan": __version__}
+        return {**out, "threshold": threshold} if threshold is not None else out
+
+    @property
+    def weights_sha256(self) -> str | None:
+        """SHA-256 of the weights file in use (as its state.json records it), None for other formats."""
+        if self.weights_file is None:
+            return None
+        return recorded_sha256(self.path, self.weights_file)
