@@ -202,3 +202,31 @@ def test_verify_prints_the_difference(tmp_path, exported, capsys):
                  "--verify", "onnxruntime"]) == 0
     out = capsys.readouterr().out
     assert "network.onnx" in out and "largest |D_onnx - D_torch|" in out
+
+
+def test_pipeline_sample_refuses_an_unknown_backend_in_one_line():
+    from pathlib import Path
+
+    import kuosan
+    from kuosan.errors import KuosanError
+
+    pipe = kuosan.load(Path(__file__).parent / "fixtures" / "v1-run", device="cpu")
+    with pytest.raises(KuosanError, match="unknown backend 'tpu'"):
+        pipe.sample([0], steps=2, backend="tpu")
+    with pytest.raises(KuosanError, match="threads"):
+        pipe.sample([0], steps=2, backend="onnxruntime", threads=0)
+
+
+@pytest.mark.slow
+def test_pipeline_sample_on_onnxruntime_gives_the_same_images():
+    from pathlib import Path
+
+    import numpy as np
+
+    import kuosan
+
+    pytest.importorskip("onnxruntime")
+    pipe = kuosan.load(Path(__file__).parent / "fixtures" / "v1-run", device="cpu")
+    eager = pipe.sample([0, 1], sampler="euler", steps=3)
+    runtime = pipe.sample([0, 1], sampler="euler", steps=3, backend="onnxruntime", threads=1)
+    assert np.abs(eager.images.astype(int) - runtime.images.astype(int)).max() <= 1

@@ -17,6 +17,7 @@ from kuosan.diffusion.samplers import nfe
 from kuosan.errors import KuosanError
 from kuosan.interop import looks_like_hub_name, require_local_dir
 from kuosan.interop.diffusers import diffusers_model, is_diffusers_dir
+from kuosan.interop.onnx import BACKENDS, runtime_denoiser
 from kuosan.latent import autoencoder_for_checkpoint
 from kuosan.model import model_from_checkpoint_config, read_model_checkpoint
 from kuosan.nets.layout import prepare_model
@@ -24,7 +25,7 @@ from kuosan.nets.lora import mix_adapters
 from kuosan.records import RunConfig, recorded_sha256
 from kuosan.runtime import resolve_device
 from kuosan.sampling import generate, generate_distributed
-from kuosan.validation import check_sample_request
+from kuosan.validation import check_sample_request, one_of, whole
 
 __all__ = ["Pipeline", "SampleResult"]
 
@@ -220,14 +221,20 @@ class Pipeline:
     def sample(self, seeds: Sequence[int] | str | int = 16, class_labels=None, *, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None, schedule: str | None = None,
                batch_size: int = 64, sampler_options: dict | None = None, progress=None,
-               distributed: bool = False, threshold=None, bf16: bool = False) -> SampleResult:
+               distributed: bool = False, threshold=None, bf16: bool = False, backend: str = "torch",
+               threads: int | None = None) -> SampleResult:
         """Generate one image per seed. ``seeds`` is a list, a range string ``"0-63"`` or a count;
         ``class_labels`` one class for all (index or name), a list, or None (conditional models then
         cycle through the classes: seed k gets class k mod C). With ``distributed`` every process of
         the torch.distributed group calls this: each samples its share of the seeds, all get every image.
         ``threshold``: "clip" or a quantile such as 0.995 keeps the denoised image in [-1, 1] (pixel
         models only; :mod:`kuosan.diffusion.thresholding`). ``bf16``: the network under bfloat16 autocast
-        (:func:`kuosan.sampling.bf16_denoiser`)."""
+        (:func:`kuosan.sampling.bf16_denoiser`). ``backend``: "torch" (eager, kuosan's kernels), or
+        "onnxruntime" / "openvino" running the network exported to ONNX (:mod:`kuosan.interop.onnx`) with
+        ``threads`` threads; the preconditioning and the sampler stay kuosan's."""
+        one_of(backend, "backend", BACKENDS)
+        if threads is not None:
+            whole(threads, "threads", 1, 1024)
         req = check_sample_request(seeds=seeds, sampler=sampler, steps=steps, schedule=schedule, guidance=guidance,
                                    batch=batch_size, threshold=threshold)
         cfg = dataclasses.replace(self.sample_config, **{k: req[k] for k in ("sampler", "steps", "schedule", "guidance")
@@ -238,10 +245,12 @@ class Pipeline:
             raise KuosanError("thresholding keeps pixels in [-1, 1]; this model samples latents, which have "
                               "another range: drop the threshold")
         sample_fn = generate_distributed if distributed else generate
+        den = None if backend == "torch" else runtime_denoiser(self, backend, threads,
+                                                               precision="bfloat16" if bf16 else "float32")
         t0 = time.perf_counter()
         x = sample_fn(self.precond, sample=cfg, shape=self.image_shape, seeds=seeds, class_labels=labels,
                       null_label=self.num_classes or None, batch_size=req["batch"], sampler_options=sampler_options,
-                      threshold=threshold, progress=progress, bf16=bool(bf16))
+                      denoiser=den, threshold=threshold, progress=progress, bf16=bool(bf16) and den is None)
         images = self.to_images(x)  # a latent model's samples are decoded here, inside the timing
         seconds = time.perf_counter() - t0
         return SampleResult(images=images, labels=None if labels is None else np.asarray(labels, np.int64),

@@ -30,6 +30,11 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=64, help="images a network call (default 64)")
     p.add_argument("--bf16", action="store_true",
                    help="run the network under bfloat16 autocast (faster on CPUs with AVX512-BF16 and on GPUs)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "openvino"),
+                   help="torch (default: eager, kuosan's CPU kernels), or the network exported to ONNX and run by "
+                        "ONNX Runtime (fastest at batch 1 here) or OpenVINO (pip install 'kuosan[onnx]' / "
+                        "'kuosan[openvino]'; CPU only; exported once per set of weights and cached)")
+    p.add_argument("--threads", type=int, default=None, help="threads of the ONNX runtime (default: its own choice)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--adapter", action="append", default=[], metavar="PATH[:WEIGHT]",
                    help="a LoRA adapter to apply, with an optional mixing weight (repeatable)")
@@ -50,7 +55,8 @@ def run(args) -> int:
                                    threshold=args.threshold, prefix="--")
     output_dir(args.out)  # a file or a checkpoint there fails now, not after the sampling
     adapters = adapter_list([parse_adapter(a) for a in args.adapter], "--adapter")
-    ctx = init_distributed(resolve_device(args.device))  # under torchrun: each process a share of the seeds
+    device = "cpu" if args.backend != "torch" and args.device == "auto" else args.device  # the runtimes are CPU ones
+    ctx = init_distributed(resolve_device(device))  # under torchrun: each process a share of the seeds
     pipe = kuosan.load(args.checkpoint, device=str(ctx.device), use_ema=not args.raw,
                        autoencoder=args.autoencoder, adapters=adapters)
     from tqdm import tqdm
@@ -60,7 +66,8 @@ def run(args) -> int:
     with tqdm(total=len(seeds), desc="sample", unit="img", disable=not shown) as bar:
         res = pipe.sample(seeds, args.class_label, sampler=request["sampler"], steps=args.steps, guidance=args.guidance,
                           schedule=args.schedule, batch_size=args.batch, progress=bar.update,
-                          distributed=ctx.enabled, threshold=args.threshold, bf16=args.bf16)
+                          distributed=ctx.enabled, threshold=args.threshold, bf16=args.bf16, backend=args.backend,
+                          threads=args.threads)
     if not ctx.is_main:
         return 0  # rank 0 writes the files
     saved = res.save(args.out, grid_cols=8 if len(seeds) >= 8 else None)
