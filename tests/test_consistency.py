@@ -89,7 +89,7 @@ def test_mapping_is_monotone_below_t_and_closes_in_on_t():
     t = torch.logspace(math.log10(SIGMA_MIN * 1.001), math.log10(200.0), 4000, dtype=torch.float64)
     gaps = []
     for stage in range(12):
-        r = ect_r(t, stage, sigma_min=SIGMA_MIN)
+        r = ect_r(t, stage, sigma_min=SIGMA_MIN, max_shrink=math.inf)
         assert (r >= SIGMA_MIN).all() and (r < t).all()
         assert (torch.diff(r) >= 0).all()  # r is non-decreasing in t
         gaps.append((t - r) / t)
@@ -99,6 +99,15 @@ def test_mapping_is_monotone_below_t_and_closes_in_on_t():
     big = t > 50  # n(t) -> 1 for large t: the gap is t / q^(a+1)
     assert torch.allclose(gaps[3][big], torch.full_like(t[big], 2.0 ** -4), rtol=1e-6)
     assert [stage_at(s, 250) for s in (0, 249, 250, 999)] == [0, 0, 1, 3]
+
+
+def test_mapping_stops_shrinking_at_max_shrink():
+    """By default the gap stops at n(t)·t/256, ECT's finest: stage 7 of q = 2 and every later one alike."""
+    t = torch.logspace(-1, 2, 500, dtype=torch.float64)
+    finest = ect_r(t, 7, sigma_min=SIGMA_MIN)
+    assert torch.equal(ect_r(t, 30, sigma_min=SIGMA_MIN), finest)
+    assert torch.equal(ect_r(t, 0, q=256.0, sigma_min=SIGMA_MIN), finest)
+    assert not torch.equal(ect_r(t, 6, sigma_min=SIGMA_MIN), finest)
 
 
 def test_pseudo_huber():

@@ -48,7 +48,7 @@ __all__ = ["ConsistencyConfig", "Student", "prepare_student", "DistillRun", "dis
 STUDENT_KINDS = {"edm": "consistency", "flow": "consistency-flow"}  # teacher's parameterisation -> student's
 _DATA_KEYS = ("data", "data_root", "resolution", "channels", "max_images", "autoencoder", "conditional", "batch")
 # A tuning run's settings where they differ from kuosan train's: a pretrained network takes small steps.
-DISTILL_TRAIN_DEFAULTS = {"steps": 2000, "lr": 2e-4, "warmup_steps": 50, "lr_decay": "constant",
+DISTILL_TRAIN_DEFAULTS = {"steps": 2000, "lr": 5e-4, "warmup_steps": 50, "lr_decay": "constant",
                           "ema_decay": 0.999, "log_every": 25, "checkpoint_every": 500, "sample_every": 0,
                           "out": "runs/distill"}
 
@@ -62,6 +62,7 @@ class ConsistencyConfig:
     k: float = 8.0                         # n(t) = 1 + k·sigmoid(−b·t): wider gaps at small t
     b: float = 1.0                         # see k
     stage_steps: int = 250                 # optimiser steps per stage of the mapping
+    max_shrink: float = 256.0              # the gap stops shrinking at n(t)·t / max_shrink (ECT's finest)
     huber_c: typing.Optional[float] = None  # pseudo-Huber c (default: iCT's 0.00054·sqrt(dim); 0: ECT's ‖Δ‖)
     dropout: typing.Optional[float] = None  # network dropout while tuning (default: the teacher's)
     sample_steps: int = 2                  # the student's default number of sampling steps
@@ -72,8 +73,9 @@ class ConsistencyConfig:
         for name in ("p_std", "stage_steps", "sample_steps"):
             if not getattr(self, name) > 0:
                 raise KuosanError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if not self.q > 1:
-            raise KuosanError(f"--q must be above 1 (the gap shrinks by q each stage), got {self.q}")
+        if not self.q > 1 or not self.max_shrink >= self.q:
+            raise KuosanError(f"--q must be above 1 and at most --max-shrink (the gap shrinks by q each stage, down "
+                              f"to a shrink of max_shrink), got {self.q} and {self.max_shrink}")
         if self.k < 0 or self.b < 0 or (self.huber_c is not None and self.huber_c < 0):
             raise KuosanError("--k, --b and --huber-c must be non-negative")
         if self.dropout is not None and not 0 <= self.dropout < 1:
@@ -173,7 +175,7 @@ class DistillRun(Run):
         self.objective = consistency_loss
         c = default_huber_c(self.data.channels * self.data.resolution ** 2) if cc.huber_c is None else cc.huber_c
         self.obj_kw = {"sigma_min": precond.sigma_min, "p_mean": cc.p_mean, "p_std": cc.p_std, "q": cc.q,
-                       "k": cc.k, "b": cc.b, "c": c, "stage": 0}
+                       "k": cc.k, "b": cc.b, "max_shrink": cc.max_shrink, "c": c, "stage": 0}
         self.noise_gen = torch.Generator(device="cpu").manual_seed(t.seed + 1)
         self.record = self._run_config(student)
         self.run_config = self.record.to_dict()  # its JSON, as written
