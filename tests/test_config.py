@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kuosan.diffusion.precond import PRECONDS
 from kuosan.config import (Config, config_from_dict, config_to_dict, load_config, preset_names,
                            resolve_config_path)
 from kuosan.errors import KuosanError
@@ -68,7 +69,7 @@ BAD = [  # (overrides, words the message must contain)
     (["--model.base_channels", "100000"], "model.base_channels 100000 is absurdly large"),
     (["--model.kind", "transformer"], "model.kind must be one of"),
     (["--model.dropout", "1"], "model.dropout must be in [0, 1)"),
-    (["--precond", "score"], "diffusion.precond must be one of edm, eps, flow, v, x0, got 'score'"),
+    (["--precond", "score"], f"diffusion.precond must be one of {', '.join(sorted(PRECONDS))}, got 'score'"),
     (["--sigma_min", "100"], "need 0 < diffusion.sigma_min < diffusion.sigma_max"),
     (["--timesteps", "1"], "diffusion.timesteps must be between 2 and 100000"),
     (["--sampler", "magic"], "sample.sampler must be one of"),
