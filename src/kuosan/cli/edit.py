@@ -22,7 +22,7 @@ examples:
   kuosan edit inpaint --checkpoint runs/fm --input shirt.png --box 8,8,20,20
   kuosan edit invert --checkpoint runs/fm --input bag.png --steps 50          # prints the round-trip PSNR
   kuosan edit interpolate --checkpoint runs/fm --seeds 3,17 --n 8 --class 5
-  kuosan edit interpolate --checkpoint runs/fm --classes sneaker,boot --seeds 3 --n 8 --guidance 2
+  kuosan edit interpolate --checkpoint runs/fm --classes "sneaker,ankle boot" --seeds 3 --n 8 --guidance 2
 
 Images are read with Pillow and fitted to the model (channels, then resized and centre-cropped to its
 resolution). Masks: white marks the region to regenerate, black the pixels to keep.

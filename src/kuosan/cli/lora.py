@@ -1,9 +1,10 @@
 """``kuosan lora``: inspect LoRA adapter files and merge adapters into a plain checkpoint.
 
-    kuosan lora info runs/mnist-lora/adapter.safetensors
-    kuosan lora merge --checkpoint runs/fm --adapter runs/mnist-lora/adapter.safetensors --out runs/mnist-merged
-    kuosan lora merge --checkpoint runs/fm --adapter a.safetensors:0.7 --adapter b.safetensors:0.5 --out runs/mix
-    kuosan lora merge --checkpoint runs/mnist-lora --out runs/mnist-merged     # a LoRA run's own adapters
+examples:
+  kuosan lora info runs/mnist-lora/adapter.safetensors
+  kuosan lora merge --checkpoint runs/fm --adapter runs/mnist-lora/adapter.safetensors --out runs/mnist-merged
+  kuosan lora merge --checkpoint runs/fm --adapter a.safetensors:0.7 --adapter b.safetensors:0.5 --out runs/mix
+  kuosan lora merge --checkpoint runs/mnist-lora --out runs/mnist-merged     # a LoRA run's own adapters
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ EXAMPLES = """examples:
   kuosan sample --checkpoint runs/fm --class Sneaker --n 16 --sampler dpmpp_2m --steps 10 --out sneakers/
   kuosan sample --checkpoint runs/fm --adapter runs/mnist-lora/adapter.safetensors:0.8 --out samples/
   kuosan sample --checkpoint path/to/diffusers-unet-dir --sampler unipc --steps 10 --out samples/
-  torchrun --nproc_per_node=2 -m kuosan sample --checkpoint runs/fm --n 1000 --out samples/
+  torchrun --nproc_per_node=2 -m kuosan sample --checkpoint runs/fm --seeds 0-999 --out samples/
+(under torchrun give --seeds, not --n: torchrun reads --n as an abbreviation of its own --nnodes)
 """
 
 
@@ -48,12 +49,14 @@ def run(args) -> int:
     import kuosan
     from kuosan.runtime import resolve_device
     from kuosan.training.distributed import init_distributed
-    from kuosan.validation import adapter_list, check_sample_request, output_dir
+    from kuosan.validation import adapter_list, check_sample_request, output_dir, whole
 
     request = check_sample_request(n=args.n, seeds=args.seeds, sampler=args.sampler, steps=args.steps,
                                    schedule=args.schedule, guidance=args.guidance, batch=args.batch,
                                    threshold=args.threshold, prefix="--")
     output_dir(args.out)  # a file or a checkpoint there fails now, not after the sampling
+    if args.threads is not None:
+        whole(args.threads, "--threads", 1, 4096)
     adapters = adapter_list([parse_adapter(a) for a in args.adapter], "--adapter")
     device = "cpu" if args.backend != "torch" and args.device == "auto" else args.device  # the runtimes are CPU ones
     ctx = init_distributed(resolve_device(device))  # under torchrun: each process a share of the seeds
