@@ -15,8 +15,13 @@ door; ``-m slow`` runs ``test_*_long`` with many more.
 
 from __future__ import annotations
 
+import argparse
+import atexit
+import collections
 import itertools
+import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -38,8 +43,18 @@ from kuosan.errors import KuosanError
 TINY = ["--config", "digits-tiny", "--batch", "8", "--max_images", "100", "--sample.sampler", "euler",
         "--sample.steps", "2"]
 FORWARD_IMAGES = 3000      # UNet images one case may run; more is "accepted, would take long"
-QUICK, LONG = 20, 300      # examples per door: default suite, -m slow
+QUICK, LONG = 20, int(os.environ.get("KUOSAN_FUZZ_EXAMPLES", 300))  # examples per door: default suite, -m slow
 ERROR = re.compile(r"^kuosan(?: [\w-]+)*: error: ")
+
+# door -> outcome -> cases; written as JSON to $KUOSAN_FUZZ_TALLY at exit (scripts/reliability_table.py)
+TALLY: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+if os.environ.get("KUOSAN_FUZZ_TALLY"):
+    atexit.register(lambda: Path(os.environ["KUOSAN_FUZZ_TALLY"]).write_text(json.dumps(TALLY, indent=1)))
+
+
+def tally(door_name: str, outcome: str) -> None:
+    TALLY[door_name][outcome] += 1
+    event(outcome)
 
 
 class TooLong(BaseException):
@@ -137,8 +152,14 @@ def _fill(argv, world, out):
     return out_argv
 
 
+def _door_name(argv) -> str:
+    words = [w for w in argv[:2] if not w.startswith("-")]
+    return "kuosan " + " ".join(words[:2] if words and words[0] in ("edit", "latent", "lora") else words[:1])
+
+
 def door(argv, capsys):
     """Run one command in-process; assert it ended as a door should; return (code, stdout, stderr)."""
+    name = _door_name(argv)
     capsys.readouterr()
     try:
         code = main(argv)
@@ -150,11 +171,11 @@ def door(argv, capsys):
             assert lines and ERROR.match(lines[-1]), (argv, cap.err)
             assert sum(bool(ERROR.match(ln)) for ln in lines) == 1, (argv, cap.err)
         assert "Traceback" not in cap.out + cap.err
-        event(f"argparse exit {e.code}")
+        tally(name, "--help" if e.code == 0 else "usage error (argparse)")
         return e.code, cap.out, cap.err
     except TooLong:
         capsys.readouterr()
-        event("accepted, stopped by the forward budget")
+        tally(name, "accepted (stopped by the forward budget)")
         return None, "", ""
     cap = capsys.readouterr()
     assert isinstance(code, int) and code in (0, 2), (argv, code, cap.err)
@@ -164,7 +185,7 @@ def door(argv, capsys):
     if code == 2:
         assert lines[-1] == errors[0], (argv, cap.err)  # one line: nothing after it
     assert "Traceback" not in cap.out + cap.err
-    event("returned 0" if code == 0 else "kuosan: error: " + " ".join(errors[0].split()[2:5]))
+    tally(name, "ran (exit 0)" if code == 0 else "one-line error (exit 2)")
     return code, cap.out, cap.err
 
 
@@ -507,6 +528,63 @@ def _bench_case(world, tmp_path, capsys, no_bench, argv):
 test_fuzz_bench, test_fuzz_bench_long = _fuzz(BENCH)(_bench_case)
 
 
+# --- the newer doors (distill, train-gan, count-modes, export, serve): options read from their parsers ----
+
+def _options_of(*path) -> dict:
+    """Every option of ``kuosan PATH``, with the hostile number/path pool (None for a flag)."""
+    from kuosan.cli import build_parser
+
+    parser = build_parser()
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    out = {}
+    for action in parser._actions:
+        longs = [o for o in action.option_strings if o.startswith("--") and o != "--help"]
+        if longs:
+            out[longs[0]] = None if action.nargs == 0 else list(action.choices or []) + GENERIC_VALUES
+    return out
+
+
+GENERIC_VALUES = ["@RUN", "@CKPT", "@AE", "@ROOT/samples.npz", "@ROOT/folder", "@OUT", "@OUT.json", "digits",
+                  "digits-tiny", "fashion-mnist", "stacked-mnist", "ect", "ct", "cpu", "1", "2", "8", "0.5", "0.08"]
+
+
+@pytest.fixture
+def no_long_work(monkeypatch):
+    """distill, train-gan, export and serve after their checks: the training, the export and the web server
+    are stubbed (the GAN config's own check still runs)."""
+    import uvicorn
+
+    import kuosan.interop.onnx as onnx
+    import kuosan.training.distill as distill
+    import kuosan.training.gan as gan
+
+    seen = []
+    monkeypatch.setattr(distill, "distill", lambda student, **kw: seen.append(student))
+    monkeypatch.setattr(gan, "train_gan", lambda cfg, **kw: gan.check_config(cfg) or seen.append(cfg) or Path(cfg.out))
+    monkeypatch.setattr(onnx, "export_onnx", lambda precond, out, **kw: seen.append(out) or
+                        {"network": {"file": "network.onnx"}, "decoder": None, "precond": {"kind": "edm"}})
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.append(app))
+    return seen
+
+
+NEWER = st.sampled_from([("distill",), ("train-gan",), ("count-modes",), ("export",), ("serve",)]).flatmap(
+    lambda path: st.tuples(st.just(path), argvs(_options_of(*path))))
+NEEDS = {"distill": ["--teacher", "@RUN", "--steps", "2", "--out", "@OUT"],
+         "train-gan": ["--config", "fashion-mnist", "--max_images", "64", "--out", "@OUT"],
+         "count-modes": ["--images", "@ROOT/samples.npz"],
+         "export": ["--onnx", "@OUT", "--checkpoint", "@RUN"], "serve": ["--checkpoint", "@RUN", "--out", "@OUT"]}
+
+
+def _newer_case(world, tmp_path, capsys, no_long_work, argv):
+    path, rest = argv
+    door(["".join(path), *_fill(NEEDS[path[0]] + rest, world, fresh(tmp_path))], capsys)
+
+
+test_fuzz_newer_doors, test_fuzz_newer_doors_long = _fuzz(NEWER, quick=15)(_newer_case)
+
+
 @pytest.mark.xfail(strict=True, reason="cli/__init__.py prints argparse's and KuosanError's messages with the "
                                        "user's line breaks in them")
 @pytest.mark.parametrize("argv", [["sample", "--checkpoint", "a\nb"], ["data", "digits", "\ra"]])
@@ -565,16 +643,16 @@ def _api_case(pipe, monkeypatch, argv):
         res = pipe.sample(**kw)
     except KuosanError as e:
         assert "\n" not in str(e) and str(e), repr(str(e))
-        event("KuosanError: " + " ".join(str(e).split()[:3]))
+        tally("Pipeline.sample", "one-line KuosanError")
         return
     except TooLong:
-        event("accepted, stopped by the forward budget")
+        tally("Pipeline.sample", "accepted (stopped by the forward budget)")
         return
-    event("sampled")
     assert res.images.dtype == np.uint8 and res.images.shape[1:] == (8, 8, 1)
     assert len(res.images) == len(res.seeds) and all(isinstance(s, int) and 0 <= s < 2 ** 63 for s in res.seeds)
     if res.labels is not None:
         assert len(res.labels) == len(res.seeds) and ((0 <= res.labels) & (res.labels < 10)).all()
+    tally("Pipeline.sample", "sampled (finite images)")
 
 
 test_fuzz_pipeline_sample, test_fuzz_pipeline_sample_long = _fuzz(API, quick=40, long=600)(_api_case)
@@ -673,15 +751,15 @@ def _edit_api_case(argv):
         out = calls[kind](*a)
     except KuosanError as e:
         assert "\n" not in str(e) and str(e), repr(str(e))
-        event(f"{kind}: KuosanError")
+        tally(f"editing.{kind}", "one-line KuosanError")
         return
-    event(f"{kind}: accepted")
     if isinstance(out, torch.Tensor):
         assert bool(torch.isfinite(out).all()) or kind == "psnr", f"{kind} accepted its arguments and made NaNs"
     elif kind == "start_index":
         assert isinstance(out, int) and 0 <= out <= a[0]
     elif kind == "repaint_path":
         assert out[0] == 0 and out[-1] == a[0] and len(out) <= 10 ** 7
+    tally(f"editing.{kind}", "accepted (a correct result)")
 
 
 test_fuzz_editing_api, test_fuzz_editing_api_long = _fuzz(EDITS, quick=80, long=2000)(_edit_api_case)
