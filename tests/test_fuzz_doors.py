@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
+from hypothesis.errors import InvalidArgument
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -43,7 +44,7 @@ from kuosan.errors import KuosanError
 TINY = ["--config", "digits-tiny", "--batch", "8", "--max_images", "100", "--sample.sampler", "euler",
         "--sample.steps", "2"]
 FORWARD_IMAGES = 3000      # UNet images one case may run; more is "accepted, would take long"
-QUICK, LONG = 20, int(os.environ.get("KUOSAN_FUZZ_EXAMPLES", 300))  # examples per door: default suite, -m slow
+QUICK, LONG = 12, int(os.environ.get("KUOSAN_FUZZ_EXAMPLES", 300))  # examples per door: default suite, -m slow
 ERROR = re.compile(r"^kuosan(?: [\w-]+)*: error: ")
 
 # door -> outcome -> cases; written as JSON to $KUOSAN_FUZZ_TALLY at exit (scripts/reliability_table.py)
@@ -54,7 +55,10 @@ if os.environ.get("KUOSAN_FUZZ_TALLY"):
 
 def tally(door_name: str, outcome: str) -> None:
     TALLY[door_name][outcome] += 1
-    event(outcome)
+    try:
+        event(outcome)
+    except InvalidArgument:  # a plain test, not a hypothesis one
+        pass
 
 
 class TooLong(BaseException):
@@ -436,12 +440,7 @@ EVALUATE = argvs({
                      ","],
     "--inception-weights": ["@ROOT/nowhere.pth", "@A"], "--metrics-log": ["@RUN/metrics.jsonl", "@A", "@ROOT/nowhere"],
     "--out": OUT_DIRS, "--device": DEVICES, "--max-real": ["2", "100", "1", "0"], "--kid-subsets": ["1", "10", "0"],
-    "--no-cache": None, "--no-plots": None}).filter(lambda argv: _named_devices(argv))
-
-
-def _named_devices(argv) -> bool:
-    """Only device names: other text reaches torch.device (test_evaluate_with_a_device_that_is_no_name)."""
-    return all(value in DEVICES for option, value in zip(argv, argv[1:]) if option == "--device")
+    "--no-cache": None, "--no-plots": None})
 
 
 @pytest.fixture
@@ -467,8 +466,6 @@ def _evaluate_case(world, tmp_path, capsys, no_metrics, argv):
 test_fuzz_evaluate, test_fuzz_evaluate_long = _fuzz(EVALUATE)(_evaluate_case)
 
 
-@pytest.mark.xfail(strict=True, reason="evaluation/cli.py _device hands any text to torch.device (RuntimeError); "
-                                       "kuosan.runtime.resolve_device names the choices")
 @pytest.mark.parametrize("device", ["0", "x", "cuda:x"])
 def test_evaluate_with_a_device_that_is_no_name(world, tmp_path, capsys, no_metrics, device):
     door(["evaluate", "--images", str(world["root"] / "samples.npz"), "--device", device, "--out",
@@ -582,7 +579,7 @@ def _newer_case(world, tmp_path, capsys, no_long_work, argv):
     door(["".join(path), *_fill(NEEDS[path[0]] + rest, world, fresh(tmp_path))], capsys)
 
 
-test_fuzz_newer_doors, test_fuzz_newer_doors_long = _fuzz(NEWER, quick=15)(_newer_case)
+test_fuzz_newer_doors, test_fuzz_newer_doors_long = _fuzz(NEWER, quick=10)(_newer_case)
 
 
 @pytest.mark.xfail(strict=True, reason="cli/__init__.py prints argparse's and KuosanError's messages with the "
@@ -655,7 +652,7 @@ def _api_case(pipe, monkeypatch, argv):
     tally("Pipeline.sample", "sampled (finite images)")
 
 
-test_fuzz_pipeline_sample, test_fuzz_pipeline_sample_long = _fuzz(API, quick=40, long=600)(_api_case)
+test_fuzz_pipeline_sample, test_fuzz_pipeline_sample_long = _fuzz(API, quick=30, long=600)(_api_case)
 
 
 # Doors that pipeline.py (not validation.py) has to close; strict: they fail loudly once fixed.
@@ -762,4 +759,4 @@ def _edit_api_case(argv):
     tally(f"editing.{kind}", "accepted (a correct result)")
 
 
-test_fuzz_editing_api, test_fuzz_editing_api_long = _fuzz(EDITS, quick=80, long=2000)(_edit_api_case)
+test_fuzz_editing_api, test_fuzz_editing_api_long = _fuzz(EDITS, quick=60, long=2000)(_edit_api_case)
