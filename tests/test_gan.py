@@ -220,3 +220,13 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
     assert "--gamma must be non-negative" in capsys.readouterr().err
     assert main(["train-gan", "--config", "nope", "--out", str(tmp_path / "r")]) == 2
     assert "neither a preset" in capsys.readouterr().err
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
+    from kuosan.training import gan
+
+    real = gan.d_objective
+    monkeypatch.setattr(gan, "d_objective", lambda *a: (lambda loss, parts: (loss * float("nan"), parts))(*real(*a)))
+    with pytest.raises(KuosanError, match="2 non-finite steps"):
+        train_gan(_config(tmp_path / "nan", max_nonfinite=2), progress=False, log=lambda *a: None)
+    assert not (tmp_path / "nan" / "checkpoints").exists()          # nothing good to keep

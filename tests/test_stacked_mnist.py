@@ -86,3 +86,17 @@ def test_stacked_mnist_is_a_data_set(clean_digits):
     images, modes = stack_digits(digits, labels, 10_000, seed=1)
     assert torch.equal(data.images, images) and torch.equal(data.labels, modes)
     assert dataset_fingerprint("stacked-mnist:test") != dataset_fingerprint("mnist:test")
+
+
+def test_count_modes_command_reads_a_samples_file(clean_digits, tmp_path, capsys):
+    from kuosan.cli import main
+
+    images, picks = clean_digits
+    idx = torch.cat([picks[d][:2] for d in range(5)])               # modes 000, 111, 222, 333, 444
+    stacked = torch.cat([images[idx]] * 3, dim=1)
+    np.savez(tmp_path / "samples.npz", images=stacked.permute(0, 2, 3, 1).numpy())   # NHWC, as kuosan sample
+    assert main(["count-modes", "--images", str(tmp_path / "samples.npz"), "--out", str(tmp_path / "m.json")]) == 0
+    assert "5 of 1000 modes covered by 10 images" in capsys.readouterr().out
+    import json
+
+    assert json.loads((tmp_path / "m.json").read_text())["modes_covered"] == 5
