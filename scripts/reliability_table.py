@@ -1,14 +1,19 @@
 """Inject faults into kuosan and report what survived, as a Markdown table.
 
-    OMP_NUM_THREADS=1 python scripts/reliability_table.py                 # 10 SIGKILLs, ~5 minutes on 2 cores
-    OMP_NUM_THREADS=1 python scripts/reliability_table.py --kills 2 --fuzz 50 --out /tmp/r.md   # a quick look
+    OMP_NUM_THREADS=1 python scripts/reliability_table.py            # the full table (~25 minutes on 2 busy cores)
+    OMP_NUM_THREADS=1 python scripts/reliability_table.py --quick    # every row, fewer cases (~5 minutes)
+    OMP_NUM_THREADS=1 python scripts/reliability_table.py --kills 2 --fuzz 50 --out /tmp/r.md   # choose the counts
 
 Faults: SIGKILL at random moments of training then ``--resume`` (compared bit for bit with an
 uninterrupted run), SIGTERM, damaged checkpoints (truncated, bit-flipped, deleted files, edited
 state, garbage ``latest``, a crash mid-write), pickles planted as checkpoints, NaN losses and
-gradients, bad image files, bad configs and commands (listed, then fuzzed). The fault-injection
-code lives in the tests (tests/test_*.py), which this script imports; each row names the command
-that reproduces it. Writes ``benchmarks/results/reliability.md`` and prints the table.
+gradients, bad image files, bad configs and commands (listed, then fuzzed), every door of the command
+line and the Python API fuzzed (tests/test_fuzz_doors.py), two ``kuosan train`` processes on one run,
+a full disk or an interrupt at every write of a checkpoint and of samples (tests/test_faults.py),
+hostile files inside checkpoints (tests/test_confinement.py), and the README's commands against
+today's options. The fault-injection code lives in the tests (tests/test_*.py), which this script
+imports or runs; each row names the command that reproduces it. Writes
+``benchmarks/results/reliability.md`` and prints the table.
 """
 
 from __future__ import annotations
@@ -355,6 +360,229 @@ def bad_commands(tmp: Path, fuzz: int) -> None:
         "pytest tests/test_cli_errors.py -k fuzz_train")
 
 
+# --- every door, fuzzed --------------------------------------------------------------------------
+
+DOOR_TESTS = {  # test in tests/test_fuzz_doors.py -> the doors it fuzzes
+    "test_fuzz_sample_long": "kuosan sample", "test_fuzz_edit_long": "kuosan edit",
+    "test_fuzz_data_long": "kuosan data", "test_fuzz_train_autoencoder_long": "kuosan train-autoencoder",
+    "test_fuzz_latent_long": "kuosan latent", "test_fuzz_lora_long": "kuosan lora",
+    "test_fuzz_evaluate_long": "kuosan evaluate", "test_fuzz_demo_long": "kuosan demo",
+    "test_fuzz_bench_long": "kuosan bench", "test_fuzz_pipeline_sample_long": "Pipeline.sample",
+    "test_fuzz_editing_api_long": "editing",
+    "test_fuzz_newer_doors_long": ("kuosan distill", "kuosan train-gan", "kuosan count-modes", "kuosan export",
+                                   "kuosan serve"),
+}
+SILENT = ("NaN or infinite", "made NaNs")  # the guards' messages: an accepted request with a wrong result
+
+
+def _pytest(args: list[str], tmp: Path, env: dict | None = None, timeout: float = 3000) -> dict:
+    """Run pytest in a child process; {test function: [(outcome, message), ...]} from its JUnit XML."""
+    import subprocess
+    import xml.etree.ElementTree as ET
+
+    xml = tmp / f"junit-{len(list(tmp.glob('junit-*')))}.xml"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *args]
+    subprocess.run(cmd, cwd=ROOT, env={**tr.child_env(), **(env or {})}, capture_output=True, text=True,
+                   timeout=timeout)
+    results: dict[str, list] = {}
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        name = case.get("name").split("[")[0]
+        bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+        outcome = "skipped" if case.find("skipped") is not None else "failed" if bad is not None else "passed"
+        message = (bad.get("message") or "") if bad is not None else ""
+        if outcome == "skipped":
+            message = case.find("skipped").get("message") or ""
+        results.setdefault(name, []).append((outcome, message))
+    return results
+
+
+def fuzz_doors(tmp: Path, examples: int) -> None:
+    tally_file = tmp / "tally.json"
+    t0 = time.time()
+    results = _pytest(["-m", "slow", "tests/test_fuzz_doors.py", "-k", "long"], tmp,
+                      env={"KUOSAN_FUZZ_EXAMPLES": str(examples), "KUOSAN_FUZZ_TALLY": str(tally_file)})
+    tally = json.loads(tally_file.read_text()) if tally_file.exists() else {}
+    for test, doors in DOOR_TESTS.items():
+        doors = (doors,) if isinstance(doors, str) else doors
+        outcomes = results.get(test, [("failed", "did not run")])
+        counts, subs = Counter(), set()
+        for name, c in tally.items():
+            door = next((d for d in doors if name == d or name.startswith((d + " ", d + "."))), None)
+            if door is not None:
+                counts.update(c)
+                subs.add(name[len(door):].strip(" ."))
+        failed = [m for o, m in outcomes if o == "failed"]
+        silent = sum(any(w in m for w in SILENT) for m in failed)
+        shown = ", ".join(f"{v} {k}" for k, v in counts.most_common())
+        subs.discard("")
+        what = ", ".join(f"`{d}`" for d in doors) + (f" ({', '.join(sorted(subs))})" if subs else "")
+        row(f"Fuzzed {what}: hostile numbers (NaN, inf, negative, huge, fractional), names, paths, types",
+            sum(counts.values()),
+            f"tracebacks {len(failed) - silent}, silent wrong results {silent}; {shown}"
+            + (f". FAILED: {failed[0][:150]}" if failed else ""),
+            f"KUOSAN_FUZZ_EXAMPLES={examples} pytest -m slow tests/test_fuzz_doors.py -k {test}")
+    print(f"  (fuzzed doors in {time.time() - t0:.0f} s)", file=sys.stderr)
+
+
+# --- two writers on one run ----------------------------------------------------------------------
+
+WRITER_ARGS = ["--config", "digits-tiny", "--batch", "8", "--max_images", "100", "--steps", "3",
+               "--checkpoint_every", "1", "--sample.sampler", "euler", "--sample.steps", "1"]
+
+
+def _intact(run: Path) -> str:
+    """'' if ``run`` is one whole run (its checkpoint, config, metrics and history readable and from one
+    writer), else what is wrong."""
+    import kuosan
+
+    try:
+        ckpt = resolve_checkpoint(run, require_state=True)
+        state = json.loads((ckpt / "state.json").read_text())
+        json.loads((run / "config.json").read_text())
+        steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        for ln in (run / "history.jsonl").read_text().splitlines():
+            json.loads(ln)
+        kuosan.load(run, device="cpu")
+    except Exception as e:  # noqa: BLE001 - any of it is a corrupted run
+        return f"{type(e).__name__}: {e}"
+    if steps != sorted(set(steps)):
+        return f"metrics steps from two writers: {steps}"
+    if state.get("step") != 3:
+        return f"stopped at step {state.get('step')}"
+    return ""
+
+
+def writers(tmp: Path, attempts: int) -> None:
+    import subprocess
+
+    corrupted, refused, problems = 0, Counter(), []
+    t0 = time.time()
+    for i in range(attempts):
+        run = tmp / f"writers{i}" / "run"
+        run.parent.mkdir()
+        cmd = [sys.executable, "-m", "kuosan", "train", *WRITER_ARGS, "--out", str(run)]
+        procs = [subprocess.Popen(cmd, env=tr.child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, cwd=run.parent) for _ in range(2)]
+        outs = [p.communicate(timeout=600) for p in procs]
+        codes = sorted(p.returncode for p in procs)
+        losers = [err for p, (_, err) in zip(procs, outs) if p.returncode != 0]
+        bad = "" if codes == [0, 2] else f"exit codes {codes}"
+        for err in losers:
+            lines = err.strip().splitlines()
+            errors = [ln for ln in lines if ln.startswith("kuosan: error: ")]
+            if len(errors) != 1 or lines[-1] != errors[0] or "Traceback" in err:
+                bad = bad or f"refused without one error line: {err.strip()[-200:]}"
+            elif "in use by another kuosan process" in errors[0]:
+                refused["the lock (in use by pid N)"] += 1
+            elif "already holds a training run" in errors[0]:
+                refused["after the winner finished (pass --resume)"] += 1
+            else:
+                refused[errors[0][15:70]] += 1
+        bad = bad or _intact(run)
+        if bad:
+            corrupted += 1
+            problems.append(bad)
+    row("Two `kuosan train` processes started together on one `--out`", f"{attempts} attempts",
+        f"corrupted runs {corrupted}; each time one trained and the other exited 2 with one line, refused by "
+        + ", ".join(f"{k} ×{v}" for k, v in refused.items())
+        + f"; the run's checkpoint, config, metrics and history intact and from one writer ({time.time() - t0:.0f} s)"
+        + (f". PROBLEMS: {problems[:2]}" if problems else ""),
+        "pytest -m slow tests/test_rundir.py -k 20_times")
+
+
+# --- a full disk, an interrupt, hostile files ------------------------------------------------------
+
+FAULT_ROWS = [  # (tests in tests/test_faults.py, what is injected, what must hold)
+    (("test_disk_full_at_every_write_of_a_checkpoint",),
+     "Disk full (ENOSPC) at each write call of a checkpoint (open, write, fsync, replace, mkdir of every file, "
+     "the folder and `latest`)",
+     "one-line error; previous checkpoint untouched, no temporary file left, the next save succeeds"),
+    (("test_disk_full_at_every_write_of_a_re_saved_step_keeps_the_old_one",),
+     "Disk full at each write call when a resumed run saves the same step again (the swap)",
+     "one-line error; the old copy of the step kept"),
+    (("test_keyboard_interrupt_at_every_write_of_a_checkpoint",),
+     "Ctrl-C (KeyboardInterrupt) at each write call of a checkpoint",
+     "previous or new checkpoint whole; no temporary file left"),
+    (("test_quota_read_only_and_other_errors_are_one_line_too", "test_a_read_only_run_directory"),
+     "Quota exceeded, read-only file system, I/O error at a checkpoint's files; a read-only run directory",
+     "one line naming the cause and the fix; nothing half-written"),
+    (("test_a_crash_in_the_middle_of_the_swap",), "A crash between moving a step aside and renaming its new copy",
+     "the next save puts the old copy back"),
+    (("test_a_really_full_tmpfs",), "A really full 2 MB tmpfs during a checkpoint, sampling and the latent cache",
+     "one-line error, previous state kept (skipped without root or mount)"),
+    (("test_disk_full_at_every_write_of_samples", "test_keyboard_interrupt_at_every_write_of_samples",
+      "test_save_png_on_a_full_disk", "test_interrupts_at_random_moments", "test_sigterm_at_random_moments"),
+     "Disk full or Ctrl-C at each write call of `kuosan sample`'s files; SIGINT/SIGTERM at random moments",
+     "only complete PNGs and .npz left, one-line error"),
+    (("test_a_latent_cache_write_that_fails", "test_a_latent_cache_interrupted"),
+     "A failing or interrupted write of the latent cache", "a one-line warning, training goes on; no temporary file"),
+]
+
+
+def _summary(cases: list) -> str:
+    c = Counter(o for o, _ in cases)
+    text = f"{c['passed']}/{len(cases)} held"
+    if c["skipped"]:
+        text += f" ({c['skipped']} skipped: {cases[[o for o, _ in cases].index('skipped')][1][:60]})"
+    failed = [m for o, m in cases if o == "failed"]
+    return text + (f"; FAILED: {failed[0][:150]}" if failed else "")
+
+
+def faults(tmp: Path) -> None:
+    if not (ROOT / "tests" / "test_faults.py").exists():
+        row("Disk full during a checkpoint", 0, "tests/test_faults.py is missing", "pytest tests/test_faults.py")
+        return
+    results = _pytest(["tests/test_faults.py"], tmp)
+    for names, what, must in FAULT_ROWS:
+        cases = [c for test, cs in results.items() if test.startswith(names) for c in cs]
+        if cases:
+            row(what, f"{len(cases)} fault points" if len(names) == 1 and "every" in names[0] else len(cases),
+                f"{must}: {_summary(cases)}", f"pytest tests/test_faults.py -k {names[0].removeprefix('test_')}")
+    results = _pytest(["tests/test_confinement.py"], tmp)
+    cases = [c for cs in results.values() for c in cs]
+    row("Hostile files inside a checkpoint: `..`, absolute and odd names in state.json, symlinks out of the run "
+        "(to /etc/passwd, to valid files with forged checksums), FIFOs, device files, a `latest` pointer or a step "
+        "folder linked out of the run, lying safetensors headers and sizes, huge JSON", len(cases),
+        f"refused with one line, nothing outside the run read, no hang: {_summary(cases)}",
+        "pytest tests/test_confinement.py")
+
+
+# --- the README's commands ------------------------------------------------------------------------
+
+def readme(tmp: Path) -> None:
+    import shlex
+
+    import test_architecture as ta
+    from torch.distributed.run import get_args_parser
+
+    from kuosan.cli import build_parser
+
+    bad = []
+    commands = ta._readme_commands()
+    for words in commands:
+        path, _ = ta._help_of(words)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                _, extra = build_parser().parse_known_args(words)
+        except SystemExit:
+            bad.append(" ".join(words))
+            continue
+        if not path or (extra and words[0] != "train"):
+            bad.append(" ".join(words))
+    torchrun = [ln.strip() for ln in (ROOT / "README.md").read_text().splitlines() if ln.strip().startswith("torchrun ")]
+    for line in torchrun:
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                get_args_parser().parse_args(shlex.split(line.split("  #")[0])[1:])
+        except SystemExit:
+            bad.append(line)
+    row("The README's commands (shell blocks) against today's options; its torchrun lines against torchrun's "
+        "parser", len(commands) + len(torchrun),
+        f"{len(commands) + len(torchrun) - len(bad)} parse" + (f"; do not: {bad[:3]}" if bad else "")
+        + "; every example in every --help runs in `pytest -m slow tests/test_help_examples.py`",
+        "pytest tests/test_architecture.py -k readme")
+
+
 class _Capsys:
     """Enough of pytest's capsys for the imported tests: readouterr() of a StringIO."""
 
@@ -373,8 +601,14 @@ def main_script() -> None:
     ap.add_argument("--kills", type=int, default=10, help="SIGKILLs in the kill-and-resume run (default 10)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     ap.add_argument("--fuzz", type=int, default=300, help="examples per fuzz test (default 300)")
+    ap.add_argument("--doors", type=int, default=100, help="fuzzed examples per door (default 100)")
+    ap.add_argument("--writers", type=int, default=20, help="attempts of two writers on one run (default 20)")
+    ap.add_argument("--quick", action="store_true",
+                    help="every row with fewer cases (~5 minutes): --kills 2 --fuzz 40 --doors 15 --writers 4")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "reliability.md"))
     a = ap.parse_args()
+    if a.quick:
+        a.kills, a.fuzz, a.doors, a.writers = 2, 40, 15, 4
     t0 = time.time()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -383,7 +617,9 @@ def main_script() -> None:
         for name, fn in (("kills", lambda: kills(tmp, a.kills, a.seed)), ("sigterm", lambda: sigterm(tmp)),
                          ("damage", lambda: damage(tmp)), ("pickles", lambda: pickles(tmp)),
                          ("numerics", lambda: numerics(tmp)), ("data", lambda: bad_data(tmp)),
-                         ("commands", lambda: bad_commands(tmp, a.fuzz))):
+                         ("commands", lambda: bad_commands(tmp, a.fuzz)),
+                         ("doors", lambda: fuzz_doors(tmp, a.doors)), ("writers", lambda: writers(tmp, a.writers)),
+                         ("faults", lambda: faults(tmp)), ("readme", lambda: readme(tmp))):
             print(f"{name}...", file=sys.stderr, flush=True)
             fn()
     lines = ["| fault injected | runs | survived / outcome | reproduce |", "|---|---|---|---|"]
@@ -391,7 +627,7 @@ def main_script() -> None:
     lines += ["", f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} Linux, "
                   f"{os.cpu_count()} cores, torch {torch.__version__}, CPU, OMP_NUM_THREADS=1; "
                   f"{time.time() - t0:.0f} s in all. Produced by `python scripts/reliability_table.py "
-                  f"--kills {a.kills} --seed {a.seed} --fuzz {a.fuzz}`."]
+                  f"--kills {a.kills} --seed {a.seed} --fuzz {a.fuzz} --doors {a.doors} --writers {a.writers}`."]
     table = "\n".join(lines) + "\n"
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(table)

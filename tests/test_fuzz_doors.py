@@ -156,9 +156,16 @@ def _fill(argv, world, out):
     return out_argv
 
 
+SUBCOMMANDS = {"edit": {"img2img", "inpaint", "invert", "interpolate"},
+               "latent": {"encode", "interpolate", "arithmetic"}, "lora": {"info", "merge"}}
+
+
 def _door_name(argv) -> str:
-    words = [w for w in argv[:2] if not w.startswith("-")]
-    return "kuosan " + " ".join(words[:2] if words and words[0] in ("edit", "latent", "lora") else words[:1])
+    """``kuosan COMMAND`` (and its subcommand, when it names one)."""
+    words = argv[:2]
+    if len(words) == 2 and words[1] in SUBCOMMANDS.get(words[0], ()):
+        return f"kuosan {words[0]} {words[1]}"
+    return f"kuosan {words[0]}"
 
 
 def door(argv, capsys):
@@ -652,7 +659,7 @@ def _api_case(pipe, monkeypatch, argv):
     tally("Pipeline.sample", "sampled (finite images)")
 
 
-test_fuzz_pipeline_sample, test_fuzz_pipeline_sample_long = _fuzz(API, quick=30, long=600)(_api_case)
+test_fuzz_pipeline_sample, test_fuzz_pipeline_sample_long = _fuzz(API, quick=30, long=2 * LONG)(_api_case)
 
 
 # Doors that pipeline.py (not validation.py) has to close; strict: they fail loudly once fixed.
@@ -759,4 +766,4 @@ def _edit_api_case(argv):
     tally(f"editing.{kind}", "accepted (a correct result)")
 
 
-test_fuzz_editing_api, test_fuzz_editing_api_long = _fuzz(EDITS, quick=60, long=2000)(_edit_api_case)
+test_fuzz_editing_api, test_fuzz_editing_api_long = _fuzz(EDITS, quick=60, long=6 * LONG)(_edit_api_case)
