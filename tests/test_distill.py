@@ -25,9 +25,10 @@ from kuosan.training.distributed import init_distributed
 
 # Every source of state is live: dropout (global RNG, one mask for both calls), label dropout and noise (the
 # noise generator), EMA and lr warm-up, stages of the mapping (every 2 steps), a metrics window straddling
-# checkpoints.
+# checkpoints. A constant learning rate after the warm-up: a run stopped by a smaller --steps then has the
+# uninterrupted run's schedule (a decay's depends on --steps).
 ARGS = ["--steps", "6", "--batch", "8", "--checkpoint-every", "2", "--log-every", "3", "--warmup-steps", "2",
-        "--stage-steps", "2", "--dropout", "0.1", "--seed", "3", "--keep-checkpoints", "5"]
+        "--stage-steps", "2", "--dropout", "0.1", "--seed", "3", "--keep-checkpoints", "5", "--lr-decay", "constant"]
 
 
 def _save_teacher(path, precond_kind="edm"):
@@ -117,8 +118,8 @@ def test_resume_refuses_a_changed_recipe(teacher, student_dir, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(student_dir, out)
     student = prepare_student(ConsistencyConfig(q=4.0, stage_steps=2, dropout=0.1),
-                              {"out": str(out), "steps": 8, "batch": 8, "seed": 3, "warmup_steps": 2},
-                              teacher=str(teacher[0]))
+                              {"out": str(out), "steps": 8, "batch": 8, "seed": 3, "warmup_steps": 2,
+                               "lr_decay": "constant"}, teacher=str(teacher[0]))
     with pytest.raises(KuosanError, match="consistency.q 2.0 -> 4.0"):
         distill(student, resume=True, progress=False, log=lambda *a: None)
 

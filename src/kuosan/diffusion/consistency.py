@@ -139,13 +139,13 @@ def consistency_loss(student, x0: torch.Tensor, class_labels=None, *, generator=
 
 
 def renoise_levels(steps: int, sigma_max: float, sigma_min: float, *, points: Sequence[float] | None = None,
-                   rho: float = 20.0) -> list[float]:
+                   rho: float = 7.0) -> list[float]:
     """The ``steps`` noise levels at which multistep consistency sampling evaluates f: σ_max, then the
     re-noising points τ_1 > … > τ_{steps−1} (Song et al. 2023, Algorithm 1). ``points`` gives them; by
     default they are the interior of EDM's grid (Karras et al. 2022, eq. 5, with ``rho``) of steps + 1
-    levels from σ_max to σ_min: its last level is dropped, since f there is the identity. ρ = 20 puts the
-    two-step point at 0.80 for σ from 80 to 0.002, by the 0.821 that Song et al. 2023 found best for
-    CIFAR-10 (and the best of 0.4, 0.8, 1.5 and ρ = 7's 2.5 in benchmarks/results/realtime.json)."""
+    levels from σ_max to σ_min: its last level is dropped, since f there is the identity. For σ from 80 to
+    0.002 the two-step point is then 2.52; benchmarks/results/realtime.json compares it with 0.4, 0.8 (near
+    the 0.821 Song et al. 2023 chose for CIFAR-10) and 1.5."""
     if points is None:
         if steps == 1:
             return [float(sigma_max)]

@@ -349,7 +349,7 @@ def sample_lms(denoiser, x, sigmas, *, extra_args=None, callback=None, generator
 
 @torch.no_grad()
 def sample_consistency(denoiser, x, sigmas, *, extra_args=None, callback=None, generator=None,
-                       points: Sequence[float] | None = None, rho: float = 20.0):
+                       points: Sequence[float] | None = None, rho: float = 7.0):
     """Multistep consistency sampling (Song et al. 2023, "Consistency Models", Algorithm 1) of a consistency
     function f (``kuosan distill``'s student, f(x, σ_min) = x): x <- f(x, σ_max), then for each re-noising
     point τ, x <- f(x + τ·z, τ); one evaluation a step, ``len(sigmas) − 1`` steps. The paper adds

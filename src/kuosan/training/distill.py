@@ -48,7 +48,7 @@ __all__ = ["ConsistencyConfig", "Student", "prepare_student", "DistillRun", "dis
 STUDENT_KINDS = {"edm": "consistency", "flow": "consistency-flow"}  # teacher's parameterisation -> student's
 _DATA_KEYS = ("data", "data_root", "resolution", "channels", "max_images", "autoencoder", "conditional", "batch")
 # A tuning run's settings where they differ from kuosan train's: a pretrained network takes small steps.
-DISTILL_TRAIN_DEFAULTS = {"steps": 2000, "lr": 5e-4, "warmup_steps": 50, "lr_decay": "constant",
+DISTILL_TRAIN_DEFAULTS = {"steps": 2000, "lr": 5e-4, "warmup_steps": 50, "lr_decay": "cosine",
                           "ema_decay": 0.999, "log_every": 25, "checkpoint_every": 500, "sample_every": 0,
                           "out": "runs/distill"}
 
@@ -85,11 +85,11 @@ class ConsistencyConfig:
 @dataclass
 class Student:
     """What a distill run starts from."""
-    cfg: Config                            # the student's sections: model, diffusion (a consistency kind), sample, train
+    cfg: Config                            # the student's sections (diffusion: a consistency kind)
     consistency: ConsistencyConfig         # the method's settings
     spec: dict | None = None               # the network (None: built for the data, consistency training)
     weights: dict | None = None            # the teacher's EMA weights (None: a random start)
-    record: dict = dataclasses.field(default_factory=dict)  # config.json's teacher / autoencoder records
+    sources: dict = dataclasses.field(default_factory=dict)  # config.json's teacher and autoencoder records
 
 
 def _student_sections(sections: dict, cc: ConsistencyConfig, train: dict) -> Config:
@@ -132,12 +132,12 @@ def prepare_student(cc: ConsistencyConfig, train: dict | None = None, *, teacher
     spec = json.loads(json.dumps(tc["network"]))
     if cc.dropout is not None and "dropout" in spec["fields"]:
         spec["fields"]["dropout"] = cc.dropout
-    record = {"teacher": {"path": info["path"], "weights": info["weights"], "sha256": info["sha256"],
-                          "weights_sha256": info["weights_sha256"], "step": info["step"],
-                          "precond": tc["diffusion"].get("precond", "edm")}}
+    sources = {"teacher": {"path": info["path"], "weights": info["weights"], "sha256": info["sha256"],
+                           "weights_sha256": info["weights_sha256"], "step": info["step"],
+                           "precond": tc["diffusion"].get("precond", "edm")}}
     if tc.get("autoencoder"):
-        record["autoencoder"] = tc["autoencoder"]
-    return Student(cfg, cc, spec, parent["tensors"], record)
+        sources["autoencoder"] = tc["autoencoder"]
+    return Student(cfg, cc, spec, parent["tensors"], sources)
 
 
 class DistillRun(Run):
@@ -206,9 +206,9 @@ class DistillRun(Run):
         data = DataRecord(spec=self.t.data, class_names=tuple(d.class_names), resolution=d.resolution,
                           channels=d.channels, num_classes=self.num_classes)
         extra = {"consistency": {**dataclasses.asdict(self.cc), "huber_c": self.obj_kw["c"]}}
-        if "teacher" in student.record:
-            extra["teacher"] = student.record["teacher"]
-        autoencoder = d.autoencoder if self.is_latent else student.record.get("autoencoder")
+        if "teacher" in student.sources:
+            extra["teacher"] = student.sources["teacher"]
+        autoencoder = d.autoencoder if self.is_latent else student.sources.get("autoencoder")
         return RunConfig(network=NetworkSpec.from_dict(json.loads(json.dumps(self.spec))), data=data,
                          sections=config_to_dict(self.cfg), autoencoder=autoencoder, extra=extra)
 
@@ -233,6 +233,7 @@ def distill(student: Student, *, resume: bool = False, allow_changes: bool = Fal
     t, out = student.cfg.train, Path(student.cfg.train.out)
     ctx = init_distributed(resolve_device(t.device))
     setup_backends(ctx.device, t.tf32)
+    log = log if ctx.is_main else (lambda *a, **k: None)  # the other ranks tune, rank 0 reports
     lock = RunLock(out, command="distill", enabled=ctx.is_main)
     ctx.from_main(lambda: (check_not_inside_checkpoint(out), lock.acquire()))
     with lock:
@@ -246,12 +247,13 @@ def distill(student: Student, *, resume: bool = False, allow_changes: bool = Fal
         ctx.from_main(run.write_config)
         if not resume:
             ctx.from_main(lambda: record_history(out, {"event": "start", "steps": t.steps, "seed": t.seed,
-                                                       "teacher": student.record.get("teacher")}))
+                                                       "teacher": student.sources.get("teacher")}))
         autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16) if t.bf16 else contextlib.nullcontext()
         sharded = ShardedStep(run.precond, ctx, batch=t.batch, batch_per_device=t.batch_per_device,
                               compile=t.compile, seed=t.seed)
         start, step, stop = run.progress.step, run.progress.step, "steps"
-        log_file, bar, interrupted = _open_log(run, resume, ctx.is_main), _progress_bar(run, progress and ctx.is_main), []
+        main = ctx.is_main
+        log_file, bar, interrupted = _open_log(run, resume, main), _progress_bar(run, progress and main), []
         run.t0 = window_t = time.time()
         run.precond.train()
         try:
