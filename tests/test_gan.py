@@ -230,3 +230,34 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     with pytest.raises(KuosanError, match="2 non-finite steps"):
         train_gan(_config(tmp_path / "nan", max_nonfinite=2), progress=False, log=lambda *a: None)
     assert not (tmp_path / "nan" / "checkpoints").exists()          # nothing good to keep
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_resume_continues(tmp_path):
+    """SIGTERM stops a running ``kuosan train-gan`` at the next step with a checkpoint; --resume continues."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "kuosan", "train-gan", "--data", "digits", "--steps", "100000", "--batch", "8",
+           "--z_dim", "16", "--g_channels", "8", "--d_channels", "8", "--checkpoint_every", "0", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text().strip():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    from kuosan.checkpoint import list_checkpoints
+
+    step = int(list_checkpoints(out)[-1].name.split("-")[1])
+    assert step >= 50
+    resumed = subprocess.run([*cmd[:cmd.index("100000")], str(step + 2), *cmd[cmd.index("100000") + 1:], "--resume"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {out} from step {step}" in resumed.stdout
