@@ -630,9 +630,11 @@ API = st.fixed_dictionaries({}, optional={
                       HOSTILE | st.sampled_from(["HEUN", "magic", "consistency"])),
     "schedule": mostly(["karras", "exponential", "log-snr", "polyexponential"], HOSTILE | st.just("vp-cosine")),
     "threshold": mostly(["clip", "none", 0.995, None, "0.9"], HOSTILE | st.sampled_from([1.0, 0.0])),
-    # batch_size=None, a non-callable progress, bf16="no" and bad sampler_options: see the xfail tests below
-    "batch_size": mostly([1, 2, 64, np.int64(3)], HOSTILE.filter(lambda v: v is not None)),
-    "bf16": st.sampled_from([True, False]),
+    "batch_size": mostly([1, 2, 64, np.int64(3), None]),
+    "bf16": mostly([True, False, np.bool_(False), 0]),
+    "progress": mostly([None, lambda done: None]),
+    "sampler_options": mostly([None, {}], HOSTILE | st.sampled_from([{"bogus": 1}, {"eta": math.nan}, {"eta": 0.5},
+                                                                     {"eta": "x"}, {2: 1}])),
 })
 
 
@@ -641,8 +643,6 @@ def _api_case(pipe, monkeypatch, argv):
     kw = dict(argv)
     kw.setdefault("seeds", 2)
     kw.setdefault("steps", 2)
-    if getattr(kw.get("class_labels"), "ndim", None) == 0:  # test_api_class_label_as_a_0d_array
-        kw["class_labels"] = kw["class_labels"].reshape(1)
     try:
         res = pipe.sample(**kw)
     except KuosanError as e:
@@ -662,36 +662,29 @@ def _api_case(pipe, monkeypatch, argv):
 test_fuzz_pipeline_sample, test_fuzz_pipeline_sample_long = _fuzz(API, quick=30, long=2 * LONG)(_api_case)
 
 
-# Doors that pipeline.py (not validation.py) has to close; strict: they fail loudly once fixed.
+# Doors that pipeline.py (not validation.py) has to close.
 
-@pytest.mark.xfail(strict=True, reason="pipeline.py Pipeline.sample passes batch_size=None to generate")
 def test_api_batch_size_none_means_the_default(pipe):
     assert len(pipe.sample(2, steps=2, batch_size=None).images) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.py labels_for: a 0-d array's tolist() is an int, not a list")
 @pytest.mark.parametrize("label", [torch.tensor(3), np.array(3)], ids=["tensor", "numpy"])
 def test_api_class_label_as_a_0d_array(pipe, label):
     assert pipe.sample(2, label, steps=2).labels.tolist() == [3, 3]
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.py Pipeline.sample does not pass progress/bf16 to "
-                                       "check_sample_request")
 @pytest.mark.parametrize("kw", [{"progress": 3}, {"bf16": "no"}])
 def test_api_progress_and_bf16_are_checked(pipe, kw):
     with pytest.raises(KuosanError):
         pipe.sample(2, steps=2, **kw)
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.py Pipeline.sample does not call validation.check_sampler_options")
 @pytest.mark.parametrize("options", [{"bogus": 1}, 3, {"eta": math.nan}])
 def test_api_sampler_options_are_checked(pipe, options):
     with pytest.raises(KuosanError):
         pipe.sample(2, steps=2, sampler="ddim", sampler_options=options)
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.py Pipeline.load does not check adapter weights "
-                                       "(validation.adapter_list)")
 def test_api_adapter_weight_nan_is_refused(world):
     with pytest.raises(KuosanError):
         kuosan.load(world["run"], device="cpu", adapters=[(str(world["adapter"]), math.nan)])

@@ -25,9 +25,11 @@ from kuosan.nets.lora import mix_adapters
 from kuosan.records import RunConfig, recorded_sha256
 from kuosan.runtime import resolve_device
 from kuosan.sampling import generate, generate_distributed
-from kuosan.validation import check_sample_request, one_of, whole
+from kuosan.validation import adapter_list, check_sample_request, check_sampler_options, one_of, whole
 
 __all__ = ["Pipeline", "SampleResult"]
+
+DEFAULT_BATCH = 64  # images a sampling call runs at once when batch_size is None
 
 
 @dataclass
@@ -107,6 +109,7 @@ class Pipeline:
         """A kuosan checkpoint or run directory, or a local diffusers model directory.
         ``autoencoder``: where a latent model's autoencoder is now, if it moved since training.
         ``adapters``: LoRA adapter files (or ``(path, weight)`` pairs) mixed onto the weights."""
+        adapters = adapter_list(adapters)  # before any work: a NaN weight would turn every image black
         if looks_like_hub_name(checkpoint_dir):
             require_local_dir(checkpoint_dir, "checkpoint")  # refused: kuosan never downloads
         device = resolve_device(device or "auto")
@@ -127,7 +130,7 @@ class Pipeline:
             name = "ema.safetensors" if use_ema and (ckpt / "ema.safetensors").is_file() else "model.safetensors"
             pipe = cls(precond.to(device), record, ckpt, ae, weights_file=name)
         if adapters:
-            mix_adapters(pipe.precond, [(a, 1.0) if isinstance(a, (str, Path)) else a for a in adapters])
+            mix_adapters(pipe.precond, adapters)
         prepare_model(pipe.precond)  # kuosan UNets compute in channels_last; other networks untouched
         return pipe
 
@@ -190,6 +193,8 @@ class Pipeline:
             return None
         if class_labels is None:
             return [k % self.num_classes for k in seeds]
+        if isinstance(class_labels, (np.ndarray, torch.Tensor)) and class_labels.ndim == 0:
+            class_labels = class_labels.item()  # a 0-d array or tensor holds one class for all seeds
         if isinstance(class_labels, (list, tuple, np.ndarray, torch.Tensor)):
             labels = [self.class_index(c) for c in (class_labels.tolist() if hasattr(class_labels, "tolist")
                                                       else class_labels)]
@@ -220,12 +225,14 @@ class Pipeline:
     # -- sampling -------------------------------------------------------------------------------
     def sample(self, seeds: Sequence[int] | str | int = 16, class_labels=None, *, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None, schedule: str | None = None,
-               batch_size: int = 64, sampler_options: dict | None = None, progress=None,
+               batch_size: int | None = DEFAULT_BATCH, sampler_options: dict | None = None, progress=None,
                distributed: bool = False, threshold=None, bf16: bool = False, backend: str = "torch",
                threads: int | None = None) -> SampleResult:
         """Generate one image per seed. ``seeds`` is a list, a range string ``"0-63"`` or a count;
         ``class_labels`` one class for all (index or name), a list, or None (conditional models then
-        cycle through the classes: seed k gets class k mod C). With ``distributed`` every process of
+        cycle through the classes: seed k gets class k mod C). ``batch_size`` None means
+        :data:`DEFAULT_BATCH`; ``sampler_options`` are the sampler's own keyword arguments (``{"eta": 0.5}``,
+        checked by :func:`kuosan.validation.check_sampler_options`). With ``distributed`` every process of
         the torch.distributed group calls this: each samples its share of the seeds, all get every image.
         ``threshold``: "clip" or a quantile such as 0.995 keeps the denoised image in [-1, 1] (pixel
         models only; :mod:`kuosan.diffusion.thresholding`). ``bf16``: the network under bfloat16 autocast
@@ -236,10 +243,11 @@ class Pipeline:
         if threads is not None:
             whole(threads, "threads", 1, 1024)
         req = check_sample_request(seeds=seeds, sampler=sampler, steps=steps, schedule=schedule, guidance=guidance,
-                                   batch=batch_size, threshold=threshold)
+                                   batch=batch_size, threshold=threshold, bf16=bf16, progress=progress)
         cfg = dataclasses.replace(self.sample_config, **{k: req[k] for k in ("sampler", "steps", "schedule", "guidance")
                                                          if req[k] is not None})
-        seeds, threshold = req["seeds"], req["threshold"]
+        seeds, threshold, bf16 = req["seeds"], req["threshold"], bool(req["bf16"])
+        sampler_options = check_sampler_options(cfg.sampler, sampler_options)
         labels = self.labels_for(seeds, class_labels)
         if threshold is not None and self.autoencoder is not None:
             raise KuosanError("thresholding keeps pixels in [-1, 1]; this model samples latents, which have "
@@ -249,8 +257,9 @@ class Pipeline:
                                                                precision="bfloat16" if bf16 else "float32")
         t0 = time.perf_counter()
         x = sample_fn(self.precond, sample=cfg, shape=self.image_shape, seeds=seeds, class_labels=labels,
-                      null_label=self.num_classes or None, batch_size=req["batch"], sampler_options=sampler_options,
-                      denoiser=den, threshold=threshold, progress=progress, bf16=bool(bf16) and den is None)
+                      null_label=self.num_classes or None, batch_size=req["batch"] or DEFAULT_BATCH,
+                      sampler_options=sampler_options, denoiser=den, threshold=threshold, progress=progress,
+                      bf16=bf16 and den is None)
         images = self.to_images(x)  # a latent model's samples are decoded here, inside the timing
         seconds = time.perf_counter() - t0
         return SampleResult(images=images, labels=None if labels is None else np.asarray(labels, np.int64),
