@@ -119,6 +119,37 @@ def test_sample_missing_or_empty_checkpoint(tmp_path, capsys):
     _one_error_line(capsys, main(["sample", "--checkpoint", str(tmp_path)]), "no checkpoint in")
 
 
+def test_a_line_break_the_user_typed_is_escaped_on_the_error_line(tmp_path, capsys):
+    line = _one_error_line(capsys, main(["sample", "--checkpoint", str(tmp_path / "a\nb")]), "checkpoint not found")
+    assert "a\\nb" in line
+
+
+USAGE_ERRORS = [
+    (["sample", "--steps"], "argument --steps: expected one argument", "kuosan sample"),
+    (["sampl"], "invalid choice: 'sampl'", "kuosan"),
+    (["edit", "img2img"], "the following arguments are required: --input, --checkpoint", "kuosan edit img2img"),
+    (["data", "digits", "--bogus"], "unrecognized arguments: --bogus", "kuosan data"),
+    (["--bogus"], "unrecognized arguments: --bogus", "kuosan"),
+]
+
+
+@pytest.mark.parametrize("argv,words,command", USAGE_ERRORS, ids=[" ".join(a) for a, _, _ in USAGE_ERRORS])
+def test_usage_errors_are_one_line_naming_the_help_to_read(capsys, argv, words, command):
+    """argparse's mistakes read like every other error: one line, no usage block, status 2."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    line = _one_error_line(capsys, exit_.value.code, words)
+    assert line.endswith(f"(see `{command} --help`)"), line
+
+
+def test_help_is_still_argparse_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "--help"])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 0 and captured.err == ""
+    assert captured.out.startswith("usage: kuosan sample") and "--checkpoint" in captured.out
+
+
 def test_sample_weights_that_do_not_match_their_config(run, tmp_path, capsys):
     """An exported checkpoint (no state.json) whose config.json says 16 channels, weights 8."""
     from kuosan.model import build_model

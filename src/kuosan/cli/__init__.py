@@ -18,7 +18,7 @@ from kuosan import __version__  # noqa: E402
 from kuosan.cli import bench, data, demo, distill, edit, evaluate, export, gan, latent, lora, sample, serve, train  # noqa: E402
 from kuosan.errors import KuosanError  # noqa: E402
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["main", "build_parser", "one_line", "Parser", "COMMANDS"]
 
 COMMANDS = (demo, train, distill, gan, sample, evaluate, edit, serve, data, latent, lora, export, bench)  # the order of `kuosan --help`
 
@@ -41,9 +41,37 @@ one process per GPU (or CPU share) with torchrun; --batch is global:
 """
 
 
+_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines() splits at
+
+
+def one_line(text) -> str:
+    """``text`` with its line breaks written as escapes (``\\n``): a message quoting what the user typed
+    stays on one line."""
+    return "".join(repr(c)[1:-1] if c in _LINE_BREAKS else c for c in str(text))
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, ``kuosan: error: <problem> (see `kuosan CMD
+    --help`)``, exit status 2, like every other error of the command line; ``--help`` is argparse's own.
+    Subcommand parsers are of this class too (``add_subparsers`` makes its parsers of the parent's type)."""
+
+    def error(self, message):
+        self.exit(2, f"kuosan: error: {one_line(message)} (see `{one_line(self.prog)} --help`)\n")
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The innermost (sub)command parser that ``args`` came through: its --help is the one to point at."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = subs[0].choices.get(getattr(args, subs[0].dest, None)) if subs else None
+        if chosen is None:
+            return parser
+        parser = chosen
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kuosan", description="Train, sample and evaluate diffusion models.",
-                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="kuosan", description="Train, sample and evaluate diffusion models.", epilog=EXAMPLES,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"kuosan {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
@@ -60,23 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"kuosan: warning: {msg}\n"
     try:
+        if extra and not getattr(args, "accepts_overrides", False):
+            _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command is None:
             parser.print_help()
             return 0
-        if extra and not getattr(args, "accepts_overrides", False):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if extra:
             args.extra_overrides = extra  # `kuosan train`: the config loader names an unknown key, with a hint
         return args.run(args)
     except KuosanError as e:
-        print(f"kuosan: error: {e}", file=sys.stderr)
+        print(f"kuosan: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kuosan: interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # a path the user gave: missing, not writable, a file where a folder should be
         where = f": {e.filename}" if e.filename else ""
-        print(f"kuosan: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"kuosan: error: {one_line(f'{e.strerror or e}{where}')}", file=sys.stderr)
         return 2
 
 
