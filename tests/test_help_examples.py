@@ -262,10 +262,7 @@ def test_examples_are_found_in_every_command_with_an_epilog():
 
 
 # Examples that are wrong in files this test's author does not own; strict: they fail loudly once fixed.
-KNOWN_WRONG = {
-    "torchrun --nproc_per_node=4 -m kuosan sample --checkpoint runs/fm4 --n 10000":
-        "cli/__init__.py EXAMPLES: torchrun takes --n for --nnodes; write --seeds 0-9999",
-}
+KNOWN_WRONG: dict[str, str] = {}
 
 
 # Examples that fail at the tiny size this test runs them at, for a bug in a file its author does not own; not

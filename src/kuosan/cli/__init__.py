@@ -36,7 +36,7 @@ EXAMPLES = """examples:
   kuosan train --config fashion-mnist --autoencoder runs/ae-fm --sigma_data 1 --out runs/ldm-fm
 one process per GPU (or CPU share) with torchrun; --batch is global:
   torchrun --nproc_per_node=4 -m kuosan train --config fashion-mnist --batch 256 --out runs/fm4
-  torchrun --nproc_per_node=4 -m kuosan sample --checkpoint runs/fm4 --n 10000 --out samples/
+  torchrun --nproc_per_node=4 -m kuosan sample --checkpoint runs/fm4 --seeds 0-9999 --out samples/
 `kuosan COMMAND --help` lists every option of a command.
 """
 
