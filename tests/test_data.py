@@ -133,6 +133,9 @@ def test_bad_options_and_specs(tmp_path):
         load_dataset("digits:test", split="train")
     with pytest.raises(KuosanError, match="unknown data set"):
         load_dataset("imagenet")
+    for empty in ("", "  ", "folder:", "folder: "):  # not the current folder, silently
+        with pytest.raises(KuosanError, match="is empty; give fashion-mnist"):
+            load_dataset(empty, root=str(tmp_path))
     with pytest.raises(KuosanError, match="does not apply"):
         load_dataset("digits", root=str(tmp_path))
 

@@ -59,6 +59,9 @@ def _pick_split(from_spec: str | None, split: str | None, spec: str) -> str:
 def parse_spec(spec: str, split: str | None = None, root: str | None = None) -> Source:
     """Work out what ``spec`` names; relative paths are taken inside ``root`` when it is given."""
     spec = str(spec).strip()
+    if not spec.removeprefix("folder:").strip():
+        raise KuosanError(f"the data set spec {spec!r} is empty; give fashion-mnist, mnist or digits, an image "
+                          "folder (one subfolder per class) or a .npz file")  # not the current folder, silently
     name, sep, suffix = spec.partition(":")
     if name.lower() in _ALIASES:
         if _ALIASES[name.lower()] == "emoji":                   # emoji[:STYLE][:SPLIT]
