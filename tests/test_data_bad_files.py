@@ -104,6 +104,18 @@ def test_too_small_is_relative_to_resolution(tmp_path):
     assert load_image_folder(tmp_path, resolution=64)[1].skip_counts() == {"too small": 1}
 
 
+def test_a_folder_of_one_image_gives_torch_a_writable_array(tmp_path, monkeypatch):
+    """A lone decoded image can be a read-only view; torch.from_numpy warns (once a process) on one."""
+    import torch
+
+    from_numpy = torch.from_numpy
+    monkeypatch.setattr(torch, "from_numpy", lambda a: from_numpy(a) if a.flags.writeable else pytest.fail(
+        "torch.from_numpy given a read-only array"))
+    _good_images(tmp_path, 1)
+    ds, _ = load_image_folder(tmp_path)
+    assert ds.images.shape == (1, 3, 16, 16)
+
+
 def test_empty_and_failed_classes_are_dropped(tmp_path, caplog):
     _good_images(tmp_path / "a", 2)
     (tmp_path / "b").mkdir()                                     # no files at all

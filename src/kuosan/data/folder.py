@@ -312,7 +312,8 @@ def _assemble(listing, labels, kept, arrays, untried, split, report):
             f"no files with an image extension ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         raise KuosanError(f"no usable images in {report.directory}: {detail}")
     rank = np.argsort(kept, kind="stable")
-    images = np.stack([arrays[r] for r in rank]) if len(arrays) > 1 else arrays[0][None]
+    # np.stack copies even one image: a decoded image can be a read-only view, which torch.from_numpy refuses
+    images = np.stack([arrays[r] for r in rank])
     y = labels[np.asarray(kept)[rank]]
     names = list(listing.class_names)
     if not listing.split_layout:                   # renumber without classes whose files were all tried and failed
