@@ -317,3 +317,14 @@ def test_adamw_keeps_every_parameter_of_groups_given_as_generators():
     assert [len(g["params"]) for g in opt.param_groups] == [2, 2]
     opt = adamw(a.parameters(), lr=0.1)
     assert sum(len(g["params"]) for g in opt.param_groups) == 2
+
+
+def test_openmp_policy_sleeps_only_on_a_busy_machine():
+    from kuosan.runtime import openmp_policy
+
+    assert openmp_policy(0.3, 2) == {}  # quiet: GNU OpenMP's own brief spinning
+    assert openmp_policy(1.9, 2) == {}
+    assert openmp_policy(2.0, 2) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert openmp_policy(9.0, 2) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert openmp_policy(0.5, 0) == {}  # a core count of 0 (unknown) counts as one
+    assert openmp_policy(1.0, 0) == {"OMP_WAIT_POLICY": "PASSIVE"}

@@ -11,7 +11,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["resolve_device", "tune_allocator", "openmp_defaults", "configure_threads", "shard_slice"]
+__all__ = ["resolve_device", "tune_allocator", "openmp_defaults", "openmp_policy", "configure_threads", "shard_slice"]
 
 # mallopt parameter numbers from glibc's <malloc.h>
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
@@ -42,23 +42,36 @@ def tune_allocator() -> bool:
 
 
 def openmp_defaults() -> dict[str, str]:
-    """Let OpenMP worker threads sleep at once when idle (``OMP_WAIT_POLICY=PASSIVE``) unless set.
+    """On a busy machine, let OpenMP worker threads sleep at once when idle (``OMP_WAIT_POLICY=PASSIVE``).
 
     By default GNU OpenMP (torch's on Linux) spins a while between parallel regions. On a machine
     whose cores are shared with other busy processes, a spinning or descheduled worker makes each of
     the network's hundreds of parallel regions wait for a scheduler time slice: here, under load 7–12
     on 2 cores, a 2-thread training step took 7× as long as a 1-thread one with the default policy and
-    1.4× with PASSIVE (benchmarks/results/peers_threads_alternated_*.json). On an idle machine the
-    cost is a wake-up per region (microseconds). For scripts and benchmarks (``kuosan``'s command line
-    sets the same default itself); it must run before ``import torch``. Returns what it set. Respects
+    1.4× with PASSIVE (benchmarks/results/peers_threads_alternated_*.json). On a quiet machine the
+    sleeping costs more than it saves: waking the workers at every region made one-step sampling of the
+    demo network 1.3× slower at batch 64 (312 against 411 images/s) and 2.3× slower for one image (37
+    against 16 ms; ``benchmarks/realtime.py``, load average under 0.5). So PASSIVE is set only when the
+    1-minute load average is at least the usable core count (:func:`openmp_policy`). For the command
+    line and scripts; it must run before ``import torch``. Returns what it set. Respects
     ``OMP_WAIT_POLICY`` / ``GOMP_SPINCOUNT`` set by the user, and ``KUOSAN_NO_OMP_DEFAULTS=1``.
     """
     if os.environ.get("KUOSAN_NO_OMP_DEFAULTS") == "1" or "torch" in sys.modules:
         return {}
     if any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
         return {}
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return {"OMP_WAIT_POLICY": "PASSIVE"}
+    try:
+        load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    except (OSError, AttributeError):  # no load average (not Unix): the safe choice for a shared machine
+        load, cores = float("inf"), 1
+    chosen = openmp_policy(load, cores)
+    os.environ.update(chosen)
+    return chosen
+
+
+def openmp_policy(load: float, cores: int) -> dict[str, str]:
+    """The OpenMP settings :func:`openmp_defaults` makes for this load average and core count."""
+    return {"OMP_WAIT_POLICY": "PASSIVE"} if load >= max(1, cores) else {}
 
 
 def configure_threads(threads: int | None = None) -> int:

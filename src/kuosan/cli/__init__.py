@@ -5,14 +5,16 @@ that executes it; :func:`main` turns user mistakes into ``kuosan: error: <one li
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 
-# Idle OpenMP threads sleep instead of spinning. On a machine shared with other processes, spinning
-# threads steal each other's cores: a 2-thread training step measured up to 8× slower there
-# (benchmarks/results/distributed-passive.json). Must be set before torch starts its thread pool.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# On a busy machine idle OpenMP threads sleep instead of spinning: there spinning threads steal each
+# other's cores (a 2-thread training step measured up to 8× slower, benchmarks/results/distributed-passive.json);
+# on a quiet one they spin briefly, as GNU OpenMP does by default (kuosan.runtime.openmp_defaults). Must run
+# before torch starts its thread pool; kuosan.runtime does not import torch.
+from kuosan.runtime import openmp_defaults  # noqa: E402
+
+openmp_defaults()
 
 from kuosan import __version__  # noqa: E402
 from kuosan.cli import bench, data, demo, distill, edit, evaluate, export, gan, latent, lora, sample, serve, train  # noqa: E402
