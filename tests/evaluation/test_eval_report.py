@@ -58,6 +58,17 @@ def test_tiny_grey_set_end_to_end(tmp_path, fmnist_test):
     assert report["markdown_summary"] in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_an_empty_metrics_log_leaves_out_the_stability_section(tmp_path, fmnist_test):
+    """A run stopped before its first metrics line (the demo on a short budget) is still evaluated."""
+    images, _ = held_out(fmnist_test, 10)
+    (tmp_path / "metrics.jsonl").write_text("")
+    said = []
+    report = evaluate(images, "fashion-mnist:test", FAST, out_dir=tmp_path / "out",
+                      metrics_log=tmp_path / "metrics.jsonl", log=said.append)
+    assert "stability" not in report and "Training stability" not in (tmp_path / "out" / "report.md").read_text()
+    assert any("has no records" in line for line in said), said
+
+
 def test_real_images_score_near_the_floor_and_noise_far_from_it(fmnist_test):
     images, labels = held_out(fmnist_test, 300)
     real = evaluate(images, "fashion-mnist:test", FAST, generated_labels=labels)

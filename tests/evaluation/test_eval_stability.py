@@ -7,7 +7,7 @@ import pytest
 
 from kuosan.errors import KuosanError
 from kuosan.evaluation.speed import measure, speed_summary
-from kuosan.evaluation.stability import grad_spikes, loss_trend, read_metrics_log, stability_report
+from kuosan.evaluation.stability import EmptyMetricsLog, grad_spikes, loss_trend, read_metrics_log, stability_report
 
 SPIKE_STEPS = (130, 370, 777)
 
@@ -58,6 +58,14 @@ def test_bad_logs_are_user_errors(tmp_path):
     bad.write_text('{"step": 1, "loss": 1}\nnot json\n{"step": 3, "loss": 1}\n')
     with pytest.raises(KuosanError, match=":2 is not JSON"):
         read_metrics_log(bad)
+
+
+def test_an_empty_log_is_its_own_user_error(tmp_path):
+    empty = tmp_path / "metrics.jsonl"
+    empty.write_text("\n")  # a run stopped before its first metrics line
+    with pytest.raises(EmptyMetricsLog, match="has no records") as caught:
+        stability_report(empty)
+    assert isinstance(caught.value, KuosanError)
 
 
 def test_measure_sees_time_and_cpu_memory():

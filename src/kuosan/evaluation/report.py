@@ -321,9 +321,12 @@ def evaluate(generated, reference=DEFAULT_REFERENCE, config=None, *, train_refer
 
     stability_log = None
     if metrics_log is not None:
-        from kuosan.evaluation.stability import stability_report
+        from kuosan.evaluation.stability import EmptyMetricsLog, stability_report
 
-        report["stability"], stability_log = stability_report(metrics_log)
+        try:
+            report["stability"], stability_log = stability_report(metrics_log)
+        except EmptyMetricsLog:  # a run too short for one metrics line: the rest of the report still stands
+            log(f"{metrics_log} has no records yet: the report has no training stability section")
     report["speed"] = _speed_section(speed, used)
     report["flags"] = _flags(report)
     from kuosan.evaluation.render import markdown_summary

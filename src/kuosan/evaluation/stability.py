@@ -16,6 +16,10 @@ from kuosan.errors import KuosanError
 MAD_TO_STD = 1.4826  # MAD of a Gaussian times this is its standard deviation
 
 
+class EmptyMetricsLog(KuosanError):
+    """The log exists but holds no record yet (a run stopped before its first metrics line)."""
+
+
 def read_metrics_log(path):
     """The log as a dict of numpy arrays keyed by field, each with its own ``<field>_step`` array."""
     path = Path(path)
@@ -36,7 +40,7 @@ def read_metrics_log(path):
             raise KuosanError(f"{path}:{number} must be a JSON object with a 'step' field")
         rows.append(row)
     if not rows:
-        raise KuosanError(f"metrics log {path} has no records")
+        raise EmptyMetricsLog(f"metrics log {path} has no records")
     columns = {}
     for row in rows:
         for key, value in row.items():
