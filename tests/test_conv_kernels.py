@@ -220,3 +220,42 @@ def test_a_frozen_weight_still_gets_its_bias_gradient(k):
     conv(x).backward(grad)
     assert conv.weight.grad is None
     torch.testing.assert_close(conv.bias.grad, grad.sum((0, 2, 3)))
+
+
+@needs_compiler
+def test_without_gradients_the_transformed_filter_is_kept_until_the_weight_changes(monkeypatch):
+    calls = []
+    real = kernels._filter
+    monkeypatch.setattr(kernels, "_filter", lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(3)
+    conv = Conv2d(32, 32, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 12, 12, generator=g).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        first = conv(x)
+        assert torch.equal(conv(x), first) and len(calls) == 1  # the second call reused the transform
+        conv.weight.mul_(0.5)  # an in-place update (an optimiser step, an EMA update, load_state_dict)
+        halved = conv(x)
+        assert len(calls) == 2
+        ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
+        assert relative_error(halved, ref.double()) < TOL[2]
+    with torch.inference_mode():
+        conv(x)
+        conv(x)
+        assert len(calls) == 2  # inference mode: the same weight, the same transform
+    conv(x)
+    conv(x)
+    assert len(calls) == 4  # with gradients (training) every call transforms: the weight changes each step
+
+
+def test_sampling_in_bfloat16_leaves_3x3_layers_to_onednn_where_the_cpu_has_amx(monkeypatch):
+    conv = Conv2d(32, 32, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 32, 8, 8).contiguous(memory_format=torch.channels_last)
+    used = []
+    monkeypatch.setattr(kernels, "winograd_conv", lambda *a, **k: used.append(1) or F.conv2d(*a, padding=1))
+    monkeypatch.setattr(kernels, "conv_bf16_ok", lambda *a: True)
+    for amx, expected in ((True, 0), (False, 1)):
+        used.clear()
+        monkeypatch.setattr(kernels, "amx", lambda: amx)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            conv(x)
+        assert len(used) == expected, amx

@@ -30,7 +30,8 @@ class Conv2d(nn.Conv2d):
     F(4×4, 3×3) 4× fewer multiply-adds (Lavin & Gray 2016), which made these layers 1.1–1.7× faster there
     (float32 F(2×2) rounds less than oneDNN, F(4×4), used on maps of 24×24 and up, about 5× more). Under
     bfloat16 autocast, on CPUs with AVX512-BF16, 3×3 layers take F(2×2, 3×3) with bfloat16 products (an error
-    within 1.5× of oneDNN's bfloat16 one). 1×1 layers are plain matrix products. The kernels have register
+    within 1.5× of oneDNN's bfloat16 one), except without gradients on CPUs with AMX, where oneDNN's bfloat16
+    convolution is faster (:func:`kuosan.nets.kernels.amx`). 1×1 layers are plain matrix products. The kernels have register
     blockings for AVX512 and for AVX2 with FMA and run where the library is built for one of them
     (``KUOSAN_CONV_KERNELS=1`` forces them elsewhere, ``=0`` turns them off). Channel counts that are not
     multiples of 16, other kernel sizes and strides, other devices, torch.compile and FLOP counters take
@@ -51,14 +52,14 @@ class Conv2d(nn.Conv2d):
             ok = kernels.conv_ok(x, weight)
         else:  # what autocast would run in bfloat16; the weight and bias stay float32 until their transform
             ok = (self.kernel_size == (3, 3) and torch.get_autocast_dtype("cpu") == torch.bfloat16
-                  and kernels.conv_bf16_ok(x, weight))
+                  and kernels.conv_bf16_ok(x, weight) and (torch.is_grad_enabled() or not kernels.amx()))
             x = x.to(torch.bfloat16) if ok else x
         if not ok:
             return super()._conv_forward(x, weight, bias)
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                         or (bias is not None and bias.requires_grad)):
             return _KernelConv.apply(x, weight, bias)
-        return _KernelConv.run(x, weight, bias)
+        return _KernelConv.run(x, weight, bias, keep_filter=True)  # no gradients: the weight stays as it is
 
 
 def _dispatch_mode_active() -> bool:
@@ -73,8 +74,10 @@ def _dispatch_mode_active() -> bool:
 
 class _KernelConv(torch.autograd.Function):
     @staticmethod
-    def run(x, weight, bias):
-        return (kernels.winograd_conv if weight.shape[-1] == 3 else kernels.conv1x1)(x, weight, bias)
+    def run(x, weight, bias, keep_filter=False):
+        if weight.shape[-1] == 3:
+            return kernels.winograd_conv(x, weight, bias, keep_filter=keep_filter)
+        return kernels.conv1x1(x, weight, bias)
 
     @staticmethod
     def forward(ctx, x, weight, bias):
