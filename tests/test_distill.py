@@ -94,6 +94,17 @@ def test_sample_command_uses_the_students_defaults(student_dir, tmp_path, capsys
     assert (tmp_path / "s" / "grid.png").is_file()
 
 
+def test_evaluate_samples_with_the_students_own_sampler(student_dir, tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", str(student_dir), "--n", "8", "--reference", "digits:test",
+                 "--extractors", "efficientnet-lite0", "--train-reference", "none", "--out", str(tmp_path / "e")]) == 0
+    err = capsys.readouterr().err
+    assert "(consistency, 2 steps)" in err  # the checkpoint's sample section, not the library's heun default
+    assert main(["evaluate", "--checkpoint", str(student_dir), "--n", "8", "--steps", "1", "--reference",
+                 "digits:test", "--extractors", "efficientnet-lite0", "--train-reference", "none", "--out",
+                 str(tmp_path / "e1")]) == 0
+    assert "(consistency, 1 steps)" in capsys.readouterr().err
+
+
 def test_student_starts_from_the_teachers_weights(teacher, tmp_path):
     student = prepare_student(ConsistencyConfig(), {"out": str(tmp_path / "s"), "batch": 8}, teacher=str(teacher[0]))
     run = DistillRun(student, init_distributed(torch.device("cpu")), resume=False, log=lambda *a: None)

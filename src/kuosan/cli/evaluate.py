@@ -48,10 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("sampling (with --checkpoint)")
     g.add_argument("--n", type=int, default=DEFAULT_N, help=f"number of images to sample (default {DEFAULT_N})")
     g.add_argument("--seeds", metavar="LIST", help="seeds, e.g. 0-999 or 0,5,9-20 (default 0..n-1)")
-    g.add_argument("--sampler", default=sample.sampler, help=f"sampler name (default {sample.sampler})")
-    g.add_argument("--steps", type=int, default=sample.steps, help=f"sampling steps (default {sample.steps})")
-    g.add_argument("--guidance", type=float, default=sample.guidance,
-                   help=f"classifier-free guidance scale (default {sample.guidance:g})")
+    own = "the checkpoint's own (its config's sample section; {} for one without)"
+    g.add_argument("--sampler", default=None, help=f"sampler name (default {own.format(sample.sampler)})")
+    g.add_argument("--steps", type=int, default=None, help=f"sampling steps (default {own.format(sample.steps)})")
+    g.add_argument("--guidance", type=float, default=None,
+                   help=f"classifier-free guidance scale (default {own.format(f'{sample.guidance:g}')})")
     g.add_argument("--threshold", default=None, metavar="clip|P",
                    help="keep the denoised image in [-1, 1]: clip, or dynamic thresholding at quantile P")
     g.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"sampling batch size (default {DEFAULT_BATCH})")
@@ -193,6 +194,10 @@ def run(args) -> int:
         import kuosan
 
         pipe = kuosan.load(args.checkpoint, device=cfg.device)
+        own = pipe.sample_config  # what the run was trained to sample with (a student: its consistency sampler)
+        for name in ("sampler", "steps", "guidance"):
+            if getattr(args, name) is None:
+                setattr(args, name, getattr(own, name))
         if reference is None:
             trained_on = getattr(pipe, "dataset", None)
             reference = f"{dataset_of(trained_on)}:test" if dataset_of(trained_on) else trained_on or DEFAULT_REFERENCE
