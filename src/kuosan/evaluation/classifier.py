@@ -1,7 +1,8 @@
 """Small CNN classifiers for the bundled data sets, shipped in ``evaluation/weights/``.
 
 Each classifier gives class predictions (diversity metrics, conditional accuracy) and, from its
-penultimate layer, a feature extractor tuned to its data set ("fmnist-cnn", "mnist-cnn").
+penultimate layer, a feature extractor tuned to its data set ("fmnist-cnn", "mnist-cnn", "emoji-cnn": the
+9 classes of the 64x64 colour emoji set, seen at 32x32).
 ``scripts/train_classifiers.py`` trains them (seeded) and writes ``<name>.safetensors`` with
 ``<name>.json`` (architecture, data set, test accuracy, date).
 """
@@ -16,7 +17,7 @@ from torch import nn
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 # Extractor name -> data set spec it was trained on (the data set part of a reference spec).
-CLASSIFIERS = {"fmnist-cnn": "fashion-mnist", "mnist-cnn": "mnist"}
+CLASSIFIERS = {"fmnist-cnn": "fashion-mnist", "mnist-cnn": "mnist", "emoji-cnn": "emoji"}
 
 
 def classifier_for_dataset(dataset_name):
