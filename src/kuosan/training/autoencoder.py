@@ -3,11 +3,13 @@
 Loss per image, all terms averaged over pixels so weights do not depend on the image size:
 
     L = L_rec(x, x̂) + w_p · L_perc(x, x̂) + w_kl · KL(q(z|x) || N(0, I)) / (C·H·W) + λ · w_d · L_G(x̂)
+        + w_c · L_cycle(x̂, μ(x))
 
 ``L_rec`` is L1 or L2; ``L_perc`` an LPIPS-style feature distance (see :class:`Perceptual`); the KL in nats
 per image (closed form, :meth:`DiagonalGaussian.kl`) divided by the pixel count, so ``w_kl = 1e-6`` means
 what it means in latent diffusion's KL-f4 setting, whose reconstruction term is summed over pixels; and
-from ``disc_start`` on, the hinge generator loss of a PatchGAN, weighted adaptively (Esser et al. 2021, eq. 7).
+from ``disc_start`` on, the hinge generator loss of a PatchGAN, weighted adaptively (Esser et al. 2021, eq. 7);
+and, when ``cycle_weight > 0``, a latent cycle-consistency term (see :func:`latent_cycle_loss`).
 
 Checkpoints use :func:`kuosan.training.checkpoint.save_checkpoint`: ``config.json`` has ``"format":
 "kuosan-autoencoder"``, the network, the training settings and the latent scale measured on the training
@@ -32,7 +34,7 @@ from kuosan.errors import KuosanError
 from kuosan.training.optim import adamw, match_state_layout
 
 __all__ = ["AutoencoderTrainConfig", "PRESETS", "train_autoencoder", "Perceptual", "build_perceptual",
-           "hinge_d_loss", "adaptive_gan_weight"]
+           "hinge_d_loss", "adaptive_gan_weight", "latent_cycle_loss"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ class AutoencoderTrainConfig:
     kl_weight: float = 1e-6                # w_kl, on the KL per pixel (see the module docstring)
     disc_weight: float = 0.0               # w_d, PatchGAN hinge loss (0 = no discriminator)
     disc_start: int = 2000                 # step at which the GAN loss switches on
+    # w_c, latent cycle consistency: the reconstruction encoded again should give the first latent back,
+    # ‖μ(x̂) − sg(μ(x))‖² over the batch variance of μ(x) (0 = off; costs one more encoder pass a step)
+    cycle_weight: float = 0.0
     steps: int = 5000                      # optimiser steps
     time_limit: typing.Optional[float] = None  # stop after this many seconds (a checkpoint is written)
     batch: int = 64                        # images per step
@@ -80,9 +85,20 @@ PRESETS = {
                       "checkpoint_every": 500, "out": "runs/ae-fashion-mnist"},
     # 64x64 colour -> 4x16x16 (12x fewer numbers); L1 + EfficientNet-Lite0 content loss + PatchGAN at the end.
     "emoji": {"data": "emoji", "latent_channels": 4, "downsample": 4, "base_channels": 16,
-              "channel_mults": (1, 2, 4), "rec_loss": "l1", "perceptual": "auto", "perceptual_weight": 0.1,
+              "channel_mults": (1, 2, 4), "rec_loss": "l1", "perceptual": "efficientnet-lite0", "perceptual_weight": 0.1,
               "disc_weight": 0.1, "disc_start": 1000, "steps": 1500, "batch": 16, "lr": 2e-3,
               "checkpoint_every": 250, "out": "runs/ae-emoji"},
+    # `kuosan demo --data emoji` on a CPU (the demo sets steps and time from the budget): the same network, L1
+    # only (the content loss and the GAN cost 2-3x per step), the latent scale measured on 2,000 images.
+    "emoji-demo": {"data": "emoji", "latent_channels": 4, "downsample": 4, "base_channels": 16,
+                   "channel_mults": (1, 2, 4), "rec_loss": "l1", "perceptual": "none", "steps": 1500, "batch": 16,
+                   "lr": 2e-3, "warmup_steps": 100, "scale_images": 2000, "checkpoint_every": 500,
+                   "out": "runs/ae-emoji-demo"},
+    # the demo on CUDA: 4x the width, two blocks a level, content loss and PatchGAN (from half-way in the demo)
+    "emoji-gpu": {"data": "emoji", "latent_channels": 4, "downsample": 4, "base_channels": 64,
+                  "channel_mults": (1, 2, 4), "num_blocks": 2, "rec_loss": "l1", "perceptual": "efficientnet-lite0",
+                  "perceptual_weight": 0.1, "disc_weight": 0.1, "disc_start": 10000, "steps": 20000, "batch": 32,
+                  "lr": 1e-3, "checkpoint_every": 2000, "out": "runs/ae-emoji-gpu"},
     # seconds, for tests and smoke runs: 8x8 digits -> 2x4x4
     "digits-tiny": {"data": "digits", "latent_channels": 2, "downsample": 2, "base_channels": 16,
                     "perceptual": "none", "steps": 300, "batch": 64, "lr": 2e-3, "out": "runs/ae-digits"},
@@ -98,7 +114,8 @@ def _check(cfg: AutoencoderTrainConfig) -> None:
                  "keep_checkpoints"):
         if getattr(cfg, name) < 1:
             raise KuosanError(f"{name} must be positive, got {getattr(cfg, name)}")
-    for name in ("perceptual_weight", "kl_weight", "disc_weight", "disc_start", "checkpoint_every", "grad_clip"):
+    for name in ("perceptual_weight", "kl_weight", "disc_weight", "disc_start", "checkpoint_every", "grad_clip",
+                 "cycle_weight"):
         if getattr(cfg, name) < 0:
             raise KuosanError(f"{name} must be non-negative, got {getattr(cfg, name)}")
     if not 0 < cfg.lr <= 1 or not 0 <= cfg.ema_decay < 1:
@@ -209,6 +226,21 @@ def build_perceptual(choice: str, data_name: str, resolution: int) -> tuple[Perc
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Discriminator hinge loss E[max(0, 1 − D(x))] + E[max(0, 1 + D(x̂))] (Lim & Ye 2017; Miyato et al. 2018)."""
     return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def latent_cycle_loss(encoder, x_hat: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """L_cycle = mean ‖μ(x̂) − sg(μ(x))‖² / sg(Var μ(x)): encode the reconstruction again and ask for the
+    first latent back, the cycle-consistency idea of CycleGAN (Zhu et al. 2017, eq. 2: F(G(x)) ≈ x) turned to
+    the latent side, E(D(z)) ≈ z. A latent model's samples are latents the encoder never produced; the term
+    asks the decoder to make images the encoder reads back as the latent they came from.
+
+    ``x̂`` is the training reconstruction (decoded from z ~ q(z|x), whose spread the small KL weight keeps
+    narrow), so the term costs one encoder pass, not a decoder pass too. The gradient reaches the decoder
+    through x̂ and the encoder through μ(x̂); μ(x) is the fixed target. Dividing by the batch variance of
+    μ(x) (detached) makes the term blind to the latents' scale, so the encoder cannot lower it by shrinking
+    them, and puts it in units of the scaled latents a diffusion model sees (s = 1 / std μ)."""
+    target = mu.detach()
+    return (encoder(x_hat).mean - target).square().mean() / target.var().clamp_min(1e-12)
 
 
 def adaptive_gan_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
@@ -372,7 +404,8 @@ class AutoencoderRun:
                                           .to(self.device)])
 
     def losses(self, x: torch.Tensor, gan_on: bool):
-        """``(x̂, nll, kl, loss, g_loss)``: the terms of L (see the module docstring); ``g_loss`` None without GAN."""
+        """``(x̂, nll, kl, loss, g_loss, cycle)``: the terms of L (see the module docstring); ``g_loss`` None
+        without GAN, ``cycle`` None without the cycle term."""
         cfg = self.cfg
         x_hat, posterior = self.ae(x, sample=True, generator=self.noise_gen)
         diff = (x_hat - x).abs() if cfg.rec_loss == "l1" else (x_hat - x).square()
@@ -382,12 +415,16 @@ class AutoencoderRun:
         nll = nll.mean()
         kl = posterior.kl().mean() / self.pixels
         loss = nll + cfg.kl_weight * kl
+        cycle = None
+        if cfg.cycle_weight > 0:
+            cycle = latent_cycle_loss(self.ae.encode, x_hat, posterior.mean)
+            loss = loss + cfg.cycle_weight * cycle
         g_loss = None
         if gan_on:
             g_loss = -self.disc(x_hat).mean()
             lam = adaptive_gan_weight(nll, g_loss, self.ae.decoder.last_layer)
             loss = loss + cfg.disc_weight * lam * g_loss
-        return x_hat, nll, kl, loss, g_loss
+        return x_hat, nll, kl, loss, g_loss, cycle
 
     def one_step(self, step: int) -> None:
         """One autoencoder step, then (from ``disc_start``) one discriminator step; adds to the metrics window."""
@@ -398,7 +435,7 @@ class AutoencoderRun:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         gan_on = self.disc is not None and step >= cfg.disc_start
-        x_hat, nll, kl, loss, g_loss = self.losses(x, gan_on)
+        x_hat, nll, kl, loss, g_loss, cycle = self.losses(x, gan_on)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.disc is not None:
@@ -417,6 +454,8 @@ class AutoencoderRun:
             self._add(d_loss=d_loss, g_loss=g_loss)
         if self.ema is not None:
             self.ema.update(self.ae, step)
+        if cycle is not None:
+            self._add(cycle=cycle)
         self._add(loss=loss, nll=nll, kl=kl, mse01=float(((x_hat.detach() - x) / 2).square().mean()))
         self.window["n"] = self.window.get("n", 0) + 1
 
