@@ -160,3 +160,19 @@ def test_resumed_training_is_bit_exact(tmp_path):
 
     assert lines(whole) == lines(split) and [r["step"] for r in lines(split)] == [1, 2, 3, 4, 5, 6]
     assert "d_loss" in lines(split)[-1] and "d_loss" not in lines(split)[2]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(lr=float("nan")), "lr must be a finite number"), (dict(cycle_weight=-1.0), "cycle_weight must be between"),
+    (dict(steps=2.5), "steps must be a whole number"), (dict(batch=0), "batch must be"),
+    (dict(ema_decay=float("inf")), "ema_decay must be a finite number"), (dict(channel_mults=(1, 0)), "channel_mults")])
+def test_the_python_api_checks_every_number_as_the_command_line_does(bad, message):
+    import dataclasses
+
+    from kuosan.training.autoencoder import PRESETS, AutoencoderTrainConfig, _check
+
+    cfg = AutoencoderTrainConfig(**PRESETS["digits-tiny"])
+    _check(cfg)
+    with pytest.raises(KuosanError, match=message) as e:
+        _check(dataclasses.replace(cfg, **bad))
+    assert "\n" not in str(e.value) and not str(e.value).startswith("--")  # an API message names the field

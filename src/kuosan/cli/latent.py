@@ -43,12 +43,14 @@ def _field_type(tp):
 
 
 def _text_number(text: str) -> str:
-    """Numbers stay text here; :func:`_check_options` reads them with the one rule for every door."""
+    """Numbers stay text here; :func:`kuosan.training.autoencoder.check_options` reads them with the one rule
+    for every door."""
     return text
 
 
 def _number_list(text: str) -> tuple:
-    """``1,2,2`` or ``(0.9, 0.99)`` -> a tuple of the numbers' texts, checked by :func:`_check_options`."""
+    """``1,2,2`` or ``(0.9, 0.99)`` -> a tuple of the numbers' texts, checked by
+    :func:`kuosan.training.autoencoder.check_options`."""
     return tuple(v.strip() for v in text.replace("(", "").replace(")", "").split(",") if v.strip())
 
 
@@ -99,7 +101,7 @@ def _base_options(name: str) -> dict:
 
 
 def config_from_args(args) -> "AutoencoderTrainConfig":  # noqa: F821
-    from kuosan.training.autoencoder import AutoencoderTrainConfig
+    from kuosan.training.autoencoder import AutoencoderTrainConfig, check_options
 
     options = _base_options(args.config)
     known = {f.name for f in dataclasses.fields(AutoencoderTrainConfig)}
@@ -109,58 +111,11 @@ def config_from_args(args) -> "AutoencoderTrainConfig":  # noqa: F821
     options.update({k: getattr(args, f"ae_{k}") for k in known if getattr(args, f"ae_{k}", None) is not None})
     if getattr(args, "ae_downsample", None) is not None and getattr(args, "ae_channel_mults", None) is None:
         options.pop("channel_mults", None)               # a new factor takes its default widths
-    _check_options(options, args.config)
+    check_options(options, args.config)
     for key in ("betas", "channel_mults"):
         if options.get(key) is not None:
             options[key] = tuple(options[key])
     return AutoencoderTrainConfig(**options)
-
-
-# Bounds of the numeric options (from a preset, a JSON file or the command line), as kuosan.config's for `train`.
-_AE_BOUNDS = {"resolution": (4, 1024), "channels": (1, 3), "max_images": (1, None), "latent_channels": (1, 64),
-              "base_channels": (1, 4096), "num_blocks": (1, 64), "steps": (1, 10 ** 9), "batch": (1, 65536),
-              "warmup_steps": (0, None), "disc_start": (0, None), "seed": (0, 2 ** 32 - 1), "log_every": (1, None),
-              "checkpoint_every": (0, None), "keep_checkpoints": (1, 1000), "scale_images": (1, 10 ** 7),
-              "lr": (0, 1), "perceptual_weight": (0, 1e6), "kl_weight": (0, 1e6), "disc_weight": (0, 1e6),
-              "grad_clip": (0, 1e6), "time_limit": (0, None), "downsample": (2, 8)}
-
-
-def _check_options(options: dict, source: str) -> None:
-    """Every option a whole or finite number in its range, a tuple of such numbers, or text, before the
-    config is built: the training code would otherwise meet a NaN weight or a one-number ``betas`` mid-run."""
-    from kuosan.training.autoencoder import AutoencoderTrainConfig
-    from kuosan.validation import real, whole
-
-    hints = typing.get_type_hints(AutoencoderTrainConfig)
-    for key, value in options.items():
-        tp, name = hints[key], f"--{key}"
-        optional = typing.get_origin(tp) is typing.Union
-        if optional:
-            if value is None:
-                continue
-            tp = next(a for a in typing.get_args(tp) if a is not type(None))
-        lo, hi = _AE_BOUNDS.get(key, (None, None))
-        if tp is int:
-            options[key] = whole(value, name, lo, hi)
-        elif tp is float:
-            options[key] = real(value, name, lo, hi)
-        elif tp is tuple:
-            if not isinstance(value, (list, tuple)) or not value:
-                raise KuosanError(f"{name} must be a list of numbers like 1,2,2, got {value!r}")
-            if key == "betas":
-                betas = tuple(real(b, "each of --betas", 0) for b in value)
-                if len(betas) != 2 or not all(b < 1 for b in betas):
-                    raise KuosanError(f"--betas must be two numbers in [0, 1) like 0.9,0.99, got "
-                                      f"{','.join(f'{b:g}' for b in betas)}")
-                options[key] = betas
-            else:
-                if len(value) > 8:
-                    raise KuosanError(f"{name} has {len(value)} levels; at most 8")
-                options[key] = tuple(whole(m, f"each of {name}", 1, 64) for m in value)
-        elif tp is str and not isinstance(value, str):
-            raise KuosanError(f"{name} in {source} must be text, got {value!r}")
-        elif tp is str and key in ("data", "out") and not value.strip():
-            raise KuosanError(f"{name} is empty")
 
 
 def run(args) -> int:

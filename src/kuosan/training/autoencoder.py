@@ -34,7 +34,7 @@ from kuosan.errors import KuosanError
 from kuosan.training.optim import adamw, match_state_layout
 
 __all__ = ["AutoencoderTrainConfig", "PRESETS", "train_autoencoder", "Perceptual", "build_perceptual",
-           "hinge_d_loss", "adaptive_gan_weight", "latent_cycle_loss"]
+           "hinge_d_loss", "adaptive_gan_weight", "latent_cycle_loss", "check_options", "BOUNDS"]
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,56 @@ PRESETS = {
 }
 
 
+# Bounds of the numeric options (from a preset, a JSON file, the command line or the Python API), as
+# kuosan.config's for `train`.
+BOUNDS = {"resolution": (4, 1024), "channels": (1, 3), "max_images": (1, None), "latent_channels": (1, 64),
+              "base_channels": (1, 4096), "num_blocks": (1, 64), "steps": (1, 10 ** 9), "batch": (1, 65536),
+              "warmup_steps": (0, None), "disc_start": (0, None), "seed": (0, 2 ** 32 - 1), "log_every": (1, None),
+              "checkpoint_every": (0, None), "keep_checkpoints": (1, 1000), "scale_images": (1, 10 ** 7),
+              "lr": (0, 1), "perceptual_weight": (0, 1e6), "kl_weight": (0, 1e6), "disc_weight": (0, 1e6),
+              "grad_clip": (0, 1e6), "time_limit": (0, None), "downsample": (2, 8), "cycle_weight": (0, 1e6),
+          "ema_decay": (0, 1)}
+
+
+def check_options(options: dict, source: str, prefix: str = "--") -> None:
+    """Every option a whole or finite number in its range, a tuple of such numbers, or text, before the
+    config is built: the training code would otherwise meet a NaN weight or a one-number ``betas`` mid-run."""
+    from kuosan.validation import real, whole
+
+    hints = typing.get_type_hints(AutoencoderTrainConfig)
+    for key, value in options.items():
+        tp, name = hints[key], f"{prefix}{key}"
+        optional = typing.get_origin(tp) is typing.Union
+        if optional:
+            if value is None:
+                continue
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        lo, hi = BOUNDS.get(key, (None, None))
+        if tp is int:
+            options[key] = whole(value, name, lo, hi)
+        elif tp is float:
+            options[key] = real(value, name, lo, hi)
+        elif tp is tuple:
+            if not isinstance(value, (list, tuple)) or not value:
+                raise KuosanError(f"{name} must be a list of numbers like 1,2,2, got {value!r}")
+            if key == "betas":
+                betas = tuple(real(b, f"each of {prefix}betas", 0) for b in value)
+                if len(betas) != 2 or not all(b < 1 for b in betas):
+                    raise KuosanError(f"{prefix}betas must be two numbers in [0, 1) like 0.9,0.99, got "
+                                      f"{','.join(f'{b:g}' for b in betas)}")
+                options[key] = betas
+            else:
+                if len(value) > 8:
+                    raise KuosanError(f"{name} has {len(value)} levels; at most 8")
+                options[key] = tuple(whole(m, f"each of {name}", 1, 64) for m in value)
+        elif tp is str and not isinstance(value, str):
+            raise KuosanError(f"{name} in {source} must be text, got {value!r}")
+        elif tp is str and key in ("data", "out") and not value.strip():
+            raise KuosanError(f"{name} is empty")
+
+
 def _check(cfg: AutoencoderTrainConfig) -> None:
+    check_options(dataclasses.asdict(cfg), "the autoencoder config", prefix="")  # every number: type, finite, range
     if cfg.downsample not in (2, 4, 8):
         raise KuosanError(f"downsample must be 2, 4 or 8, got {cfg.downsample}")
     if cfg.rec_loss not in ("l1", "l2"):
