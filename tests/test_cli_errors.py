@@ -64,6 +64,14 @@ TRAIN_ERRORS = [
 ]
 
 
+@pytest.mark.parametrize("precond, words", [("gan", "kuosan train-gan"), ("consistency", "kuosan distill --teacher"),
+                                             ("consistency-flow", "kuosan distill --teacher")])
+def test_train_names_the_command_that_trains_another_kind(capsys, tmp_path, precond, words):
+    out = tmp_path / "run"
+    _one_error_line(capsys, main(["train", *TINY, "--diffusion.precond", precond, "--out", str(out)]), words)
+    assert not out.exists()  # refused before the run directory is made
+
+
 @pytest.mark.parametrize("extra,words", TRAIN_ERRORS, ids=[" ".join(e) for e, _ in TRAIN_ERRORS])
 def test_bad_train_commands(capsys, no_training, extra, words):
     _one_error_line(capsys, main(["train", *TINY, *extra]), words)

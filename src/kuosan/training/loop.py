@@ -383,11 +383,22 @@ def _sigterm_as_stop(interrupted: list):
             signal.signal(signal.SIGTERM, old)
 
 
+# Parameterisations made by another trainer: what to run instead.
+OTHER_TRAINERS = {
+    "gan": "a GAN is trained by kuosan train-gan (kuosan train-gan --help)",
+    "consistency": "a consistency model is tuned from a trained model by kuosan distill --teacher RUN",
+    "consistency-flow": "a consistency model is tuned from a trained model by kuosan distill --teacher RUN",
+}
+
+
 def train(cfg: Config, *, resume: bool = False, allow_changes: bool = False, progress: bool = True,
           log=print) -> Path:
     """Train a model as ``cfg`` says; returns the run directory (``cfg.train.out``)."""
     from kuosan.training.finetune import finish_transfer
 
+    other = OTHER_TRAINERS.get(cfg.diffusion.precond)
+    if other:  # a checkpoint of that kind loads and samples like any other; kuosan train cannot make one
+        raise KuosanError(f"diffusion.precond {cfg.diffusion.precond!r} is not trained by kuosan train; {other}")
     t, out = cfg.train, Path(cfg.train.out)
     # Under torchrun: one process per device, rank 0 alone reads and writes the run (see distributed.py).
     ctx = init_distributed(resolve_device(t.device))
