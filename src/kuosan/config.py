@@ -89,7 +89,9 @@ class TrainConfig:
     betas: tuple = (0.9, 0.99)             # AdamW β1, β2
     warmup_steps: int = 200                # linear learning-rate warm-up
     lr_decay: str = "cosine"               # after warm-up: constant | cosine | linear (to 5% at `steps`)
+    decay_over: str = "steps"              # lr decay over: steps | time (the share of time_limit spent; 1 process)
     ema_decay: float = 0.999               # EMA of the weights (with warm-up, see training.ema)
+    ema_sigma_rel: typing.Optional[float] = None  # power-function EMA of this width (EDM2), not ema_decay
     grad_clip: float = 1.0                 # clip the global gradient norm (0 = off)
     bf16: bool = False                     # bfloat16 autocast inside the network
     compile: bool = False                  # torch.compile the network (slow to compile; for long GPU runs)
@@ -426,6 +428,12 @@ def validate(cfg: Config) -> None:
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         raise KuosanError(f"train.betas must be two numbers in [0, 1), got {list(t.betas)}")
     _one_of(t.lr_decay, {"constant", "cosine", "linear"}, "train.lr_decay")
+    _one_of(t.decay_over, {"steps", "time"}, "train.decay_over")
+    if t.decay_over == "time" and t.time_limit is None:
+        raise KuosanError("train.decay_over time needs train.time_limit (seconds): the decay runs over it")
+    if t.ema_sigma_rel is not None and not 0 < t.ema_sigma_rel <= 12 ** -0.5:
+        raise KuosanError(f"train.ema_sigma_rel must be in (0, 0.2887] (0.2887: a plain running mean), "
+                          f"got {t.ema_sigma_rel}")
     _positive(t.lora_rank, "train.lora_rank", allow_zero=True)
     _at_most(t.lora_rank, 4096, "train.lora_rank")
     _positive(t.lora_alpha, "train.lora_alpha")

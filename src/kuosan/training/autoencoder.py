@@ -65,6 +65,7 @@ class AutoencoderTrainConfig:
     betas: tuple = (0.9, 0.99)             # AdamW β1, β2
     warmup_steps: int = 200                # linear warm-up
     lr_decay: str = "cosine"               # constant | cosine | linear (to 5% at `steps`)
+    decay_over: str = "steps"              # lr decay over: steps | time (the share of time_limit spent)
     grad_clip: float = 1.0                 # clip the global gradient norm (0 = off)
     ema_decay: float = 0.999               # EMA of the weights (0 = none)
     seed: int = 0                          # makes the run reproducible
@@ -167,6 +168,10 @@ def _check(cfg: AutoencoderTrainConfig) -> None:
                  "cycle_weight"):
         if getattr(cfg, name) < 0:
             raise KuosanError(f"{name} must be non-negative, got {getattr(cfg, name)}")
+    if cfg.decay_over not in ("steps", "time"):
+        raise KuosanError(f"decay_over must be steps or time, got {cfg.decay_over!r}")
+    if cfg.decay_over == "time" and cfg.time_limit is None:
+        raise KuosanError("decay_over time needs time_limit (seconds): the decay runs over it")
     if not 0 < cfg.lr <= 1 or not 0 <= cfg.ema_decay < 1:
         raise KuosanError(f"need 0 < lr <= 1 and 0 <= ema_decay < 1, got {cfg.lr} and {cfg.ema_decay}")
 
@@ -357,6 +362,7 @@ class AutoencoderRun:
         self.window: dict[str, float] = {}     # sums over the metrics line's steps, and their count "n"
         self.scale_images = None               # the images the latent scale is measured on (set before the loop)
         self.t0 = time.time()                  # reset when the loop starts
+        self.lr = cfg.lr
 
     def describe(self) -> str:
         from kuosan.nets.build import count_parameters
@@ -481,8 +487,12 @@ class AutoencoderRun:
 
         cfg, opt = self.cfg, self.opt
         x = self.batch(step)
+        fraction = None
+        if cfg.decay_over == "time":  # the share of the time limit spent, earlier processes' time included
+            fraction = (self.elapsed_before + time.time() - self.t0) / cfg.time_limit
+        self.lr = lr_at(step, cfg, fraction)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = self.lr
         gan_on = self.disc is not None and step >= cfg.disc_start
         x_hat, nll, kl, loss, g_loss, cycle = self.losses(x, gan_on)
         opt.zero_grad(set_to_none=True)
@@ -519,10 +529,8 @@ class AutoencoderRun:
     # --- metrics, checkpoint ---------------------------------------------------------------------
     def metrics(self, step: int, window_t: float) -> dict:
         """The metrics-log line after ``step``: the window's means, learning rate, time, speed, train PSNR."""
-        from kuosan.training.loop import lr_at
-
         n = self.window.pop("n")
-        rec = {"step": step, **{k: v / n for k, v in self.window.items()}, "lr": lr_at(step - 1, self.cfg),
+        rec = {"step": step, **{k: v / n for k, v in self.window.items()}, "lr": self.lr,
                "time": self.elapsed_before + time.time() - self.t0,
                "images_per_s": n * self.cfg.batch / max(1e-9, time.time() - window_t)}
         rec["train_psnr"] = -10 * float(torch.log10(torch.tensor(rec.pop("mse01"))))

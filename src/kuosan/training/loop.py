@@ -54,13 +54,17 @@ def batch_indices(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
     return torch.tensor(out)
 
 
-def lr_at(step: int, cfg) -> float:
-    """Linear warm-up to ``lr``, then constant, cosine or linear decay to 5% at ``steps``."""
+def lr_at(step: int, cfg, fraction: float | None = None) -> float:
+    """Linear warm-up to ``lr``, then constant, cosine or linear decay to 5% at ``steps``; or, given
+    ``fraction`` (the share of the run done, as ``decay_over: time`` measures it), to 5% at fraction 1."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.lr_decay == "constant":
         return cfg.lr
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    if fraction is not None:
+        progress = min(1.0, max(0.0, fraction))
+    else:
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_decay == "cosine" else 1 - progress
     return cfg.lr * (0.05 + 0.95 * shape)
 
@@ -201,7 +205,16 @@ class Run:
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; check --model.*") from None
         prepare_model(precond)  # UNets compute in channels_last (faster convolutions; same keys and outputs)
         self.precond, self.spec = precond, spec
-        self.ema = EMA(precond, t.ema_decay)  # a copy: channels_last too
+        gamma = None
+        if t.ema_sigma_rel is not None:
+            from kuosan.training.posthoc_ema import sigma_rel_to_gamma
+
+            gamma = sigma_rel_to_gamma(t.ema_sigma_rel)
+        self.ema = EMA(precond, t.ema_decay, gamma=gamma)  # a copy: channels_last too
+        if t.decay_over == "time" and ctx.enabled:
+            raise KuosanError("train.decay_over time runs in one process: each process's clock would give its "
+                              "own learning rate; use decay_over steps under torchrun")
+        self.lr = t.lr
         trainable = [p for p in precond.parameters() if p.requires_grad]  # fine-tuning may freeze some
         self.opt = adamw(trainable, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         self.objective = loss_for(precond)
@@ -286,8 +299,9 @@ class Run:
     def one_step(self, sharded, autocast, step: int):
         """One optimiser step; returns (loss, gradient norm, whether the update was applied)."""
         x0, y = self.batch(step)
+        self.lr = lr_at(step, self.t, self.time_fraction())
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(step, self.t)
+            group["lr"] = self.lr
         # Every rank holds the global batch; it draws all of its noise and runs its own rows.
         loss = sharded.step(self.objective, x0, y, self.noise_gen, self.obj_kw, autocast, self.opt, step)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.precond.parameters(),
@@ -323,7 +337,7 @@ class Run:
         """The metrics-log line after ``step`` (the window's mean loss; held-out losses at checkpoints)."""
         t, p, now = self.t, self.progress, time.time()
         rec = {"step": step, "loss": p.window_loss / max(1, p.window_n), "grad_norm": float(grad_norm),
-               "lr": lr_at(step - 1, t), "nonfinite": p.nonfinite, "time": p.elapsed_before + now - self.t0,
+               "lr": self.lr, "nonfinite": p.nonfinite, "time": p.elapsed_before + now - self.t0,
                "images_per_s": p.window_n * t.batch / max(1e-9, now - window_t)}
         if t.checkpoint_every and step % t.checkpoint_every == 0 or step == t.steps:
             rec["val_loss_raw"], rec["val_loss_ema"] = self.val_loss(self.precond), self.val_loss(self.ema.module)
@@ -343,6 +357,13 @@ class Run:
     def sample_grid(self, path: Path) -> Path:
         with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
             return sample_grid(self.ema.module, self.cfg, self.spec, path, decoder=self.decoder)
+
+    def time_fraction(self) -> float | None:
+        """With ``decay_over: time``, the share of ``time_limit`` spent (this process's and earlier ones')."""
+        t = self.t
+        if t.decay_over != "time":
+            return None
+        return (self.progress.elapsed_before + time.time() - self.t0) / t.time_limit
 
     def stop_reason(self, interrupted: list) -> str | None:
         t = self.t
