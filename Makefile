@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kuosan-installed
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo demo-emoji test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	@command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && [ ! -d /usr/share/datasets/fashion-mnist ] && \
@@ -29,6 +29,10 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/kuosan demo
+
+# colour, 64x64: an autoencoder, then a class-conditional latent model, ~20 minutes; writes runs/demo-emoji/
+demo-emoji: $(STAMP)
+	$(BIN)/kuosan demo --data emoji
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

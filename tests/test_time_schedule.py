@@ -69,3 +69,28 @@ def test_the_power_ema_is_edm2s_and_averages_a_fixed_share_of_the_run():
             ema.update(net, t - 1)
         assert ema.module.weight.item() / T == pytest.approx((gamma + 1) / (gamma + 2), rel=0.01)
     assert math.isfinite(ema.decay_at(10 ** 9))
+
+
+def test_the_demos_schedule_fills_its_budget_when_the_machine_slows_down(tmp_path, monkeypatch):
+    """The demo's overrides on a machine that became 4x slower after its speed probe: it still trains for its
+    whole time, and its learning rate still reaches the floor when the time is spent."""
+    import time
+
+    from kuosan import demo
+    from kuosan.training import loop
+
+    probe = 40  # steps the probe's speed predicts for the 3 seconds
+    overrides = demo._time_schedule(probe, 3.0, warmup=2)
+    assert overrides["train.decay_over"] == "time" and overrides["train.steps"] >= 20 * probe
+    step = loop.Run.one_step
+
+    def slow(self, *a, **k):  # each step now takes 4x the 75 ms the probe's speed implies
+        time.sleep(0.3)
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(loop.Run, "one_step", slow)
+    cfg = _cfg(tmp_path, **overrides)
+    run = train(cfg, progress=False, log=lambda *a: None)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["time"] >= 3.0 and rows[-1]["step"] < probe  # the whole time, fewer steps than predicted
+    assert rows[-1]["lr"] < 0.2 * cfg.train.lr

@@ -1,21 +1,106 @@
 """``kuosan demo``: train a class-conditional model on a bundled data set within a CPU budget, then
-write a grid with one row per class, the loss curve, an evaluation and a Markdown report."""
+write a grid with one row per class, the loss curve, an evaluation and a Markdown report.
+
+The recipe follows the data set: Fashion-MNIST and MNIST train a pixel model (``configs/demo.json``); a
+set in :data:`LATENT_RECIPES` (the colour ``emoji`` set) trains an autoencoder, then a class-conditional
+latent model on its latents (Rombach et al. 2022), and adds rows of latent interpolations between classes.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kuosan.config import Config, load_config, resolve_config_path
 from kuosan.errors import KuosanError
 from kuosan.records import read_train_state
 
-__all__ = ["run_demo", "pick_demo_data"]
+__all__ = ["run_demo", "pick_demo_data", "dataset_name", "LatentRecipe", "LATENT_RECIPES"]
 
 MARKER = ".kuosan-demo"
+
+
+@dataclass(frozen=True)
+class LatentRecipe:
+    """How the demo trains a latent model on a data set. Presets are per device kind, "cpu" or "cuda": the
+    same command trains bigger networks on a GPU, and longer, since step counts come from measured speed."""
+
+    autoencoder: dict                  # device kind -> kuosan.training.autoencoder.PRESETS name
+    diffusion: dict                    # device kind -> diffusion preset (kuosan/configs/NAME.json)
+    minutes: float = 20.0              # the budget when --minutes is not given
+    ae_share: float = 0.3              # the autoencoder's share of the training time; the latent model gets the rest
+    per_class: int = 10                # grid columns: samples per class, and the length of an interpolation row
+    # rows of linear latent interpolations, from the test image nearest one class's mean latent to another's
+    interpolations: tuple = (("faces", "animals"), ("animals", "landscapes"), ("food", "plants"),
+                             ("vehicles", "landscapes"))
+    extractors: tuple = ("efficientnet-lite0",)  # evaluation features; the data set's classifier is added when shipped
+    eval_images: tuple = (270, 900)    # fewest and most generated images the evaluation scores
+    ae_overrides: dict = field(default_factory=dict)  # autoencoder fields over the preset (tests, experiments)
+    overrides: dict = field(default_factory=dict)     # diffusion config overrides over the preset
+    ae_steps: int | None = None        # fixed step counts instead of measured ones (tests)
+    ldm_steps: int | None = None
+
+
+LATENT_RECIPES = {
+    # 64x64 RGB -> 4x16x16 latents; on a CPU an L1 autoencoder without perceptual loss or GAN (those cost
+    # 2-3x per step) and a small UNet; on CUDA both bigger, the autoencoder with both terms.
+    "emoji": LatentRecipe(autoencoder={"cpu": "emoji-demo", "cuda": "emoji-gpu"},
+                          diffusion={"cpu": "emoji-ldm", "cuda": "emoji-ldm-gpu"}),
+}
+
+
+def dataset_name(spec: str | None) -> str:
+    return str(spec or "").strip().split(":")[0].lower()
+
+
+def _ema_decay(steps: int) -> float:
+    """An EMA whose half-life is a tenth of the run (EDM2, Karras et al. 2024, §3: EMA length as a fraction
+    of training), so a short run's average is not dominated by its first steps."""
+    return 0.5 ** (1 / max(20.0, 0.1 * steps))
+
+
+# The demo's EMA: EDM2's power function of relative width 0.14, about what an exponential EMA with a half-life
+# of a tenth of the run gives (its profile's spread, 0.1 / ln 2 of the run), without knowing the run's length.
+DEMO_SIGMA_REL = 0.14
+
+
+def _time_schedule(estimate: int, seconds: float, warmup: int) -> dict:
+    """Config overrides that train for ``seconds`` whatever the machine's speed does meanwhile: the learning
+    rate decays over the share of the time spent and the run stops when it is spent (``decay_over: time``),
+    the EMA averages a fixed share of the steps so far (``ema_sigma_rel``). ``estimate``, the steps the probe's
+    speed predicts, sets the warm-up; the step count only caps a run that became much faster."""
+    return {"train.steps": max(1000, 20 * estimate), "train.time_limit": seconds, "train.decay_over": "time",
+            "train.ema_sigma_rel": DEMO_SIGMA_REL, "train.warmup_steps": min(warmup, max(1, estimate // 10))}
+
+
+def _machine_load() -> list:
+    import os
+
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return []
+
+
+def _load_text(r: dict) -> str:
+    """How busy the machine was: the load average at the start and the end, and the speeds."""
+    load = r.get("load_average") or {}
+    probe = r.get("probe_images_per_s")
+    probe = probe.get("latent_model") if isinstance(probe, dict) else probe
+    start, end = (", ".join(f"{x:g}" for x in load.get(k) or []) or "?" for k in ("start", "end"))
+    text = f"load average {start} at the start, {end} at the end (1, 5, 15 min)"
+    if probe:
+        text += f"; the probe measured {probe:g} images/s, training averaged {r['train_images_per_s']:g}"
+    return text
+
+
+def _ema_text(t) -> str:
+    return f"power EMA σ_rel {t.ema_sigma_rel:g}" if t.ema_sigma_rel is not None else f"EMA {t.ema_decay:.5f}"
 
 
 def pick_demo_data(requested: str | None, log=print) -> str:
@@ -32,7 +117,7 @@ def pick_demo_data(requested: str | None, log=print) -> str:
         return "mnist"
 
 
-def _calibrate(overrides: dict) -> float:
+def _calibrate(overrides: dict, base: str = "demo") -> float:
     """Training images per second of this config on this machine: a short real run of the loop."""
     from kuosan.training.loop import train
 
@@ -41,7 +126,7 @@ def _calibrate(overrides: dict) -> float:
         probe = load_config(None, {**overrides, "train.out": tmp, "train.steps": 16, "train.log_every": 8,
                                    "train.checkpoint_every": 0, "train.sample_every": 0,
                                    "sample.sampler": "euler", "sample.steps": 1},
-                            base=resolve_config_path("demo"))
+                            base=resolve_config_path(base))
         train(probe, progress=False, log=lambda *a: None)
         rows = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines() if x]
     return rows[-1]["images_per_s"]
@@ -59,38 +144,59 @@ def _labelled_grid(pipe, per_class: int, seed: int, out: Path, guidance: float) 
     labels = [c for c in range(pipe.num_classes) for _ in range(per_class)]
     res = pipe.sample(seeds, labels, guidance=guidance, batch_size=128)
     grid = make_grid(res.images, nrow=per_class)
-    scale = 3
-    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).convert("RGB")
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    margin = 110
-    canvas = Image.new("RGB", (img.width + margin, img.height), "white")
-    canvas.paste(img, (margin, 0))
-    draw = ImageDraw.Draw(canvas)
-    row_h = img.height / pipe.num_classes
-    for c, name in enumerate(pipe.class_names or [str(c) for c in range(pipe.num_classes)]):
-        draw.text((6, int(c * row_h + row_h / 2 - 6)), name, fill="black")
+    canvas = _with_row_labels(grid, pipe.class_names or [str(c) for c in range(pipe.num_classes)], scale=3)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     np.savez_compressed(out.with_suffix(".npz"), images=res.images, labels=res.labels)
     return out, res.seconds, n
 
 
-def run_demo(minutes: float = 10.0, out: str = "runs/demo", data: str | None = None, seed: int = 0,
-             device: str = "auto", evaluate: bool = True, log=print) -> int:
+def _with_row_labels(grid, names: list, scale: int, margin: int = 110, rules: tuple = ()):
+    """A PIL image: ``grid`` (uint8 [H, W, C], ``len(names)`` equal rows) enlarged ``scale`` times with each
+    row's name on the left; a grey rule above each row index in ``rules``."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).convert("RGB")
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    canvas = Image.new("RGB", (img.width + margin, img.height), "white")
+    canvas.paste(img, (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    row_h = img.height / len(names)
+    for c, name in enumerate(names):
+        draw.text((6, int(c * row_h + row_h / 2 - 6)), name, fill="black")
+    for r in rules:
+        draw.line([(0, int(r * row_h)), (canvas.width, int(r * row_h))], fill=(120, 120, 120), width=2)
+    return canvas
+
+
+def _prepare_out(out: str, previous: tuple) -> Path:
+    out_dir = Path(out)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER).exists():
+        raise KuosanError(f"{out_dir} exists and is not a demo directory; choose another --out")
+    for name in previous:  # a previous demo: the demo is reproducible, start afresh
+        if (out_dir / name).exists():
+            shutil.rmtree(out_dir / name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text("written by kuosan demo\n")
+    return out_dir
+
+
+def run_demo(minutes: float | None = None, out: str = "runs/demo", data: str | None = None, seed: int = 0,
+             device: str = "auto", evaluate: bool = True, log=print, recipe: LatentRecipe | None = None) -> int:
+    """The demo for ``data`` (default Fashion-MNIST, else MNIST) in ``minutes`` (default 10, or the latent
+    recipe's); ``recipe`` replaces the data set's latent recipe (tests)."""
     from kuosan.training.loop import plot_losses, train
 
     import kuosan
 
+    recipe = recipe or LATENT_RECIPES.get(dataset_name(data))
+    minutes = (recipe.minutes if recipe else 10.0) if minutes is None else minutes
     if minutes <= 0.5:
         raise KuosanError(f"--minutes must be more than 0.5, got {minutes}")
     t_start = time.time()
-    out_dir = Path(out)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER).exists():
-        raise KuosanError(f"{out_dir} exists and is not a demo directory; choose another --out")
-    if (out_dir / "train").exists():  # a previous demo: the demo is reproducible, start afresh
-        shutil.rmtree(out_dir / "train")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MARKER).write_text("written by kuosan demo\n")
+    out_dir = _prepare_out(out, ("autoencoder", "ldm") if recipe else ("train",))
+    if recipe:
+        return _run_latent_demo(recipe, data, minutes, out_dir, seed, device, evaluate, log, t_start)
 
     spec = pick_demo_data(data, log)
     overrides = {"train.data": spec, "train.seed": seed, "train.device": device, "train.out": str(out_dir / "train")}
@@ -102,15 +208,12 @@ def run_demo(minutes: float = 10.0, out: str = "runs/demo", data: str | None = N
     ips = _calibrate(overrides)
     base_cfg = load_config(None, overrides, base=resolve_config_path("demo"))
     train_seconds = max(10.0, budget - (time.time() - t_start) - eval_reserve - sample_reserve)
-    steps = max(50, int(0.95 * train_seconds * ips / base_cfg.train.batch))
-    # An EMA whose half-life is a tenth of the run (EDM2, Karras et al. 2024, §3: EMA length as a
-    # fraction of training), so a short run's average is not dominated by its first steps.
-    ema_decay = 0.5 ** (1 / max(20.0, 0.1 * steps))
-    overrides.update({"train.steps": steps, "train.time_limit": train_seconds, "train.ema_decay": ema_decay,
-                      "train.warmup_steps": min(base_cfg.train.warmup_steps, steps // 10)})
+    estimate = max(50, int(0.95 * train_seconds * ips / base_cfg.train.batch))
+    overrides.update(_time_schedule(estimate, train_seconds, base_cfg.train.warmup_steps))
     cfg = load_config(None, overrides, base=resolve_config_path("demo"))
-    log(f"training {steps} steps of batch {cfg.train.batch} (~{ips:.0f} images/s measured, "
-        f"{train_seconds / 60:.1f} min)")
+    load_start = _machine_load()
+    log(f"training for {train_seconds / 60:.1f} min, batch {cfg.train.batch} (~{ips:.0f} images/s measured: "
+        f"about {estimate} steps)")
     t_train = time.time()
     run_dir = train(cfg, log=log)
     train_time = time.time() - t_train
@@ -130,6 +233,7 @@ def run_demo(minutes: float = 10.0, out: str = "runs/demo", data: str | None = N
         "data": spec, "device": str(pipe.device), "budget_minutes": minutes,
         "steps": state.step, "batch": cfg.train.batch, "train_seconds": round(train_time, 1),
         "train_images_per_s": round(state.step * cfg.train.batch / max(train_time, 1e-9), 1),
+        "probe_images_per_s": round(ips, 1), "load_average": {"start": load_start, "end": _machine_load()},
         "parameters": count_parameters(pipe.precond),
         "gflop_per_forward": round(count_flops(pipe.precond.net, *pipe.image_shape[:2], 1, pipe.num_classes) / 1e9, 4),
         "sampler": cfg.sample.sampler, "sampler_steps": cfg.sample.steps,
@@ -142,9 +246,269 @@ def run_demo(minutes: float = 10.0, out: str = "runs/demo", data: str | None = N
     return 0
 
 
-def _evaluate(pipe, run_dir: Path, out_dir: Path, spec: str, seconds_left: float, log) -> dict | None:
+# --- the latent demo: an autoencoder, then a latent model ------------------------------------------------
+
+def _autoencoder_config(recipe: LatentRecipe, kind: str, spec: str, seed: int, device: str, out: Path):
+    from kuosan.training.autoencoder import PRESETS, AutoencoderTrainConfig
+
+    fields = {**PRESETS[recipe.autoencoder[kind]], **recipe.ae_overrides}
+    return AutoencoderTrainConfig(**{**fields, "data": spec, "seed": seed, "device": device, "out": str(out)})
+
+
+def _calibrate_autoencoder(cfg) -> float:
+    """Autoencoder training images per second on this machine: twelve real steps, the last six timed."""
+    from kuosan.training.autoencoder import train_autoencoder
+
+    with tempfile.TemporaryDirectory(prefix="kuosan-calibrate-") as tmp:
+        probe = dataclasses.replace(cfg, out=tmp, steps=12, log_every=6, checkpoint_every=0, scale_images=64,
+                                    time_limit=None, warmup_steps=2)
+        train_autoencoder(probe, log=lambda *a: None)
+        rows = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines() if x]
+    return rows[-1]["images_per_s"]
+
+
+def _run_latent_demo(recipe: LatentRecipe, spec: str, minutes: float, out_dir: Path, seed: int, device: str,
+                     evaluate: bool, log, t_start: float) -> int:
+    """Autoencoder (its share of the time), latent model (the rest), grid with interpolation rows, losses,
+    evaluation, report. Every stage's time comes from the budget, speeds from short probe runs."""
+    import kuosan
+    from kuosan.latent import reconstruction_report
+    from kuosan.runtime import resolve_device
+    from kuosan.training.autoencoder import train_autoencoder
+    from kuosan.training.loop import train
+
+    kind = "cuda" if resolve_device(device).type == "cuda" else "cpu"
+    budget = minutes * 60
+    eval_reserve = min(180.0, 0.15 * budget) if evaluate else 0.0
+    sample_reserve = min(90.0, 0.08 * budget)  # the loop's closing grid, the labelled grid and its interpolations
+    between = min(45.0, 0.04 * budget)         # reconstruction check, encoding the set, the latent model's probe
+    elapsed = lambda: time.time() - t_start    # noqa: E731
+    log(f"kuosan demo: {spec} through an autoencoder ({kind} presets), budget {minutes:g} min; "
+        "measuring the autoencoder's training speed ...")
+
+    # 1. the autoencoder: images -> 4-channel latents
+    ae_cfg = _autoencoder_config(recipe, kind, spec, seed, device, out_dir / "autoencoder")
+    ae_seconds = max(10.0, recipe.ae_share * (budget - eval_reserve - sample_reserve - between - elapsed()))
+    load_start = _machine_load()
+    if recipe.ae_steps is None:  # by time: the decay over the share of ae_seconds spent, then it stops
+        ae_ips = _calibrate_autoencoder(ae_cfg)
+        ae_seconds = max(10.0, recipe.ae_share * (budget - eval_reserve - sample_reserve - between - elapsed()))
+        estimate = max(50, int(0.95 * ae_seconds * ae_ips / ae_cfg.batch))
+        steps, by_time = max(1000, 20 * estimate), {"decay_over": "time"}
+    else:
+        ae_ips, estimate, steps, by_time = None, recipe.ae_steps, recipe.ae_steps, {}
+    ae_cfg = dataclasses.replace(ae_cfg, steps=steps, time_limit=ae_seconds, ema_decay=_ema_decay(estimate),
+                                 warmup_steps=min(ae_cfg.warmup_steps, max(1, estimate // 10)), checkpoint_every=0,
+                                 disc_start=min(ae_cfg.disc_start, estimate // 2), **by_time)  # GAN: second half
+    log(f"autoencoder: {ae_seconds / 60:.1f} min, batch {ae_cfg.batch} (about {estimate} steps)")
+    t = time.time()
+    ae_dir = train_autoencoder(ae_cfg, log=log)
+    ae_time = time.time() - t
+    recon = reconstruction_report(ae_dir, log=log)
+
+    # 2. the class-conditional latent model
+    base = recipe.diffusion[kind]
+    overrides = {**recipe.overrides, "train.data": spec, "train.autoencoder": str(ae_dir), "train.seed": seed,
+                 "train.device": device, "train.out": str(out_dir / "ldm")}
+    base_cfg = load_config(None, overrides, base=resolve_config_path(base))
+    ips = None
+    if recipe.ldm_steps is None:
+        log("measuring the latent model's training speed ...")
+        ips = _calibrate(overrides, base)
+    train_seconds = max(10.0, budget - eval_reserve - sample_reserve - elapsed())
+    if recipe.ldm_steps is None:
+        estimate = max(50, int(0.95 * train_seconds * ips / base_cfg.train.batch))
+        overrides.update(_time_schedule(estimate, train_seconds, base_cfg.train.warmup_steps))
+    else:  # fixed steps (tests)
+        estimate = recipe.ldm_steps
+        overrides.update({"train.steps": estimate, "train.time_limit": train_seconds,
+                          "train.ema_decay": _ema_decay(estimate),
+                          "train.warmup_steps": min(base_cfg.train.warmup_steps, estimate // 10)})
+    cfg = load_config(None, overrides, base=resolve_config_path(base))
+    log(f"latent model: {train_seconds / 60:.1f} min, batch {cfg.train.batch} (about {estimate} steps)")
+    t = time.time()
+    run_dir = train(cfg, log=log)
+    train_time = time.time() - t
+
+    # 3. pictures, evaluation, report
+    pipe = kuosan.load(run_dir, device=device)
+    state = read_train_state(pipe.path)
+    grid, grid_seconds, grid_n = _latent_grid(pipe, recipe, spec, seed, out_dir / "grid.png", cfg.sample.guidance)
+    loss_png = _plot_latent_losses(ae_dir / "metrics.jsonl", run_dir / "metrics.jsonl", out_dir / "loss.png")
+    evaluation = None
+    if evaluate:
+        evaluation = _evaluate(pipe, run_dir, out_dir, spec, budget - elapsed(), log, extractors=recipe.extractors,
+                               n_range=recipe.eval_images)
+        if evaluation is not None:
+            _add_conditional_accuracy(evaluation, out_dir / "eval_samples.npz", spec)
+            evaluation["markdown_summary"] = _evaluation_summary(evaluation)
+
+    from kuosan.nets.build import count_flops, count_parameters
+
+    ae_state = read_train_state(pipe.autoencoder.path)
+    report = {
+        "data": spec, "device": str(pipe.device), "presets": {"autoencoder": recipe.autoencoder[kind], "diffusion": base},
+        "budget_minutes": minutes,
+        "autoencoder": {"steps": ae_state.step if ae_state else None, "batch": ae_cfg.batch, "train_seconds": round(ae_time, 1),
+                        "parameters": count_parameters(pipe.autoencoder.net),
+                        "image_shape": list(pipe.autoencoder.image_shape),
+                        "latent_shape": list(pipe.autoencoder.latent_shape), "latent_scale": pipe.autoencoder.scale,
+                        "test_psnr": round(recon["psnr"], 2), "test_ssim": round(recon["ssim"], 4),
+                        "reconstruction_images": recon["images"], "held_out": recon["held_out"],
+                        "losses": ae_cfg.rec_loss + (f" + {ae_cfg.perceptual_weight} perceptual ({ae_cfg.perceptual})"
+                                                     if ae_cfg.perceptual_weight and ae_cfg.perceptual != "none" else "")
+                        + (f" + {ae_cfg.disc_weight} GAN" if ae_cfg.disc_weight else "")
+                        + (f" + {ae_cfg.cycle_weight} latent cycle" if ae_cfg.cycle_weight else "")},
+        "steps": state.step, "batch": cfg.train.batch, "train_seconds": round(train_time, 1),
+        "train_images_per_s": round(state.step * cfg.train.batch / max(train_time, 1e-9), 1),
+        "probe_images_per_s": {"autoencoder": ae_ips and round(ae_ips, 1), "latent_model": ips and round(ips, 1)},
+        "load_average": {"start": load_start, "end": _machine_load()},
+        "parameters": count_parameters(pipe.precond),
+        "gflop_per_forward": round(count_flops(pipe.precond.net, *pipe.image_shape[:2], 1, pipe.num_classes) / 1e9, 4),
+        "sampler": cfg.sample.sampler, "sampler_steps": cfg.sample.steps, "guidance": cfg.sample.guidance,
+        "sampling_images_per_s": round(grid_n / grid_seconds, 2),
+        "total_seconds": round(time.time() - t_start, 1), "evaluation": evaluation,
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "report.md").write_text(_latent_markdown(report, cfg, pipe, recipe))
+    log(f"demo done in {report['total_seconds'] / 60:.1f} min: {grid}, {loss_png}, {out_dir / 'report.md'}")
+    return 0
+
+
+def _typical(latents, labels, means, k: int) -> int:
+    """The index of the class-``k`` latent nearest the class's mean latent (-1 if the class is empty)."""
+    import torch
+
+    idx = torch.nonzero(labels == k).flatten()
+    if not len(idx):
+        return -1
+    return int(idx[(latents[idx] - means[k]).flatten(1).square().sum(1).argmin()])
+
+
+def _latent_grid(pipe, recipe: LatentRecipe, spec: str, seed: int, out: Path, guidance: float):
+    """One labelled row of samples per class, then rows of latent interpolations between test images."""
+    import numpy as np
+    import torch
+
+    from kuosan.data import load_dataset
+    from kuosan.images import make_grid
+    from kuosan.latent import LatentDataset, class_means, interpolate
+
+    k, per_class = pipe.num_classes, recipe.per_class
+    seeds = list(range(seed * 1000, seed * 1000 + k * per_class))
+    labels = [c for c in range(k) for _ in range(per_class)]
+    res = pipe.sample(seeds, labels, guidance=guidance, batch_size=128)
+    rows, names = [res.images], list(pipe.class_names)
+    ae = pipe.autoencoder
+    c, side, _ = ae.image_shape
+    test = load_dataset(spec, "test", resolution=side, channels=c)
+    z = ae.encode(test.images)
+    means = class_means(LatentDataset(z, test.labels, test.class_names, test.name, ae.reference()))
+    lower = [n.lower() for n in names]
+    for a, b in recipe.interpolations:
+        if a not in lower or b not in lower:
+            continue
+        i, j = (_typical(z, test.labels, means, lower.index(n)) for n in (a, b))
+        if i < 0 or j < 0:
+            continue
+        strip = interpolate(ae, test.images[i], test.images[j], steps=per_class - 2)
+        rows.append(strip.permute(0, 2, 3, 1).numpy())
+        names.append(f"{a} -> {b}")
+    images = np.concatenate(rows)
+    grid = make_grid(images, nrow=per_class, value=225)  # light grey between tiles: the images are on white
+    canvas = _with_row_labels(grid, names, scale=2 if side >= 48 else 3, margin=130,
+                              rules=(k,) if len(names) > k else ())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    np.savez_compressed(out.with_suffix(".npz"), images=res.images, labels=res.labels)
+    return out, res.seconds, len(res.images)
+
+
+def _plot_latent_losses(ae_log: Path, ldm_log: Path, png: Path) -> Path:
+    """Two panels: the autoencoder's loss and training PSNR, the latent model's loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def rows(path):
+        return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+    ae, ldm = rows(ae_log), rows(ldm_log)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5), dpi=120)
+    left.plot([r["step"] for r in ae], [r["loss"] for r in ae], lw=1, label="loss")
+    left.set_yscale("log")
+    left.set(xlabel="step", ylabel="loss", title="autoencoder")
+    twin = left.twinx()
+    twin.plot([r["step"] for r in ae], [r["train_psnr"] for r in ae], lw=1, color="tab:orange", label="train PSNR")
+    twin.set_ylabel("train PSNR (dB)")
+    left.legend(handles=left.get_lines() + twin.get_lines(), loc="center right")
+    right.plot([r["step"] for r in ldm], [r["loss"] for r in ldm], lw=1)
+    right.set_yscale("log")
+    right.set(xlabel="step", ylabel="loss", title="latent diffusion model")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
+def _add_conditional_accuracy(report: dict, samples: Path, spec: str) -> None:
+    """The data set's classifier on the generated images against the classes asked for, beside its accuracy
+    on the test split, when the evaluation did not already report it."""
+    import numpy as np
+
+    from kuosan.data import load_dataset
+    from kuosan.evaluation.classifier import classifier_for_dataset, load_classifier, predict
+
+    div = report.setdefault("diversity", {})
+    clf = classifier_for_dataset(dataset_name(spec))
+    if div.get("conditional_accuracy") or not clf or not _shipped(clf):
+        return
+    model, _ = load_classifier(clf)
+    with np.load(samples) as f:
+        images, labels = f["images"], f["labels"]
+    test = load_dataset(spec, "test")
+    generated = float((predict(model, np.ascontiguousarray(images.transpose(0, 3, 1, 2))).argmax(1) == labels).mean())
+    floor = float((predict(model, test.images).argmax(1) == test.labels.numpy()).mean())
+    div["conditional_accuracy"] = {"generated": generated, "floor": floor, "classifier": clf,
+                                   "floor_is": f"{clf} on the {len(test)} test images"}
+
+
+def _latent_markdown(r: dict, cfg: Config, pipe, recipe: LatentRecipe) -> str:
+    m, a = cfg.model, r["autoencoder"]
+    pairs = ", ".join(f"{x} → {y}" for x, y in recipe.interpolations)
+    lines = [
+        "# kuosan demo report: latent diffusion", "",
+        "![samples: one row per class, then latent interpolations](grid.png)", "",
+        f"One row of samples per class ({cfg.sample.sampler}, {cfg.sample.steps} steps, guidance "
+        f"{cfg.sample.guidance:g}), then rows of linear interpolations in the autoencoder's latent space ({pairs}): "
+        "each runs from the test image nearest one class's mean latent to the one nearest the other's, the two "
+        "real images at the ends.", "",
+        "| setting | value |", "|---|---|",
+        f"| data | {r['data']} ({', '.join(pipe.class_names)}) |",
+        f"| autoencoder | preset `{r['presets']['autoencoder']}`; {'x'.join(map(str, a['image_shape']))} -> "
+        f"{'x'.join(map(str, a['latent_shape']))}, {a['parameters'] / 1e6:.2f} M parameters, {a['losses']} |",
+        f"| autoencoder training | {a['steps']} steps × batch {a['batch']} in {a['train_seconds'] / 60:.1f} min |",
+        f"| reconstruction ({'test split' if a['held_out'] else 'training images'}, {a['reconstruction_images']} "
+        f"images) | PSNR {a['test_psnr']} dB, SSIM {a['test_ssim']} |",
+        f"| latent model | preset `{r['presets']['diffusion']}`; {m.kind}, base {m.base_channels}, mults {list(m.channel_mults)}, {m.num_blocks} block(s) a "
+        f"level, attention at {list(pipe.config['network']['fields'].get('attn_resolutions', []))}, "
+        f"{r['parameters'] / 1e6:.2f} M parameters, {r['gflop_per_forward']} GFLOP a forward |",
+        f"| parameterisation | {cfg.diffusion.precond}, σ_data {cfg.diffusion.sigma_data}, label dropout "
+        f"{cfg.diffusion.label_dropout} |",
+        *_run_rows(r, cfg, "latent model training",
+                   f"| sampling | {r['sampling_images_per_s']} images/s, decoding included |", "losses"),
+    ]
+    return _with_evaluation(lines, r)
+
+
+def _evaluate(pipe, run_dir: Path, out_dir: Path, spec: str, seconds_left: float, log, extractors=(),
+              n_range=(200, 2000)) -> dict | None:
     """Quality and diversity of the demo model, beside the real-vs-real floor (if the evaluation
-    package is present); the sample count adapts to the time left."""
+    package is present); the sample count adapts to the time left, within ``n_range``. ``extractors``: the
+    feature networks besides the data set's own classifier."""
     try:
         from kuosan.evaluation.report import EvalConfig, evaluate
     except ImportError:
@@ -154,7 +518,7 @@ def _evaluate(pipe, run_dir: Path, out_dir: Path, spec: str, seconds_left: float
     t0 = time.time()
     probe = pipe.sample(list(range(10**6, 10**6 + 20)), batch_size=20)
     per_image = (time.time() - t0) / 20
-    n = int(max(200, min(2000, 0.6 * max(0.0, seconds_left) / max(per_image, 1e-3))))
+    n = int(max(n_range[0], min(n_range[1], 0.6 * max(0.0, seconds_left) / max(per_image, 1e-3))))
     n = n // pipe.num_classes * pipe.num_classes if pipe.num_classes else n
     log(f"evaluating on {n} generated images ...")
     res = pipe.sample(list(range(10**6, 10**6 + n)), batch_size=128)
@@ -166,13 +530,20 @@ def _evaluate(pipe, run_dir: Path, out_dir: Path, spec: str, seconds_left: float
 
     # The data set's own classifier only: ImageNet backbones at 224 px would cost minutes of the budget
     # (run `kuosan evaluate` for every extractor).
-    clf = classifier_for_dataset(spec)
+    clf = classifier_for_dataset(dataset_name(spec))
+    names = [*extractors, *([clf] if clf and _shipped(clf) else [])]
     report = evaluate(out_dir / "eval_samples.npz", f"{spec}:test",
-                      EvalConfig(extractors=[clf] if clf else None, max_real=max(2000, n)),
+                      EvalConfig(extractors=names or None, max_real=max(2000, n)),
                       out_dir=out_dir / "evaluation", metrics_log=run_dir / "metrics.jsonl", speed=speed,
                       train_reference=f"{spec}:train", log=log)
     report["markdown_summary"] = _evaluation_summary(report)
     return report
+
+
+def _shipped(classifier: str) -> bool:
+    from kuosan.evaluation.classifier import WEIGHTS_DIR
+
+    return (WEIGHTS_DIR / f"{classifier}.safetensors").is_file()
 
 
 def _fmt(v, digits=3):
@@ -216,14 +587,29 @@ def _markdown(r: dict, cfg: Config, pipe) -> str:
         f"| parameters | {r['parameters'] / 1e6:.2f} M |",
         f"| GFLOP per image per forward | {r['gflop_per_forward']} |",
         f"| parameterisation | {cfg.diffusion.precond}, label dropout {cfg.diffusion.label_dropout} |",
-        f"| training | {r['steps']} steps × batch {r['batch']} in {r['train_seconds'] / 60:.1f} min "
-        f"({r['train_images_per_s']} images/s) on {r['device']} |",
-        f"| optimiser | AdamW lr {cfg.train.lr}, warm-up {cfg.train.warmup_steps}, {cfg.train.lr_decay} decay, "
-        f"EMA {cfg.train.ema_decay}, clip {cfg.train.grad_clip} |",
-        f"| sampler | {r['sampler']}, {r['sampler_steps']} steps, {r['sampling_images_per_s']} images/s |",
-        f"| whole demo | {r['total_seconds'] / 60:.1f} min (budget {r['budget_minutes']:g}) |",
-        "", "![loss](loss.png)", "",
+        *_run_rows(r, cfg, "training",
+                   f"| sampler | {r['sampler']}, {r['sampler_steps']} steps, {r['sampling_images_per_s']} images/s |",
+                   "loss"),
     ]
+    return _with_evaluation(lines, r)
+
+
+def _run_rows(r: dict, cfg: Config, what: str, sampling_row: str, loss_alt: str) -> list:
+    """The report's rows on training, the optimiser, sampling, time and the machine, then the loss plot."""
+    return [
+        f"| {what} | {r['steps']} steps × batch {r['batch']} in {r['train_seconds'] / 60:.1f} min "
+        f"({r['train_images_per_s']} images/s) on {r['device']} |",
+        f"| optimiser | AdamW lr {cfg.train.lr}, warm-up {cfg.train.warmup_steps}, {cfg.train.lr_decay} decay"
+        f"{' over the time' if cfg.train.decay_over == 'time' else ''}, {_ema_text(cfg.train)}, "
+        f"clip {cfg.train.grad_clip} |",
+        sampling_row,
+        f"| whole demo | {r['total_seconds'] / 60:.1f} min (budget {r['budget_minutes']:g}) |",
+        f"| machine | {_load_text(r)} |",
+        "", f"![{loss_alt}](loss.png)", "",
+    ]
+
+
+def _with_evaluation(lines: list, r: dict) -> str:
     ev = r.get("evaluation")
     if ev:
         lines += ["## Evaluation", "", ev.get("markdown_summary") or "See `evaluation/report.md`.", ""]

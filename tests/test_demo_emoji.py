@@ -1,0 +1,126 @@
+"""`kuosan demo --data emoji`: the latent demo's pipeline end to end on a handful of images and a few steps
+(autoencoder, latent model, grid with interpolation rows, losses, evaluation, report), and the autoencoder's
+latent cycle-consistency term."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kuosan import demo
+from kuosan.errors import KuosanError
+
+
+def _emoji_installed() -> bool:
+    from kuosan.data import load_dataset
+
+    try:
+        load_dataset("emoji:test", max_images=1)
+        return True
+    except KuosanError:
+        return False
+
+
+TINY = demo.LatentRecipe(
+    autoencoder={"cpu": "emoji-demo", "cuda": "emoji-demo"}, diffusion={"cpu": "emoji-ldm", "cuda": "emoji-ldm"},
+    per_class=4, interpolations=(("faces", "animals"), ("no-such-class", "faces")), eval_images=(18, 18),
+    ae_overrides={"max_images": 48, "base_channels": 8, "batch": 8, "log_every": 2, "scale_images": 48},
+    overrides={"train.max_images": 48, "model.base_channels": 16, "train.batch": 8, "train.log_every": 2,
+               "train.checkpoint_every": 0, "sample.steps": 2},
+    ae_steps=4, ldm_steps=4)
+
+
+def test_the_recipe_follows_the_data_set():
+    assert demo.LATENT_RECIPES.get(demo.dataset_name("emoji:twitter")) is demo.LATENT_RECIPES["emoji"]
+    assert demo.LATENT_RECIPES.get(demo.dataset_name("fashion-mnist")) is None  # the pixel demo, as before
+    assert demo.LATENT_RECIPES.get(demo.dataset_name(None)) is None
+    with pytest.raises(KuosanError, match="--minutes"):
+        demo.run_demo(minutes=0.4, data="emoji", out="unused")
+
+
+@pytest.mark.skipif(not _emoji_installed(), reason="emoji sources not installed (scripts/install_emoji_data.sh)")
+def test_latent_demo_end_to_end(tmp_path, monkeypatch):
+    import kuosan.latent
+
+    monkeypatch.setattr(kuosan.latent, "latent_cache_dir", lambda: tmp_path / "latents")
+    out = tmp_path / "demo"
+    lines = []
+    assert demo.run_demo(minutes=2, out=str(out), data="emoji", device="cpu", log=lines.append, recipe=TINY) == 0
+    report = json.loads((out / "report.json").read_text())
+    ae = report["autoencoder"]
+    assert ae["steps"] == 4 and ae["latent_shape"] == [4, 16, 16] and ae["held_out"]
+    assert ae["reconstruction_images"] == 963 and 0 < ae["test_psnr"] < 60
+    assert report["steps"] == 4 and report["presets"] == {"autoencoder": "emoji-demo", "diffusion": "emoji-ldm"}
+    # one row per class, then the one interpolation row whose classes exist; tiles 64 px, doubled
+    grid = Image.open(out / "grid.png")
+    assert grid.height == 2 * (10 * 66 + 2) and grid.width == 130 + 2 * (4 * 66 + 2)
+    with np.load(out / "grid.npz") as f:
+        assert f["images"].shape == (36, 64, 64, 3) and list(f["labels"][::4]) == list(range(9))
+    assert (out / "loss.png").is_file() and (out / "autoencoder" / "reconstruction.json").is_file()
+    ev = report["evaluation"]
+    assert ev["generated"]["images"] == 18
+    acc = ev["diversity"]["conditional_accuracy"]
+    assert 0 <= acc["generated"] <= 1 and 0 <= acc["floor"] <= 1
+    md = (out / "report.md").read_text()
+    assert "faces → animals" in md and "conditional accuracy" in md and "PSNR" in md
+
+
+def test_a_second_demo_starts_afresh_and_a_foreign_directory_is_refused(tmp_path):
+    out = tmp_path / "demo"
+    demo._prepare_out(str(out), ("autoencoder", "ldm"))
+    (out / "autoencoder" / "checkpoints").mkdir(parents=True)
+    (out / "grid.png").write_bytes(b"old")
+    demo._prepare_out(str(out), ("autoencoder", "ldm"))
+    assert not (out / "autoencoder").exists() and (out / "grid.png").exists()  # outputs are overwritten later
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(KuosanError, match="not a demo directory"):
+        demo._prepare_out(str(tmp_path / "other"), ("train",))
+
+
+def test_latent_cycle_loss_is_scale_free_and_targets_the_first_latent():
+    from kuosan.training.autoencoder import latent_cycle_loss
+
+    class Posterior:
+        def __init__(self, mean):
+            self.mean = mean
+
+    torch.manual_seed(0)
+    mu = torch.randn(4, 2, 3, 3)
+    identity = lambda x: Posterior(x)  # noqa: E731: an encoder that reads x̂ back exactly
+    assert float(latent_cycle_loss(identity, mu.clone(), mu)) == 0.0
+    x_hat = (mu + 0.1 * torch.randn_like(mu)).requires_grad_()
+    loss = latent_cycle_loss(identity, x_hat, mu)
+    assert float(loss.detach()) == pytest.approx(float(((x_hat.detach() - mu) ** 2).mean() / mu.var()), rel=1e-6)
+    # the same relative error at ten times the latent scale gives the same loss
+    assert float(latent_cycle_loss(identity, 10 * x_hat.detach(), 10 * mu)) == pytest.approx(float(loss.detach()), rel=1e-5)
+    target = mu.clone().requires_grad_()
+    latent_cycle_loss(identity, x_hat, target).backward()
+    assert target.grad is None and x_hat.grad is not None  # sg(μ(x)): only the reconstruction's path moves
+
+
+def test_cycle_weight_trains_and_logs_the_term(tmp_path):
+    from kuosan.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
+
+    cfg = AutoencoderTrainConfig(data="digits", latent_channels=2, downsample=2, base_channels=8, perceptual="none",
+                                 cycle_weight=0.5, steps=4, batch=16, warmup_steps=1, log_every=2,
+                                 checkpoint_every=0, scale_images=64, out=str(tmp_path / "ae"), device="cpu")
+    out = train_autoencoder(cfg, log=lambda *a: None)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4] and all(r["cycle"] > 0 for r in rows)
+    with pytest.raises(KuosanError, match="cycle_weight"):
+        train_autoencoder(AutoencoderTrainConfig(cycle_weight=-1.0, out=str(tmp_path / "bad")))
+
+
+@pytest.mark.skipif(not _emoji_installed(), reason="emoji sources not installed (scripts/install_emoji_data.sh)")
+def test_emoji_classifier_reaches_its_recorded_accuracy():
+    from kuosan.data import load_dataset
+    from kuosan.evaluation.classifier import load_classifier, predict
+
+    model, meta = load_classifier("emoji-cnn")
+    test = load_dataset("emoji:test")
+    accuracy = float((predict(model, test.images).argmax(1) == test.labels.numpy()).mean())
+    assert accuracy == pytest.approx(meta["test_accuracy"], abs=2e-3)
+    assert accuracy >= 0.6  # 9 classes of emoji it never saw in training; the largest class is 25% of the test split
