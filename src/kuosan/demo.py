@@ -99,6 +99,13 @@ def _load_text(r: dict) -> str:
     return text
 
 
+def _done(log, report: dict, *written) -> None:
+    """The demo's last line: its time and what it wrote (no loss plot when too short a run logged nothing)."""
+    *files, out_dir = written
+    paths = ", ".join(str(p) for p in (*files, out_dir / "report.md") if p is not None)
+    log(f"demo done in {report['total_seconds'] / 60:.1f} min: {paths}")
+
+
 def _ema_text(t) -> str:
     return f"power EMA σ_rel {t.ema_sigma_rel:g}" if t.ema_sigma_rel is not None else f"EMA {t.ema_decay:.5f}"
 
@@ -242,7 +249,7 @@ def run_demo(minutes: float | None = None, out: str = "runs/demo", data: str | N
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(_markdown(report, cfg, pipe))
-    log(f"demo done in {report['total_seconds'] / 60:.1f} min: {grid}, {loss_png}, {out_dir / 'report.md'}")
+    _done(log, report, grid, loss_png, out_dir)
     return 0
 
 
@@ -371,7 +378,7 @@ def _run_latent_demo(recipe: LatentRecipe, spec: str, minutes: float, out_dir: P
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(_latent_markdown(report, cfg, pipe, recipe))
-    log(f"demo done in {report['total_seconds'] / 60:.1f} min: {grid}, {loss_png}, {out_dir / 'report.md'}")
+    _done(log, report, grid, loss_png, out_dir)
     return 0
 
 
