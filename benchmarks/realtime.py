@@ -1,7 +1,10 @@
-"""Real time: a consistency-tuned student (ECT) against its teacher's samplers on Fashion-MNIST.
+"""Real time: a consistency-tuned student (ECT) against its teacher's samplers on Fashion-MNIST (``--set emoji``:
+the colour set's latent model from ``kuosan demo --data emoji``, features of the shipped emoji-cnn, results in
+``realtime_emoji.json``).
 
     .venv/bin/python benchmarks/realtime.py                    # the benchmark (well under 35 CPU-minutes)
     .venv/bin/python benchmarks/realtime.py --smoke --n 64 --repeats 1 --student /tmp/s --out-json /tmp/rt.json
+    .venv/bin/python benchmarks/realtime.py --set emoji --tune-seconds 420   # after `make demo-emoji`
 
 1. Teacher: ``kuosan train --config demo --time_limit 600 --out runs/bench/realtime-teacher``, once (kept when
    it exists; its wall and CPU seconds are kept beside it in ``realtime-teacher.cost.json``).
@@ -54,8 +57,17 @@ from kuosan.evaluation.features import get_extractor  # noqa: E402
 from kuosan.evaluation.metrics import frechet_distance, gaussian_stats  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-TEACHER, STUDENT = Path("runs/bench/realtime-teacher"), Path("runs/bench/realtime-student")
-TEACHER_ARGS = ["train", "--config", "demo", "--time_limit", "600"]
+# Per data set (--set): the teacher's run and how it is made, the student's run, the reference and the features.
+SETS = {
+    "fashion-mnist": dict(teacher=Path("runs/bench/realtime-teacher"), student=Path("runs/bench/realtime-student"),
+                          teacher_args=["train", "--config", "demo", "--time_limit", "600"],
+                          reference="fashion-mnist:test", extractor="fmnist-cnn", shape=(1, 28), results="realtime"),
+    # the colour set: the latent model of `kuosan demo --data emoji` (64x64x3 through 16x16x4 latents)
+    "emoji": dict(teacher=Path("runs/demo-emoji/ldm"), student=Path("runs/bench/realtime-emoji-student"),
+                  teacher_args=["demo", "--data", "emoji", "--out", "runs/demo-emoji"],
+                  reference="emoji:test", extractor="emoji-cnn", shape=(3, 64), results="realtime_emoji"),
+}
+TEACHER, DATA = SETS["fashion-mnist"]["teacher"], SETS["fashion-mnist"]  # --set replaces both
 # (label, sampler, steps, sampler options): the teacher's samplers at 2-35 network evaluations
 TEACHER_CONFIGS = ([("heun", "heun", s, None, False) for s in (3, 5, 9, 18)]
                    + [(name, name, s, None, False) for name in ("dpmpp_2m", "unipc") for s in (2, 4, 8)])
@@ -94,7 +106,8 @@ def build_runs(args) -> dict:
     forward passes and one backward, a training step one of each: ~4/3 the work)."""
     teacher_cost = TEACHER.with_suffix(".cost.json")
     if not (TEACHER / "checkpoints").is_dir():
-        run_kuosan([*TEACHER_ARGS, "--out", str(TEACHER)], teacher_cost)
+        made = DATA["teacher_args"] + ([] if "--out" in DATA["teacher_args"] else ["--out", str(TEACHER)])
+        run_kuosan(made, teacher_cost)
     teacher = json.loads(teacher_cost.read_text()) if teacher_cost.is_file() else {}
     teacher.update(train_s=elapsed(TEACHER), steps=step_of(TEACHER))
     student_cost = args.student.with_suffix(".cost.json")
@@ -113,15 +126,16 @@ def step_of(run: Path) -> int:
 
 
 class Reference:
-    """fmnist-cnn features of the Fashion-MNIST test set, and the Fréchet distance of images to them."""
+    """The set's classifier's features of its test split, and the Fréchet distance of images to them."""
 
     def __init__(self):
         from kuosan.evaluation.reference import reference_features
         from kuosan.evaluation.shipped import lookup
 
-        self.extractor = get_extractor("fmnist-cnn")
-        found = lookup("fashion-mnist:test", "fmnist-cnn", resolution=28, channels=1)
-        self.real = found[0] if found else reference_features("fashion-mnist:test", self.extractor)[0]
+        self.extractor = get_extractor(DATA["extractor"])
+        channels, side = DATA["shape"]
+        found = lookup(DATA["reference"], DATA["extractor"], resolution=side, channels=channels)
+        self.real = found[0] if found else reference_features(DATA["reference"], self.extractor)[0]
 
     def fd(self, images_nhwc: np.ndarray) -> float:
         feats, _ = self.extractor.run(torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).contiguous())
@@ -199,7 +213,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("Fréchet distance (fmnist-cnn features)")
+        ax.set_ylabel(f"Fréchet distance ({DATA['extractor']} features)")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -260,9 +274,16 @@ def main(argv=None) -> int:
     p.add_argument("--reuse-quality", type=Path, default=None,
                    help="an earlier results file of this teacher: keep its teacher FDs (speed is measured again)")
     p.add_argument("--smoke", action="store_true", help="two configurations of each model: a check of the script")
-    p.add_argument("--student", type=Path, default=STUDENT, help="the student's run directory")
-    p.add_argument("--out-json", type=Path, default=RESULTS / "realtime.json")
+    p.add_argument("--set", choices=sorted(SETS), default="fashion-mnist",
+                   help="the data set: its teacher, student, reference and features (see SETS)")
+    p.add_argument("--student", type=Path, default=None, help="the student's run directory (default: the set's)")
+    p.add_argument("--out-json", type=Path, default=None, help="default benchmarks/results/<the set's name>.json")
     args = p.parse_args(argv)
+    global TEACHER, DATA
+    DATA = SETS[args.set]
+    TEACHER = DATA["teacher"]
+    args.student = args.student or DATA["student"]
+    args.out_json = args.out_json or RESULTS / f"{DATA['results']}.json"
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     runs = build_runs(args)
     log(f"teacher: {runs['teacher']['train_s']:.0f} s of training; student: {runs['student']['train_s']:.0f} s, "
