@@ -228,23 +228,50 @@ def test_without_gradients_the_transformed_filter_is_kept_until_the_weight_chang
     real = kernels._filter
     monkeypatch.setattr(kernels, "_filter", lambda *a: calls.append(1) or real(*a))
     g = torch.Generator().manual_seed(3)
-    conv = Conv2d(32, 32, 3, padding=1).to(memory_format=torch.channels_last)
+    conv = Conv2d(32, 32, 3, padding=1).to(memory_format=torch.channels_last).requires_grad_(False)  # sampling
     x = torch.randn(2, 32, 12, 12, generator=g).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         first = conv(x)
         assert torch.equal(conv(x), first) and len(calls) == 1  # the second call reused the transform
-        conv.weight.mul_(0.5)  # an in-place update (an optimiser step, an EMA update, load_state_dict)
+        conv.weight.mul_(0.5)  # an in-place update (an EMA update, load_state_dict)
         halved = conv(x)
         assert len(calls) == 2
-        ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
-        assert relative_error(halved, ref.double()) < TOL[2]
+        assert relative_error(halved, F.conv2d(x, conv.weight, conv.bias, padding=1).double()) < TOL[2]
+    conv.requires_grad_(True)  # a weight that trains: every call transforms it, with or without gradients
+    with torch.no_grad():
+        conv(x)
+    conv(x)
+    assert len(calls) == 4
+    with torch.inference_mode():  # sampling a model whose weights still require gradients
+        conv(x)
+        conv(x)
+        assert len(calls) == 4  # the weight is unchanged since its transform was kept: reused
+    with torch.no_grad():
+        conv.weight.add_(1.0)
     with torch.inference_mode():
         conv(x)
         conv(x)
-        assert len(calls) == 2  # inference mode: the same weight, the same transform
-    conv(x)
-    conv(x)
-    assert len(calls) == 4  # with gradients (training) every call transforms: the weight changes each step
+        assert len(calls) == 5
+
+
+@needs_compiler
+def test_the_fused_optimiser_step_moves_the_version_counters():
+    """kuosan's AdamW kernel writes through pointers; the weights' versions must move as an in-place op's do,
+    or a cached transform (and autograd's saved-tensor check) would see stale weights."""
+    from kuosan.training.optim import adamw
+
+    conv = Conv2d(32, 32, 3, padding=1).to(memory_format=torch.channels_last)
+    opt = adamw(conv.parameters(), lr=1e-3)
+    x = torch.randn(2, 32, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        before = conv(x).clone()
+    conv(x).square().mean().backward()
+    versions = [p._version for p in conv.parameters()]
+    opt.step()
+    assert all(p._version > v for p, v in zip(conv.parameters(), versions))
+    with torch.inference_mode():
+        assert not torch.equal(conv(x), before)  # the step's weights, not a transform of the old ones
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=0, atol=1e-4)
 
 
 def test_sampling_in_bfloat16_leaves_3x3_layers_to_onednn_where_the_cpu_has_amx(monkeypatch):

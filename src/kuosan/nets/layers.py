@@ -59,7 +59,10 @@ class Conv2d(nn.Conv2d):
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                         or (bias is not None and bias.requires_grad)):
             return _KernelConv.apply(x, weight, bias)
-        return _KernelConv.run(x, weight, bias, keep_filter=True)  # no gradients: the weight stays as it is
+        # no gradients; a weight that trains changes every step, so only a frozen one (or one in inference mode)
+        # keeps its transform
+        return _KernelConv.run(x, weight, bias,
+                               keep_filter=torch.is_inference_mode_enabled() or not weight.requires_grad)
 
 
 def _dispatch_mode_active() -> bool:

@@ -80,6 +80,10 @@ class FusedAdamW(torch.optim.AdamW):
             kernels.adamw_step(params, grads, avgs, sqs, lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"],
                                weight_decay=group["weight_decay"], bias_correction1=1 - beta1 ** t,
                                bias_correction2_sqrt=math.sqrt(1 - beta2 ** t))
+            # The kernel writes through raw pointers: tell torch the tensors changed, as an in-place op would
+            # (autograd's checks of saved tensors, and caches keyed on versions, read these counters).
+            for tensor in (*params, *avgs, *sqs):
+                torch.autograd.graph.increment_version(tensor)
         return loss
 
 
