@@ -281,3 +281,13 @@ def test_autoencoder_resume_refuses_a_changed_recipe_unless_allowed(tmp_path):
     assert events[2]["changed"] == {"train.batch": {"old": 16, "new": 8}, "train.lr": {"old": 0.0005, "new": 0.001}}
     assert events[1]["step"] == 3 and events[3]["step"] == 6
     assert not (out / ".lock").exists()
+
+
+def test_settings_added_later_resume_runs_that_never_had_them():
+    from kuosan.rundir import ADDED_DEFAULTS, recipe_changes
+
+    old = {"train": {"lr": 1e-3}}
+    assert recipe_changes(old, {"train": {"lr": 1e-3, "decay_over": "steps", "ema_sigma_rel": None}}) == []
+    assert recipe_changes(old, {"train": {"lr": 1e-3, "decay_over": "time"}}) == ["train.decay_over"]
+    assert recipe_changes({"train": {"lr": 1e-3, "decay_over": "time"}}, old) == ["train.decay_over"]
+    assert ADDED_DEFAULTS["train.decay_over"] == "steps"

@@ -197,6 +197,9 @@ def _ignored(key: str, ignore) -> bool:
 
 
 _ABSENT = "(absent)"
+# Settings added after a run format was fixed, with the value that does what runs written before them did: a
+# saved recipe without one of them has that value (an old run resumes; setting another value is a change).
+ADDED_DEFAULTS = {"train.decay_over": "steps", "train.ema_sigma_rel": None, "train.cycle_weight": 0.0}
 
 
 def recipe_changes(saved: dict, now: dict, *, ignore=RESUME_IGNORE) -> list[str]:
@@ -205,13 +208,17 @@ def recipe_changes(saved: dict, now: dict, *, ignore=RESUME_IGNORE) -> list[str]
     one side only counts as changed. Values are compared as JSON would store them (tuples as lists)."""
     a, b = (_flatten(json.loads(json.dumps(d, default=str))) for d in (saved, now))
     return sorted(k for k in set(a) | set(b)
-                  if not _ignored(k, ignore) and a.get(k, _ABSENT) != b.get(k, _ABSENT))
+                  if not _ignored(k, ignore) and _saved(a, k) != b.get(k, _ABSENT))
+
+
+def _saved(flat: dict, key: str):
+    return flat.get(key, ADDED_DEFAULTS.get(key, _ABSENT))
 
 
 def changed_values(saved: dict, now: dict, keys) -> dict:
     """``{key: {"old": ..., "new": ...}}`` for ``keys`` (from :func:`recipe_changes`), for the run's history."""
     a, b = (_flatten(json.loads(json.dumps(d, default=str))) for d in (saved, now))
-    return {k: {"old": a.get(k, _ABSENT), "new": b.get(k, _ABSENT)} for k in keys}
+    return {k: {"old": _saved(a, k), "new": b.get(k, _ABSENT)} for k in keys}
 
 
 def check_resume(saved: dict, now: dict, *, allow_changes: bool, where: str = "the run",

@@ -142,6 +142,7 @@ class FakePipe:
     """Stands in for ``kuosan.load(...)``: 'samples' are real test images of the requested classes."""
 
     num_classes, dataset, config = 10, "fashion-mnist", {}
+    sample_config = __import__("kuosan.config", fromlist=["SampleConfig"]).SampleConfig()  # heun, 18 steps
 
     def __init__(self, test):
         self.test = test
