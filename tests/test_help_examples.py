@@ -300,7 +300,14 @@ def test_torchrun_examples_parse_in_torchrun_and_in_kuosan(where, line):
 
 @pytest.mark.parametrize("where,line", _cases(EXAMPLES))
 def test_help_example_runs(store, tmp_path, monkeypatch, capsys, where, line):
+    from kuosan.data.emoji_sources import SOURCES_ENV, sources_dir
+
     monkeypatch.chdir(tmp_path)
+    emoji = sources_dir()  # where set-up installed the colour set's sources, before the cache moves
+    if emoji.is_dir():
+        monkeypatch.setenv(SOURCES_ENV, str(emoji))
+    elif "emoji" in line.split():
+        pytest.skip("the emoji sources are not installed (bash scripts/install_emoji_data.sh)")
     monkeypatch.setenv("KUOSAN_CACHE", str(store / "cache"))  # shared: the latent cache is filled once
     if "serve" in line.split()[:2]:
         import uvicorn
