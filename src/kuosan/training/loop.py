@@ -345,7 +345,7 @@ class Run:
 
     def checkpoint(self, step: int) -> Path:
         p = self.progress
-        state = {"nonfinite": p.nonfinite, "elapsed": p.elapsed_before + (time.time() - self.t0),
+        state = {"nonfinite": p.nonfinite, "elapsed": self.elapsed(),
                  "rng_noise": encode_rng(self.noise_gen.get_state()), "rng_torch": encode_rng(torch.get_rng_state()),
                  "seed": self.t.seed, "data_position": step * self.t.batch,
                  "window_loss": p.window_loss, "window_n": p.window_n}
@@ -358,16 +358,17 @@ class Run:
         with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
             return sample_grid(self.ema.module, self.cfg, self.spec, path, decoder=self.decoder)
 
+    def elapsed(self) -> float:
+        """Seconds trained so far: this process's and those of the runs it resumed."""
+        return self.progress.elapsed_before + time.time() - self.t0
+
     def time_fraction(self) -> float | None:
-        """With ``decay_over: time``, the share of ``time_limit`` spent (this process's and earlier ones')."""
-        t = self.t
-        if t.decay_over != "time":
-            return None
-        return (self.progress.elapsed_before + time.time() - self.t0) / t.time_limit
+        """With ``decay_over: time``, the share of ``time_limit`` spent."""
+        return self.elapsed() / self.t.time_limit if self.t.decay_over == "time" else None
 
     def stop_reason(self, interrupted: list) -> str | None:
         t = self.t
-        timed_out = t.time_limit is not None and self.progress.elapsed_before + time.time() - self.t0 >= t.time_limit
+        timed_out = t.time_limit is not None and self.elapsed() >= t.time_limit
         return self.ctx.agree_stop("time limit" if timed_out else interrupted[0] if interrupted else None)
 
 
