@@ -69,12 +69,17 @@ def _ema_decay(steps: int) -> float:
 DEMO_SIGMA_REL = 0.14
 
 
+def _step_cap(estimate: int) -> int:
+    """The step count of a run scheduled by the clock: only a cap, for a machine that became much faster."""
+    return max(1000, 20 * estimate)
+
+
 def _time_schedule(estimate: int, seconds: float, warmup: int) -> dict:
     """Config overrides that train for ``seconds`` whatever the machine's speed does meanwhile: the learning
     rate decays over the share of the time spent and the run stops when it is spent (``decay_over: time``),
     the EMA averages a fixed share of the steps so far (``ema_sigma_rel``). ``estimate``, the steps the probe's
     speed predicts, sets the warm-up; the step count only caps a run that became much faster."""
-    return {"train.steps": max(1000, 20 * estimate), "train.time_limit": seconds, "train.decay_over": "time",
+    return {"train.steps": _step_cap(estimate), "train.time_limit": seconds, "train.decay_over": "time",
             "train.ema_sigma_rel": DEMO_SIGMA_REL, "train.warmup_steps": min(warmup, max(1, estimate // 10))}
 
 
@@ -301,7 +306,7 @@ def _run_latent_demo(recipe: LatentRecipe, spec: str, minutes: float, out_dir: P
         ae_ips = _calibrate_autoencoder(ae_cfg)
         ae_seconds = max(10.0, recipe.ae_share * (budget - eval_reserve - sample_reserve - between - elapsed()))
         estimate = max(50, int(0.95 * ae_seconds * ae_ips / ae_cfg.batch))
-        steps, by_time = max(1000, 20 * estimate), {"decay_over": "time"}
+        steps, by_time = _step_cap(estimate), {"decay_over": "time"}
     else:
         ae_ips, estimate, steps, by_time = None, recipe.ae_steps, recipe.ae_steps, {}
     ae_cfg = dataclasses.replace(ae_cfg, steps=steps, time_limit=ae_seconds, ema_decay=_ema_decay(estimate),

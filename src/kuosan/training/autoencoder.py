@@ -487,9 +487,7 @@ class AutoencoderRun:
 
         cfg, opt = self.cfg, self.opt
         x = self.batch(step)
-        fraction = None
-        if cfg.decay_over == "time":  # the share of the time limit spent, earlier processes' time included
-            fraction = (self.elapsed_before + time.time() - self.t0) / cfg.time_limit
+        fraction = self.elapsed() / cfg.time_limit if cfg.decay_over == "time" else None  # share of the limit spent
         self.lr = lr_at(step, cfg, fraction)
         for group in opt.param_groups:
             group["lr"] = self.lr
@@ -524,14 +522,18 @@ class AutoencoderRun:
 
     def out_of_time(self) -> bool:
         t = self.cfg.time_limit
-        return t is not None and self.elapsed_before + time.time() - self.t0 >= t
+        return t is not None and self.elapsed() >= t
+
+    def elapsed(self) -> float:
+        """Seconds trained so far: this process's and those of the runs it resumed."""
+        return self.elapsed_before + time.time() - self.t0
 
     # --- metrics, checkpoint ---------------------------------------------------------------------
     def metrics(self, step: int, window_t: float) -> dict:
         """The metrics-log line after ``step``: the window's means, learning rate, time, speed, train PSNR."""
         n = self.window.pop("n")
         rec = {"step": step, **{k: v / n for k, v in self.window.items()}, "lr": self.lr,
-               "time": self.elapsed_before + time.time() - self.t0,
+               "time": self.elapsed(),
                "images_per_s": n * self.cfg.batch / max(1e-9, time.time() - window_t)}
         rec["train_psnr"] = -10 * float(torch.log10(torch.tensor(rec.pop("mse01"))))
         return rec
@@ -543,7 +545,7 @@ class AutoencoderRun:
         model = dict(self.ae.state_dict())
         if self.disc is not None:
             model.update({f"discriminator.{k}": v for k, v in self.disc.state_dict().items()})
-        state = {"elapsed": self.elapsed_before + time.time() - self.t0, "seed": self.cfg.seed,
+        state = {"elapsed": self.elapsed(), "seed": self.cfg.seed,
                  "rng_noise": encode_rng(self.noise_gen.get_state()), "rng_torch": encode_rng(torch.get_rng_state())}
         config = self.run_config()
         atomic_write_text(self.out / "config.json", json.dumps(config, indent=2))
