@@ -20,6 +20,7 @@ Numbers: ``kuosan bench --layers`` and benchmarks/results/peers*.json.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -353,21 +354,17 @@ def conv_bf16_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and bool(_lib.kuosan_winograd_bf16_supported()))
 
 
-_AMX: list[bool] = []
-
-
+@functools.lru_cache(maxsize=None)
 def amx() -> bool:
     """Whether this CPU has AMX tiles for bfloat16 that oneDNN may use (Sapphire Rapids and later). There, oneDNN's
     bfloat16 convolution without gradients was 1.4x faster than :func:`winograd_conv`'s bfloat16 path (a forward
     pass of the demo network at batch 64: 148 against 209 ms on 2 cores), so sampling under bfloat16 leaves 3×3
     layers to it; training keeps the kernels (not measured against oneDNN's AMX path)."""
-    if not _AMX:
-        init = getattr(getattr(torch._C, "_cpu", None), "_init_amx", None)
-        try:
-            _AMX.append(bool(init()) if init is not None else False)
-        except Exception:  # an older torch, or a kernel that refuses the tile state: no AMX
-            _AMX.append(False)
-    return _AMX[0]
+    init = getattr(getattr(torch._C, "_cpu", None), "_init_amx", None)
+    try:
+        return bool(init()) if init is not None else False
+    except Exception:  # an older torch, or a kernel that refuses the tile state: no AMX
+        return False
 
 
 def _filter_bf16(weight: torch.Tensor, flip: bool, tile: int) -> torch.Tensor:
