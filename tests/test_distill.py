@@ -156,6 +156,7 @@ def test_flow_teacher_gives_a_flow_student(tmp_path):
     (["--method", "ct", "--teacher", "T", "--out", "X"], "give --config"),
     (["--teacher", "T", "--out", "X", "--q", "1"], "--q must be above 1"),
     (["--teacher", "STUDENT", "--out", "X"], "consistency model already"),
+    (["--teacher", "T", "--out", "X", "--train.posthoc_ema", "true"], "posthoc_ema is for kuosan train"),
 ])
 def test_refusals_are_one_line(teacher, student_dir, tmp_path, capsys, args, message):
     args = [str(teacher[0]) if a == "T" else str(student_dir) if a == "STUDENT" else str(tmp_path / "o")

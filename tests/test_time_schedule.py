@@ -94,3 +94,66 @@ def test_the_demos_schedule_fills_its_budget_when_the_machine_slows_down(tmp_pat
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["time"] >= 3.0 and rows[-1]["step"] < probe  # the whole time, fewer steps than predicted
     assert rows[-1]["lr"] < 0.2 * cfg.train.lr
+
+
+def test_clock_cpu_counts_the_processs_cpu_seconds(tmp_path):
+    """``train.clock cpu``: the time limit, the decay and the recorded time are the process's CPU seconds."""
+    import time
+
+    cpu = time.process_time()
+    cfg = _cfg(tmp_path, **{"train.clock": "cpu", "train.decay_over": "time", "train.time_limit": 2.0,
+                            "train.steps": 10 ** 6})
+    run = train(cfg, progress=False, log=lambda *a: None)
+    spent = time.process_time() - cpu
+    state = read_train_state(resolve_checkpoint(run))
+    assert 2.0 <= float(state.elapsed) <= spent  # stopped by CPU seconds, which the whole call spent more of
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["time"] <= float(state.elapsed) for r in rows)
+    with pytest.raises(KuosanError, match="train.clock must be one of"):
+        _cfg(tmp_path, **{"train.clock": "gpu"})
+
+
+def _snapshot_tensors(run):
+    from safetensors.torch import load_file
+
+    from kuosan.training.posthoc_ema import list_snapshots
+
+    return {step: load_file(str(path)) for step, path in list_snapshots(run)}
+
+
+def test_posthoc_ema_snapshots_come_with_checkpoints_and_reconstruct_the_runs_own_ema(tmp_path):
+    from safetensors.torch import load_file
+
+    from kuosan.training.posthoc_ema import reconstruct
+
+    cfg = _cfg(tmp_path, **{"train.posthoc_ema": True, "train.ema_sigma_rel": 0.10, "train.steps": 12,
+                            "train.checkpoint_every": 4})
+    run = train(cfg, progress=False, log=lambda *a: None)
+    assert sorted(_snapshot_tensors(run)) == [4, 8, 12]
+    ema = load_file(str(resolve_checkpoint(run) / "ema.safetensors"))
+    got = reconstruct(run, 0.10)  # σ_rel 0.10 is a stored profile: the run's own power EMA of that width
+    assert got.keys() == ema.keys()
+    for name, v in ema.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(got[name], v, rtol=0, atol=1e-6)
+
+
+def test_a_resumed_run_keeps_its_posthoc_ema_profiles_exactly(tmp_path):
+    whole = train(_cfg(tmp_path / "a", **{"train.posthoc_ema": True, "train.steps": 8, "train.checkpoint_every": 4,
+                                        "train.lr_decay": "constant"}),
+                  progress=False, log=lambda *a: None)
+    part = _cfg(tmp_path / "b", **{"train.posthoc_ema": True, "train.steps": 4, "train.checkpoint_every": 4,
+                                   "train.lr_decay": "constant"})  # the same lr at every step whatever `steps`
+    train(part, progress=False, log=lambda *a: None)
+    resumed = train(replace_steps(part, 8), resume=True, progress=False, log=lambda *a: None)
+    a, b = _snapshot_tensors(whole), _snapshot_tensors(resumed)
+    assert sorted(a) == sorted(b) == [4, 8]
+    for name, v in a[8].items():
+        assert torch.equal(v, b[8][name]), name
+
+
+def replace_steps(cfg, steps):
+    from kuosan.training.loop import replace_train
+
+    return replace_train(cfg, steps=steps)
+

@@ -82,6 +82,7 @@ class TrainConfig:
     conditional: bool = True               # train class-conditional (with a null class for CFG)
     steps: int = 20000                     # optimiser steps
     time_limit: typing.Optional[float] = None  # stop after this many seconds (a checkpoint is written)
+    clock: str = "wall"                    # what time_limit counts: wall (seconds) | cpu (the process's CPU seconds)
     batch: int = 64                        # images per optimiser step, over all processes (the global batch)
     batch_per_device: typing.Optional[int] = None  # most images a process runs at once; more = gradient accumulation
     lr: float = 2e-3                       # peak learning rate (AdamW)
@@ -92,6 +93,7 @@ class TrainConfig:
     decay_over: str = "steps"              # lr decay over: steps | time (the share of time_limit spent; 1 process)
     ema_decay: float = 0.999               # EMA of the weights (with warm-up, see training.ema)
     ema_sigma_rel: typing.Optional[float] = None  # power-function EMA of this width (EDM2), not ema_decay
+    posthoc_ema: bool = False              # also keep EDM2's two EMA profiles; a snapshot with each checkpoint
     grad_clip: float = 1.0                 # clip the global gradient norm (0 = off)
     bf16: bool = False                     # bfloat16 autocast inside the network
     compile: bool = False                  # torch.compile the network (slow to compile; for long GPU runs)
@@ -429,6 +431,7 @@ def validate(cfg: Config) -> None:
         raise KuosanError(f"train.betas must be two numbers in [0, 1), got {list(t.betas)}")
     _one_of(t.lr_decay, {"constant", "cosine", "linear"}, "train.lr_decay")
     _one_of(t.decay_over, {"steps", "time"}, "train.decay_over")
+    _one_of(t.clock, {"wall", "cpu"}, "train.clock")
     if t.decay_over == "time" and t.time_limit is None:
         raise KuosanError("train.decay_over time needs train.time_limit (seconds): the decay runs over it")
     if t.ema_sigma_rel is not None and not 0 < t.ema_sigma_rel <= 12 ** -0.5:

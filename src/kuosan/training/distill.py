@@ -170,7 +170,9 @@ class DistillRun(Run):
             self.flops = count_flops(precond.net, self.data.channels, self.data.resolution, 1, self.num_classes)
         prepare_model(precond)
         self.precond, self.spec = precond, spec
-        self.ema = EMA(precond, t.ema_decay)
+        if t.posthoc_ema:
+            raise KuosanError("train.posthoc_ema is for kuosan train; a distillation run keeps one EMA")
+        self.ema, self.posthoc = EMA(precond, t.ema_decay), None
         self.opt = adamw(list(precond.parameters()), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         self.objective = consistency_loss
         c = default_huber_c(self.data.channels * self.data.resolution ** 2) if cc.huber_c is None else cc.huber_c
@@ -179,7 +181,8 @@ class DistillRun(Run):
         self.noise_gen = torch.Generator(device="cpu").manual_seed(t.seed + 1)
         self.record = self._run_config(student)
         self.run_config = self.record.to_dict()  # its JSON, as written
-        self.progress, self.t0 = Progress(), time.time()
+        self.progress = Progress()
+        self.start_clock()
 
     def _load_data(self) -> None:
         """The data set in memory (a latent model's: its encoded latents), as the training loop holds it."""
@@ -254,7 +257,8 @@ def distill(student: Student, *, resume: bool = False, allow_changes: bool = Fal
         start, step, stop = run.progress.step, run.progress.step, "steps"
         main = ctx.is_main
         log_file, bar, interrupted = _open_log(run, resume, main), _progress_bar(run, progress and main), []
-        run.t0 = window_t = time.time()
+        run.start_clock()
+        window_t = run.t0
         run.precond.train()
         try:
             with _sigterm_as_stop(interrupted):

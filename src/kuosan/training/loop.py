@@ -211,6 +211,11 @@ class Run:
 
             gamma = sigma_rel_to_gamma(t.ema_sigma_rel)
         self.ema = EMA(precond, t.ema_decay, gamma=gamma)  # a copy: channels_last too
+        self.posthoc = None
+        if t.posthoc_ema:  # EDM2's two profiles; any EMA length is reconstructed after training (posthoc_ema.py)
+            from kuosan.training.posthoc_ema import PosthocEMA
+
+            self.posthoc = PosthocEMA(precond)
         if t.decay_over == "time" and ctx.enabled:
             raise KuosanError("train.decay_over time runs in one process: each process's clock would give its "
                               "own learning rate; use decay_over steps under torchrun")
@@ -230,7 +235,15 @@ class Run:
 
             self.decoder = load_autoencoder(data.autoencoder["path"], device=device)
         self.progress = Progress()
-        self.t0 = time.time()  # reset when the loop starts
+        self.start_clock()  # again when the loop starts
+
+    def clock(self) -> float:
+        """``train.clock``: wall seconds, or this process's CPU seconds (all threads), which a busy machine
+        does not spend for it."""
+        return time.process_time() if self.t.clock == "cpu" else time.time()
+
+    def start_clock(self) -> None:
+        self.t0, self.clock0 = time.time(), self.clock()
 
     def describe(self) -> str:
         from kuosan.nets.build import count_parameters
@@ -264,6 +277,8 @@ class Run:
             match_state_layout(self.opt)  # channels_last weights, NCHW moments on disk (see training.optim.adamw)
             self.progress = Progress(st.step, int(st.nonfinite), float(st.elapsed), float(st.get("window_loss", 0.0)),
                                      int(st.get("window_n", 0)))
+            if self.posthoc is not None:
+                self.posthoc.restore(self.out, st.step)
             self.noise_gen.set_state(decode_rng(st.rng_noise))
             torch.set_rng_state(decode_rng(st.rng_torch))
             if self.device.type == "cuda" and st.rng_cuda is not None:
@@ -310,11 +325,15 @@ class Run:
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
             p.nonfinite += 1  # skip the update; the weights stay as they were
             self.opt.zero_grad(set_to_none=True)
+            if self.posthoc is not None:  # the profiles average over steps: this one's weights are the last ones
+                self.posthoc.update(self.precond, step)
             self.log(f"step {step}: non-finite {'loss' if not torch.isfinite(loss) else 'gradient'}, "
                      f"step skipped ({p.nonfinite} so far)")
             return loss, grad_norm, False
         self.opt.step()
         self.ema.update(self.precond, step)
+        if self.posthoc is not None:
+            self.posthoc.update(self.precond, step)
         p.window_loss += float(loss.detach())
         p.window_n += 1
         return loss, grad_norm, True
@@ -337,7 +356,7 @@ class Run:
         """The metrics-log line after ``step`` (the window's mean loss; held-out losses at checkpoints)."""
         t, p, now = self.t, self.progress, time.time()
         rec = {"step": step, "loss": p.window_loss / max(1, p.window_n), "grad_norm": float(grad_norm),
-               "lr": self.lr, "nonfinite": p.nonfinite, "time": p.elapsed_before + now - self.t0,
+               "lr": self.lr, "nonfinite": p.nonfinite, "time": self.elapsed(),
                "images_per_s": p.window_n * t.batch / max(1e-9, now - window_t)}
         if t.checkpoint_every and step % t.checkpoint_every == 0 or step == t.steps:
             rec["val_loss_raw"], rec["val_loss_ema"] = self.val_loss(self.precond), self.val_loss(self.ema.module)
@@ -351,6 +370,8 @@ class Run:
                  "window_loss": p.window_loss, "window_n": p.window_n}
         if self.device.type == "cuda":
             state["rng_cuda"] = encode_rng(torch.cuda.get_rng_state(self.device))
+        if self.posthoc is not None:  # first: a checkpoint on disk always has its snapshot
+            self.posthoc.save_snapshot(self.out, step)
         return save_checkpoint(self.out, step, config=self.run_config, model=self.precond.state_dict(),
                                ema=self.ema.state_dict(), optimizer=self.opt, state=state, keep=self.t.keep_checkpoints)
 
@@ -359,8 +380,8 @@ class Run:
             return sample_grid(self.ema.module, self.cfg, self.spec, path, decoder=self.decoder)
 
     def elapsed(self) -> float:
-        """Seconds trained so far: this process's and those of the runs it resumed."""
-        return self.progress.elapsed_before + time.time() - self.t0
+        """Seconds trained so far (``train.clock``'s): this process's and those of the runs it resumed."""
+        return self.progress.elapsed_before + self.clock() - self.clock0
 
     def time_fraction(self) -> float | None:
         """With ``decay_over: time``, the share of ``time_limit`` spent."""
@@ -453,7 +474,8 @@ def train(cfg: Config, *, resume: bool = False, allow_changes: bool = False, pro
                               compile=t.compile, seed=t.seed)
         start, step, stop = run.progress.step, run.progress.step, "steps"
         log_file, bar, interrupted = _open_log(run, resume, main), _progress_bar(run, progress and main), []
-        run.t0 = window_t = time.time()
+        run.start_clock()
+        window_t = run.t0
         run.precond.train()
         try:
             with _sigterm_as_stop(interrupted):
