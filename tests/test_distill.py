@@ -156,7 +156,6 @@ def test_flow_teacher_gives_a_flow_student(tmp_path):
     (["--method", "ct", "--teacher", "T", "--out", "X"], "give --config"),
     (["--teacher", "T", "--out", "X", "--q", "1"], "--q must be above 1"),
     (["--teacher", "STUDENT", "--out", "X"], "consistency model already"),
-    (["--teacher", "T", "--out", "X", "--train.posthoc_ema", "true"], "posthoc_ema is for kuosan train"),
 ])
 def test_refusals_are_one_line(teacher, student_dir, tmp_path, capsys, args, message):
     args = [str(teacher[0]) if a == "T" else str(student_dir) if a == "STUDENT" else str(tmp_path / "o")
@@ -185,3 +184,11 @@ def test_killed_run_resumes_bit_exact(teacher, student_dir, tmp_path):
     assert killed, "the run finished before it could be killed"
     assert _files(out / "checkpoints" / "step-0000006") == _files(student_dir / "checkpoints" / "step-0000006")
     assert _metrics(out) == _metrics(student_dir)
+
+
+def test_a_distillation_refuses_posthoc_ema(teacher, tmp_path):
+    """The Python API can ask for ``train.posthoc_ema``; the student's loop keeps one EMA and says so."""
+    student = prepare_student(ConsistencyConfig(stage_steps=2), {"out": str(tmp_path / "s"), "steps": 2, "batch": 8,
+                                                                 "posthoc_ema": True}, teacher=str(teacher[0]))
+    with pytest.raises(KuosanError, match="posthoc_ema is for kuosan train"):
+        distill(student, progress=False, log=lambda *a: None)
