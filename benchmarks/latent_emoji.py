@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PICTURE = ROOT / "docs" / "latent-vs-pixel-emoji.png"
 DATA = "emoji"
-SAMPLER = {"sampler": "dpmpp_2m", "steps": 16, "guidance": 2.0}  # the demo's (configs/emoji-ldm.json)
+SAMPLER = {"sampler": "dpmpp_2m", "steps": 16, "guidance": 2.0}  # configs/emoji-ldm.json when this was measured
 CYCLE_WEIGHT = 0.1
 # Constant learning rate after warm-up (no schedule that would need the step count in advance) and an EMA
 # with a half-life of ~140 steps: the same for every arm.
