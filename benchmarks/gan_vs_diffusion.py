@@ -31,6 +31,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import multiprocessing  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
@@ -46,7 +47,14 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 FIGURES = ROOT / "docs" / "diffusion-vs-gan"
-DATA = {"fashion-mnist": {"conditional": True}, "stacked-mnist": {"conditional": False}}
+# Each data set's feature classifier (FD, precision/recall, classes); emoji: 64x64 colour, 9 classes.
+DATA = {"fashion-mnist": {"conditional": True, "classifier": "fmnist-cnn"},
+        "stacked-mnist": {"conditional": False},
+        "emoji": {"conditional": True, "classifier": "emoji-cnn"}}
+# On the colour set the diffusion arm is kuosan's colour recipe, the demo's: an autoencoder for 30% of the CPU
+# budget, then a class-conditional latent model on its latents for the rest (configs/emoji-ldm.json, scheduled by
+# the CPU clock like the demo), sampled with that config's own sampler.
+LATENT_SHARE = 0.3
 DIFFUSION_SAMPLER = {"sampler": "heun", "steps": 18}     # the demo recipe's sampler (35 evaluations an image)
 RECIPE_WARMUP = 100 / 4000                               # the demo recipe: 100 warm-up steps of 4000
 
@@ -57,6 +65,8 @@ def parse_args():
     ap.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
     ap.add_argument("--data", default="fashion-mnist,stacked-mnist", help="data sets (default both)")
     ap.add_argument("--methods", default="diffusion,gan", help="methods (default both)")
+    ap.add_argument("--gamma", default=None,
+                    help="comma-separated γ of the GAN's R1 + R2 penalty, one GAN arm each (default: the preset's)")
     ap.add_argument("--n-eval", type=int, default=500, help="generated images scored per run (default 500)")
     ap.add_argument("--n-ref", type=int, default=2000, help="test images of the FD reference (default 2000)")
     ap.add_argument("--workers", type=int, default=2, help="runs at once, one core each (default 2)")
@@ -80,29 +90,75 @@ def _diffusion_config(data: str, seed: int, steps: int, out: Path):
     return load_config(None, overrides, base=resolve_config_path("demo"))
 
 
-def _gan_config(data: str, seed: int, steps: int, out: Path):
+def _gan_config(data: str, seed: int, steps: int, out: Path, gamma: float | None = None):
     from kuosan.training.gan import PRESETS, GANTrainConfig
 
-    return GANTrainConfig(**{**PRESETS[data], "seed": seed, "steps": steps, "log_every": max(1, steps // 50),
-                             "checkpoint_every": 0, "sample_every": 0, "out": str(out), "device": "cpu"})
+    fields = {**PRESETS[data], "seed": seed, "steps": steps, "log_every": max(1, steps // 50),
+              "checkpoint_every": 0, "sample_every": 0, "out": str(out), "device": "cpu"}
+    if gamma is not None:
+        fields["gamma"] = gamma
+    return GANTrainConfig(**fields)
 
 
-def train_once(method: str, data: str, seed: int, steps: int, out: Path) -> dict:
+def _cpu_clock_for_autoencoders() -> None:
+    """The autoencoder loop's ``time.time`` becomes this process's CPU time (its time limit in CPU seconds;
+    the diffusion loop has ``train.clock cpu`` for that)."""
+    import types
+
+    import kuosan.training.autoencoder as ae_loop
+
+    clock = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    clock.time = time.process_time
+    ae_loop.time = clock
+
+
+def train_latent(seed: int, budget: float, out: Path) -> None:
+    """The colour recipe in ``budget`` CPU seconds of this process: the autoencoder for 30%, the data set's
+    latents (encoded once, on disk for the loop), then the latent model for what is left."""
+    from kuosan.config import load_config, resolve_config_path
+    from kuosan.demo import DEMO_SIGMA_REL
+    from kuosan.training.autoencoder import PRESETS, AutoencoderTrainConfig, train_autoencoder
+    from kuosan.training.loop import train
+
+    from kuosan.latent import encode_dataset
+
+    _cpu_clock_for_autoencoders()
+    cpu0, quiet = time.process_time(), {"log": lambda *a: None}
+    ae = train_autoencoder(AutoencoderTrainConfig(**{
+        **PRESETS["emoji-demo"], "seed": seed, "steps": 10 ** 6, "time_limit": LATENT_SHARE * budget,
+        "decay_over": "time", "log_every": 50, "checkpoint_every": 0, "device": "cpu", "out": str(out / "autoencoder")}),
+        **quiet)
+    encode_dataset(ae, "emoji", "train", device="cpu")  # the loop below finds them in the cache
+    left = max(1.0, budget - (time.process_time() - cpu0))
+    overrides = {"train.data": "emoji", "train.autoencoder": str(ae), "train.seed": seed, "train.steps": 10 ** 6,
+                 "train.clock": "cpu", "train.time_limit": left, "train.decay_over": "time",
+                 "train.ema_sigma_rel": DEMO_SIGMA_REL, "train.warmup_steps": 20, "train.log_every": 5,
+                 "train.checkpoint_every": 0, "train.sample_every": 0, "train.out": str(out), "train.device": "cpu"}
+    cfg = load_config(None, overrides, base=resolve_config_path("emoji-ldm"))
+    train(cfg, progress=False, **quiet)
+
+
+def train_once(method: str, data: str, seed: int, steps: int, out: Path, gamma: float | None = None,
+               budget: float | None = None) -> dict:
     """Train one run; its CPU and wall seconds."""
     from kuosan.training.gan import train_gan
     from kuosan.training.loop import train
 
     quiet = {"progress": False, "log": lambda *a: None}
     cpu, wall = time.process_time(), time.time()
-    if method == "diffusion":
+    if method == "diffusion" and data == "emoji":
+        train_latent(seed, budget, out)
+    elif method == "diffusion":
         train(_diffusion_config(data, seed, steps, out), **quiet)
     else:
-        train_gan(_gan_config(data, seed, steps, out), **quiet)
+        train_gan(_gan_config(data, seed, steps, out, gamma), **quiet)
     return {"train_cpu_s": time.process_time() - cpu, "train_wall_s": time.time() - wall}
 
 
 def calibrate(method: str, data: str, root: Path, steps: int = 6) -> float:
     """CPU seconds of one training step: the training loop's own step (``Run.one_step``), timed after two."""
+    if method == "diffusion" and data == "emoji":
+        return float("nan")  # scheduled by the CPU clock, not by a step count
     if method == "diffusion":
         import contextlib
 
@@ -145,11 +201,12 @@ def describe(data: str, images: torch.Tensor, requested=None) -> dict:
         modes = count_modes(images)
         return {"features": stacked_features(images), "modes": modes,
                 "class_entropy": modes["entropy_normalized"]}
-    model, _ = load_classifier("fmnist-cnn")
+    model, _ = load_classifier(DATA[data]["classifier"])
     with torch.inference_mode():
-        feats = torch.cat([model.features(prepare(images[i:i + 512], 1, 28)) for i in range(0, len(images), 512)])
+        feats = torch.cat([model.features(prepare(images[i:i + 512], model.convs[0].in_channels, model.resolution))
+                           for i in range(0, len(images), 512)])
     probs = predict(model, images)
-    dist = class_distribution(probs, 10)
+    dist = class_distribution(probs, probs.shape[1])
     out = {"features": feats.double().numpy(), "classes": dist, "class_entropy": dist["entropy_normalized"]}
     if requested is not None:
         out["conditional_accuracy"] = conditional_accuracy(probs, np.asarray(requested))
@@ -184,7 +241,7 @@ def sample_run(method: str, out: Path, n: int):
     import kuosan
 
     pipe = kuosan.load(out, device="cpu")
-    options = DIFFUSION_SAMPLER if method == "diffusion" else {}
+    options = DIFFUSION_SAMPLER if method == "diffusion" and pipe.autoencoder is None else {}  # latent: its own
     cpu = time.process_time()
     res = pipe.sample(list(range(n)), batch_size=100, **options)
     speed = {"sample_cpu_s": time.process_time() - cpu, "sample_wall_s": res.seconds, "nfe": res.nfe,
@@ -198,6 +255,8 @@ def traces(out: Path) -> dict:
     from kuosan.evaluation.stability import grad_spikes
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if not rows:  # a run too short to log a line
+        return {"trace": {"step": [], "loss": [], "grad_norm": []}, "grad_spikes": 0, "nonfinite": 0}
     keys = [k for k in ("loss", "loss_d", "loss_g", "r1", "r2", "grad_norm", "grad_norm_d", "grad_norm_g")
             if k in rows[0]]
     cols = {k: [r[k] for r in rows] for k in ["step", *keys]}
@@ -216,14 +275,19 @@ def run_job(job: dict) -> dict:
     """Train, sample, score one (method, data, seed); the first seed's first 100 images become a grid."""
     from kuosan.images import make_grid, save_png
 
-    out = Path(job["root"]) / f"{job['method']}-{job['data']}-{job['seed']}"
+    gamma = job.get("gamma")
+    arm = job["method"] if gamma is None else f"{job['method']}-gamma{gamma:g}"
+    out = Path(job["root"]) / f"{arm}-{job['data']}-{job['seed']}"
     shutil.rmtree(out, ignore_errors=True)                       # this benchmark's own run of an earlier call
     row = {k: job[k] for k in ("method", "data", "seed", "steps")}
-    row.update(train_once(job["method"], job["data"], job["seed"], job["steps"], out))
+    if gamma is not None:
+        row.update(gamma=gamma, method=f"gan γ={gamma:g}")
+    row.update(train_once(job["method"], job["data"], job["seed"], job["steps"], out, gamma, job["budget"]))
     images, labels, speed = sample_run(job["method"], out, job["n_eval"])
     row.update(speed, **traces(out))
     batch = json.loads((out / "config.json").read_text())["train"]["batch"]
-    row["train_images_per_cpu_s"] = job["steps"] * batch / row["train_cpu_s"]
+    row["steps"] = _steps_done(out)
+    row["train_images_per_cpu_s"] = row["steps"] * batch / row["train_cpu_s"]
     d = describe(job["data"], images, labels)
     row["scores"] = score(job["data"], d, job["ref"]["fd"], job["ref"]["pr"])
     row["collapse"] = _collapse(row["scores"], job["ref"]["floor"])
@@ -231,6 +295,12 @@ def run_job(job: dict) -> dict:
         grid = Path(job["figures"]) / f"samples-{job['method']}-{job['data']}-seed{job['seed']}.png"
         save_png(make_grid(images[:100].permute(0, 2, 3, 1).numpy(), 10), grid, scale=2)
     return row
+
+
+def _steps_done(out: Path) -> int:
+    from kuosan.checkpoint import resolve_checkpoint
+
+    return int(json.loads((resolve_checkpoint(out) / "state.json").read_text())["step"])
 
 
 def _collapse(s: dict, floor: dict) -> bool:
@@ -292,19 +362,22 @@ def figures(rows: list[dict], summary: dict, where: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"diffusion": "tab:blue", "gan": "tab:red"}
+    palette = iter(["tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"])
+    colours = {"diffusion": "tab:blue", **{m: next(palette) for m in sorted({r["method"] for r in rows}) if m != "diffusion"}}
     for data in summary:
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), dpi=110)
         for r in (r for r in rows if r["data"] == data):
             t, c, first = r["trace"], colours[r["method"]], r["seed"] == 0
-            x = np.asarray(t["step"]) / max(t["step"])
-            if r["method"] == "gan":
+            x = np.asarray(t["step"]) / max(t["step"] or [1])
+            if r["method"].startswith("gan"):
                 axes[0].plot(x, t["loss_d"], color=c, lw=1, alpha=0.8, label="GAN: D's RpGAN loss" if first else None)
                 axes[0].plot(x, t["loss_g"], color="tab:orange", lw=1, alpha=0.8,
                              label="GAN: G's loss" if first else None)
             else:
                 axes[0].plot(x, t["loss"], color=c, lw=1, alpha=0.8, label="diffusion: EDM loss" if first else None)
             axes[1].plot(x, t["grad_norm"], color=c, lw=1, alpha=0.8, label=r["method"] if first else None)
+            if r["method"].startswith("gan") and len(colours) > 2:  # a γ sweep: one line per arm is enough
+                continue
         axes[0].set(title=f"{data}: training losses, each seed", xlabel="fraction of the run", yscale="log")
         axes[1].set(title="gradient norm (GAN: D's, with R1 + R2)", xlabel="fraction of the run", yscale="log")
         for i, method in enumerate(m for m in summary[data] if m != "real_floor"):
@@ -343,9 +416,11 @@ def main() -> None:
         costs = dict(zip(pairs, pool.map(calibrate, *zip(*pairs), [root] * len(pairs))))
         refs = dict(zip(datas, pool.map(reference, datas, [args.n_eval] * len(datas), [args.n_ref] * len(datas))))
         print(f"CPU seconds per step: {', '.join(f'{m}/{d} {c:.3f}' for (m, d), c in costs.items())}", flush=True)
-        jobs = [{"method": m, "data": d, "seed": s, "steps": max(5, round(args.budget / costs[(m, d)])),
+        gammas = [float(g) for g in args.gamma.split(",")] if args.gamma else [None]
+        jobs = [{"method": m, "data": d, "seed": s, "budget": args.budget, "gamma": g if m == "gan" else None,
+                 "steps": 10 ** 6 if math.isnan(costs[(m, d)]) else max(5, round(args.budget / costs[(m, d)])),
                  "n_eval": args.n_eval, "root": str(root), "figures": str(figs), "ref": refs[d], "grid": s == seeds[0]}
-                for m in methods for d in datas for s in seeds]
+                for m in methods for d in datas for s in seeds for g in (gammas if m == "gan" else [None])]
         rows = list(pool.map(run_job, jobs))
     summary = summarise(rows, refs)
     print(table(summary))
@@ -353,7 +428,9 @@ def main() -> None:
     result = {"budget_cpu_s": args.budget, "seeds": seeds, "n_eval": args.n_eval, "n_ref": args.n_ref,
               "workers": args.workers, "threads_per_run": 1, "cpu_s_per_step": {f"{m}/{d}": c for (m, d), c in
                                                                                costs.items()},
-              "diffusion": "demo preset (UNet 32 ch, EDM), Heun 18 steps; warm-up scaled with the steps",
+              "diffusion": "demo preset (UNet 32 ch, EDM), Heun 18 steps; warm-up scaled with the steps; emoji: the "
+                           "colour demo's latent recipe (autoencoder 30% of the budget, configs/emoji-ldm.json)",
+              "gamma": args.gamma,
               "gan": "kuosan.training.gan presets (R3GAN objective, DCGAN-sized)",
               "summary": summary, "runs": [{k: v for k, v in r.items()} for r in rows],
               "wall_s": time.time() - t0, "torch": torch.__version__, "machine": platform.machine(),
