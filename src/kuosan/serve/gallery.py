@@ -40,10 +40,14 @@ class Gallery:
             raise KuosanError(f"cannot make the gallery folder {self.root}: {e.strerror or e}") from None
 
     def _new_folder(self) -> tuple[str, Path]:
-        for _ in range(16):
+        newest = max(self.ids(), default="")[:-5]  # its time part: a new entry's must sort after it
+        for _ in range(64):
             now = time.time()
-            entry_id = (time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"-{int(now * 1000) % 1000:03d}-"
-                        + secrets.token_hex(2))
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"-{int(now * 1000) % 1000:03d}"
+            if stamp == newest:  # the same millisecond as the newest entry: "newest first" needs a later one
+                time.sleep(0.001)
+                continue
+            entry_id = f"{stamp}-{secrets.token_hex(2)}"
             folder = self.root / entry_id
             try:
                 folder.mkdir()
