@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	# The CPU build of PyTorch first, so nothing later pulls a multi-GB CUDA build.
 	# Elsewhere, point pip at a CPU wheel: make TORCH="torch --index-url <your CPU wheel index>"
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[data,eval,serve,test]"
+	$(BIN)/pip install -q -e ".[data,eval,serve,onnx,test]"
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -105,9 +105,15 @@ def start_worker(state: dict, threads: int):
 
 def contenders(precond, onnx_dir: Path, threads: int, bf16_cpu: bool) -> dict:
     """name -> callable(x, sigma, labels) -> D, or a string saying why it does not run here."""
-    from kuosan.interop.onnx import OnnxDenoiser
+    from kuosan.interop.onnx import BatchDispatch, OnnxDenoiser
 
     out = {"kuosan eager, kernels": _call(precond, False)}
+    try:  # what Pipeline.sample and `kuosan sample` run by default on a CPU (backend "auto")
+        auto = BatchDispatch(precond, lambda: OnnxDenoiser(onnx_dir, "onnxruntime", threads, precond=precond))
+        auto.prepare()
+        out["kuosan default (auto)"] = _call(auto, False)
+    except Exception as e:  # noqa: BLE001
+        out["kuosan default (auto)"] = str(e).splitlines()[0]
     for backend in ("onnxruntime", "openvino"):
         for precision in ("float32", "bfloat16"):
             name = f"{backend} {precision}"
@@ -151,7 +157,7 @@ def time_round(fns: dict, remote: dict, batch: int, repeat: int, times: dict, ou
 def measure(fns: dict, remote: dict, batches: list[int], rounds: int) -> dict:
     results = {}
     for batch in batches:
-        repeat = 10 if batch == 1 else 1
+        repeat = 10 if batch <= 2 else 4 if batch <= 8 else 1
         names = [n for n, f in fns.items() if not isinstance(f, str)] + list(remote)
         times, outs = {n: [] for n in names}, {}
         time_round(fns, remote, batch, repeat, {n: [] for n in names}, {})  # warm-up
@@ -214,7 +220,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per batch (medians)")
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads of every runtime")
-    ap.add_argument("--batches", default="1,64", help="batch sizes, a comma list")
+    ap.add_argument("--batches", default="1,2,4,8,64", help="batch sizes, a comma list")
     ap.add_argument("--trained", default=str(ROOT / "tests" / "fixtures" / "v1-run"),
                     help="a trained run to sample with every runtime for the same-images check ('' to skip)")
     ap.add_argument("--out", default=str(HERE / "results" / "runtimes.json"))
@@ -244,17 +250,30 @@ def main(argv=None) -> int:
         images = same_images(Path(args.trained), args.threads, Path(tmp) / "cache") if args.trained else None
     skipped = {n: f for n, f in fns.items() if isinstance(f, str)}
     report = {"what": "kuosan's denoiser D(x; σ) (demo network, 28x28x1, 10 classes) per runtime, CPU",
-              "threads": args.threads, "rounds": args.rounds, "load_average": os.getloadavg(),
+              "threads": args.threads, "rounds": args.rounds, "load_average": os.getloadavg(), "cpu": _cpu(),
               "cpu_bf16": bool(bf16_cpu), "export_s": export_s, "results": results, "not_run": skipped,
               "same_images": images, "versions": _versions()}
     print(table(results, batches, skipped))
-    print(f"export {export_s:.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"export {export_s:.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores ({_cpu()})")
     if images:
         print("same images (trained run, uint8):", json.dumps({k: v for k, v in images.items() if isinstance(v, dict)}))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(f"-> {args.out}")
     return 0
+
+
+def _cpu() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _versions() -> dict:

@@ -5,6 +5,10 @@ import torch
 
 # One thread: tests run beside other processes, and oversubscribed OpenMP threads spin-wait.
 torch.set_num_threads(1)
+# Sampling's default backend ("auto") exports each new network to ONNX on its first small call (~15 s); the
+# suite samples many small fixture models, so it samples on eager torch unless a test chooses otherwise
+# (tests/test_onnx.py tests "auto" itself).
+os.environ.setdefault("KUOSAN_BACKEND", "torch")
 
 
 class GaussianDenoiser:

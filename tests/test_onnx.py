@@ -230,3 +230,81 @@ def test_pipeline_sample_on_onnxruntime_gives_the_same_images():
     eager = pipe.sample([0, 1], sampler="euler", steps=3)
     runtime = pipe.sample([0, 1], sampler="euler", steps=3, backend="onnxruntime", threads=1)
     assert np.abs(eager.images.astype(int) - runtime.images.astype(int)).max() <= 1
+
+
+# --- "auto": small calls on ONNX Runtime, large ones on eager torch --------------------------------
+
+@pytest.fixture
+def fake_onnxruntime(monkeypatch, tmp_path, pipe):
+    """ONNX Runtime "installed", the export a JSON file and the runtime the torch network; counts its calls."""
+    calls = []
+    run = _torch_runtime(pipe.precond.net)
+
+    def counted(feeds):
+        calls.append(feeds["x"].shape[0])
+        return run(feeds)
+    monkeypatch.setattr(kx, "_importable", lambda *m: True)
+    monkeypatch.setattr(kx, "_cached_export", lambda p, cache: _fake_export(tmp_path, p))
+    monkeypatch.setattr(kx, "open_runtime", lambda *a, **k: counted)
+    return calls
+
+
+def test_auto_sends_calls_of_up_to_four_images_to_onnxruntime(pipe, fake_onnxruntime):
+    den = kx.runtime_denoiser(pipe, "auto")
+    assert isinstance(den, kx.BatchDispatch) and kx.AUTO_MAX_BATCH == 4
+    with torch.inference_mode():
+        for b in (1, 4, 5, 9):
+            x, labels = torch.randn(b, *pipe.image_shape), torch.arange(b) % pipe.num_classes
+            assert (den(x, 2.0, labels) - pipe.precond(x, 2.0, labels)).abs().max() < 1e-5
+    assert fake_onnxruntime == [1, 4]
+
+
+def test_auto_is_eager_torch_in_bfloat16_and_without_onnxruntime(pipe, monkeypatch):
+    monkeypatch.setattr(kx, "_importable", lambda *m: True)
+    assert kx.runtime_denoiser(pipe, "auto", precision="bfloat16") is pipe.precond
+    monkeypatch.setattr(kx, "_importable", lambda *m: False)
+    assert kx.runtime_denoiser(pipe, "auto") is pipe.precond
+
+
+def test_pipeline_samples_on_auto_by_default(pipe, fake_onnxruntime, monkeypatch):
+    monkeypatch.delenv("KUOSAN_BACKEND", raising=False)
+    one = pipe.sample([5], steps=2, sampler="euler")
+    assert fake_onnxruntime == [1, 1]  # Euler, 2 steps: two calls of one image
+    assert np.array_equal(one.images, pipe.sample([5], steps=2, sampler="euler", backend="torch").images)
+    fake_onnxruntime.clear()
+    many = pipe.sample(list(range(8)), steps=2, sampler="euler", batch_size=8)
+    assert fake_onnxruntime == [] and np.array_equal(
+        many.images, pipe.sample(list(range(8)), steps=2, sampler="euler", batch_size=8, backend="torch").images)
+
+
+def test_kuosan_backend_chooses_the_default_and_a_wrong_one_is_one_line(pipe, monkeypatch, fake_onnxruntime):
+    monkeypatch.setenv("KUOSAN_BACKEND", "torch")
+    pipe.sample([5], steps=2, sampler="euler")
+    assert fake_onnxruntime == []
+    monkeypatch.setenv("KUOSAN_BACKEND", "tensorrt")
+    with pytest.raises(KuosanError, match="KUOSAN_BACKEND=tensorrt: use one of auto, torch"):
+        pipe.sample([5], steps=2)
+
+
+def test_auto_samples_on_eager_torch_with_one_line_when_the_export_fails(pipe, monkeypatch, capsys):
+    def fails(p, cache):
+        raise KuosanError("torch could not export this network to ONNX: no")
+    monkeypatch.setattr(kx, "_importable", lambda *m: True)
+    monkeypatch.setattr(kx, "_cached_export", fails)
+    den = kx.runtime_denoiser(pipe, "auto")
+    x = torch.randn(1, *pipe.image_shape)
+    with torch.inference_mode():
+        assert torch.equal(den(x, 1.0), pipe.precond(x, 1.0)) and torch.equal(den(x, 1.0), pipe.precond(x, 1.0))
+    assert capsys.readouterr().err.count("sampling on eager torch: torch could not export") == 1
+
+
+@pytest.mark.slow
+def test_auto_on_onnxruntime_samples_eager_torchs_images(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("KUOSAN_CACHE", str(tmp_path))
+    pipe = kuosan.load(FIXTURES / "v1-run", device="cpu")
+    auto = pipe.sample([0], sampler="euler", steps=3, backend="auto")
+    assert list((tmp_path / "onnx").iterdir())  # exported on the first call
+    eager = pipe.sample([0], sampler="euler", steps=3, backend="torch")
+    assert np.abs(auto.images.astype(int) - eager.images.astype(int)).max() <= 1

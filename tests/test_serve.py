@@ -553,3 +553,33 @@ def test_a_diffusers_model_under_runs_is_offered_and_samples(runs, tmp_path):
             assert r.status_code == 400 and "unconditional" in r.json()["error"]
     finally:
         svc.close()
+
+
+def test_a_loaded_model_samples_on_the_auto_backend_prepared_in_the_background(runs, monkeypatch):
+    """Without KUOSAN_BACKEND the page's models sample on "auto": the runtime for small calls opens in a
+    background thread when the model loads (here a stand-in for ONNX Runtime), and requests run on it."""
+    from kuosan.interop import onnx as kx
+    from kuosan.serve.forms import parse_request
+    from kuosan.serve.jobs import run_request
+
+    opened, calls = threading.Event(), []
+
+    def fake_dispatch(pipe, backend, *a, **k):
+        assert backend == "auto"
+
+        def open_runtime():
+            opened.set()
+
+            def run(x, sigma, class_labels=None):
+                calls.append(x.shape[0])
+                return pipe.precond(x, sigma, class_labels)
+            return run
+        return kx.BatchDispatch(pipe.precond, open_runtime)
+    monkeypatch.delenv("KUOSAN_BACKEND", raising=False)
+    monkeypatch.setattr(kx, "runtime_denoiser", fake_dispatch)
+    loaded = Models(runs / "tiny", runs, device="cpu").load("tiny")
+    assert isinstance(loaded.denoiser, kx.BatchDispatch) and opened.wait(10)
+    req = parse_request({"model": "tiny", "mode": "generate", "seeds": "3", "steps": 2, "sampler": "euler",
+                         "guidance": 1.0}, loaded)
+    run_request(req, loaded)
+    assert calls == [1, 1]

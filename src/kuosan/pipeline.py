@@ -17,7 +17,7 @@ from kuosan.diffusion.samplers import nfe
 from kuosan.errors import KuosanError
 from kuosan.interop import looks_like_hub_name, require_local_dir
 from kuosan.interop.diffusers import diffusers_model, is_diffusers_dir
-from kuosan.interop.onnx import BACKENDS, runtime_denoiser
+from kuosan.interop.onnx import BACKENDS, default_backend, runtime_denoiser
 from kuosan.latent import autoencoder_for_checkpoint
 from kuosan.model import model_from_checkpoint_config, read_model_checkpoint
 from kuosan.nets.layout import prepare_model
@@ -226,7 +226,7 @@ class Pipeline:
     def sample(self, seeds: Sequence[int] | str | int = 16, class_labels=None, *, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None, schedule: str | None = None,
                batch_size: int | None = DEFAULT_BATCH, sampler_options: dict | None = None, progress=None,
-               distributed: bool = False, threshold=None, bf16: bool = False, backend: str = "torch",
+               distributed: bool = False, threshold=None, bf16: bool = False, backend: str | None = None,
                threads: int | None = None) -> SampleResult:
         """Generate one image per seed. ``seeds`` is a list, a range string ``"0-63"`` or a count;
         ``class_labels`` one class for all (index or name), a list, or None (conditional models then
@@ -238,7 +238,11 @@ class Pipeline:
         models only; :mod:`kuosan.diffusion.thresholding`). ``bf16``: the network under bfloat16 autocast
         (:func:`kuosan.sampling.bf16_denoiser`). ``backend``: "torch" (eager, kuosan's kernels), or
         "onnxruntime" / "openvino" running the network exported to ONNX (:mod:`kuosan.interop.onnx`) with
-        ``threads`` threads; the preconditioning and the sampler stay kuosan's."""
+        ``threads`` threads; the preconditioning and the sampler stay kuosan's. None means
+        ``$KUOSAN_BACKEND``, else "auto": on the CPU in float32, network calls of at most
+        :data:`~kuosan.interop.onnx.AUTO_MAX_BATCH` images on ONNX Runtime where it is installed (the
+        network is exported once, on first use, and cached), larger ones on eager torch."""
+        backend = default_backend() if backend is None else backend
         one_of(backend, "backend", BACKENDS)
         if threads is not None:
             whole(threads, "threads", 1, 1024)
@@ -253,8 +257,8 @@ class Pipeline:
             raise KuosanError("thresholding keeps pixels in [-1, 1]; this model samples latents, which have "
                               "another range: drop the threshold")
         sample_fn = generate_distributed if distributed else generate
-        den = None if backend == "torch" else runtime_denoiser(self, backend, threads,
-                                                               precision="bfloat16" if bf16 else "float32")
+        den = runtime_denoiser(self, backend, threads, precision="bfloat16" if bf16 else "float32")
+        den = None if den is self.precond else den
         t0 = time.perf_counter()
         x = sample_fn(self.precond, sample=cfg, shape=self.image_shape, seeds=seeds, class_labels=labels,
                       null_label=self.num_classes or None, batch_size=req["batch"] or DEFAULT_BATCH,

@@ -31,10 +31,12 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=64, help="images a network call (default 64)")
     p.add_argument("--bf16", action="store_true",
                    help="run the network under bfloat16 autocast (faster on CPUs with AVX512-BF16 and on GPUs)")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "openvino"),
-                   help="torch (default: eager, kuosan's CPU kernels), or the network exported to ONNX and run by "
-                        "ONNX Runtime (fastest at batch 1 here) or OpenVINO (pip install 'kuosan[onnx]' / "
-                        "'kuosan[openvino]'; CPU only; exported once per set of weights and cached)")
+    p.add_argument("--backend", default=None, choices=("auto", "torch", "onnxruntime", "openvino"),
+                   help="auto (default, or $KUOSAN_BACKEND): on the CPU, network calls of at most 4 images on ONNX "
+                        "Runtime where it is installed (2x faster there at batch 1), larger ones on eager torch; "
+                        "torch: eager, kuosan's CPU kernels; onnxruntime / openvino: the network exported to ONNX "
+                        "(pip install 'kuosan[onnx]' / 'kuosan[openvino]'; CPU only; exported once per set of "
+                        "weights and cached)")
     p.add_argument("--threads", type=int, default=None, help="threads of the ONNX runtime (default: its own choice)")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--adapter", action="append", default=[], metavar="PATH[:WEIGHT]",
@@ -58,7 +60,11 @@ def run(args) -> int:
     if args.threads is not None:
         whole(args.threads, "--threads", 1, 4096)
     adapters = adapter_list([parse_adapter(a) for a in args.adapter], "--adapter")
-    device = "cpu" if args.backend != "torch" and args.device == "auto" else args.device  # the runtimes are CPU ones
+    # the ONNX runtimes are CPU ones ("auto" keeps torch on a GPU)
+    from kuosan.interop.onnx import default_backend
+
+    args.backend = args.backend or default_backend()
+    device = "cpu" if args.backend in ("onnxruntime", "openvino") and args.device == "auto" else args.device
     ctx = init_distributed(resolve_device(device))  # under torchrun: each process a share of the seeds
     pipe = kuosan.load(args.checkpoint, device=str(ctx.device), use_ema=not args.raw,
                        autoencoder=args.autoencoder, adapters=adapters)

@@ -55,9 +55,9 @@ class _Tools:
         s, pipe = req.sample, loaded.pipe
         self.sampler = get_sampler(s.sampler)
         self.sigmas = sigmas_for(pipe.precond, s.schedule, s.steps, s.rho).to(pipe.device, torch.float32)
-        self.denoiser = pipe.precond
+        self.denoiser = loaded.denoiser or pipe.precond  # the backend's (kuosan.interop.onnx.runtime_denoiser)
         if pipe.num_classes and s.guidance != 1.0:
-            self.denoiser = classifier_free_guidance(pipe.precond, s.guidance, null_label=pipe.num_classes,
+            self.denoiser = classifier_free_guidance(self.denoiser, s.guidance, null_label=pipe.num_classes,
                                                      interval=req.interval)
 
     def cond(self, n: int, label: int | None) -> dict:

@@ -38,6 +38,7 @@ class Loaded:
     entry: ModelEntry                      # which model
     pipe: object                           # the kuosan.pipeline.Pipeline
     checksum: str                          # SHA-256 of the weights file in use ("" when unknown)
+    denoiser: object = None                # what requests sample with: the backend's (None: pipe.precond)
 
 
 def read_json(path: Path, limit: int = _JSON_LIMIT):
@@ -173,9 +174,14 @@ class Models:
     def _load(self, entry: ModelEntry) -> Loaded:
         import kuosan
 
+        from kuosan.interop.onnx import BatchDispatch, default_backend, runtime_denoiser
+
         pipe = kuosan.load(entry.path, device=self.device)
         where = pipe.path if entry.kind == "kuosan" else entry.path
-        return Loaded(entry, pipe, weights_checksum(Path(where), entry.kind))
+        den = runtime_denoiser(pipe, default_backend())
+        if isinstance(den, BatchDispatch):  # export it now, while the page is read, not at the first click
+            threading.Thread(target=den.prepare, name=f"prepare-{entry.name}", daemon=True).start()
+        return Loaded(entry, pipe, weights_checksum(Path(where), entry.kind), den)
 
     def loaded_names(self) -> list[str]:
         with self._lock:
