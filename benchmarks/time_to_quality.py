@@ -62,7 +62,19 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 
-RECIPES = ("kuosan", "kuosan-cond", "diffusers", "lucidrains")
+# Changes to kuosan's recipe, each measured against it before it is kept (``--recipes kuosan:lr4e-3,...``):
+# config overrides on top of the demo recipe, unconditional, the same clock schedule.
+VARIANTS = {
+    "lr4e-3": {"train.lr": 4e-3},                                     # the learning rate, doubled
+    "lr1e-3": {"train.lr": 1e-3},                                     # and halved
+    "batch32": {"train.batch": 32},                                   # twice the steps of half the batch
+    "batch128": {"train.batch": 128, "train.lr": 2.83e-3},            # half the steps, lr by the square root
+    "pmean-0.6": {"diffusion.p_mean": -0.6},                          # noise levels: more weight to high σ
+    "pmean-1.8": {"diffusion.p_mean": -1.8},                          # and to low σ
+    "width24": {"model.base_channels": 24},                           # a narrower network, more steps
+    "width48": {"model.base_channels": 48},                           # a wider one, fewer steps
+}
+RECIPES = ("kuosan", "kuosan-cond", "diffusers", "lucidrains", *(f"kuosan:{v}" for v in VARIANTS))
 POSTHOC_SIGMA_RELS = (0.05, 0.10, 0.20)
 NFE = 20
 KUOSAN_SAMPLER = {"sampler": "unipc", "steps": NFE, "schedule": "karras"}
@@ -270,13 +282,15 @@ def sample_peer(name: str, path: Path, n: int, seed: int, sampler: str | None = 
 
 # --- kuosan ----------------------------------------------------------------------------------------------------
 
-def _kuosan_overrides(run: Path, conditional: bool, seed: int) -> dict:
+def _kuosan_overrides(run: Path, conditional: bool, seed: int, variant: str = "") -> dict:
     return {"train.data": "fashion-mnist", "train.conditional": conditional, "train.seed": seed,
-            "train.out": str(run), "train.clock": "cpu", "train.posthoc_ema": True, "train.sample_every": 0}
+            "train.out": str(run), "train.clock": "cpu", "train.posthoc_ema": True, "train.sample_every": 0,
+            **VARIANTS.get(variant, {})}
 
 
-def train_kuosan(run: Path, minutes: float, conditional: bool, seed: int, threads: int) -> dict:
-    """One clock-scheduled run of the demo recipe through ``kuosan train`` (its own process)."""
+def train_kuosan(run: Path, minutes: float, conditional: bool, seed: int, threads: int, variant: str = "") -> dict:
+    """One clock-scheduled run of the demo recipe (changed by ``VARIANTS[variant]``) through ``kuosan train``
+    (its own process)."""
     import torch
 
     from kuosan.config import load_config, resolve_config_path
@@ -284,7 +298,7 @@ def train_kuosan(run: Path, minutes: float, conditional: bool, seed: int, thread
     from kuosan.training.loop import train
 
     torch.set_num_threads(threads)
-    overrides = _kuosan_overrides(run, conditional, seed)
+    overrides = _kuosan_overrides(run, conditional, seed, variant)
     with tempfile.TemporaryDirectory(prefix="ttq-probe-") as tmp:  # CPU seconds a step, for the warm-up
         probe = load_config(None, {**overrides, "train.out": tmp, "train.steps": 12, "train.log_every": 12,
                                    "train.checkpoint_every": 0, "train.posthoc_ema": False,
@@ -413,17 +427,17 @@ def run_all(args) -> dict:
                     _save(results, out)
                     print(_line(row), flush=True)
             continue
-        conditional = recipe == "kuosan-cond"
+        conditional, variant = recipe == "kuosan-cond", recipe.partition(":")[2]
         for minutes in (_floats(args.cond_budgets) if conditional else budgets):
-            run = root / f"{recipe}-{minutes:g}min"
+            run = root / f"{recipe.replace(':', '-')}-{minutes:g}min"
             print(f"{recipe}: training for {minutes:g} CPU-minutes", flush=True)
-            info = train_kuosan(run, minutes, conditional, args.seed, args.threads)
+            info = train_kuosan(run, minutes, conditional, args.seed, args.threads, variant)
             images, speed = _timed_sample(sample_kuosan, run, args.n, 0)
             row = {"recipe": recipe, "minutes": minutes, **info, **speed, **score_images(images, ref)}
             results["rows"][f"{recipe}@{minutes:g}"] = row
             _save(results, out)
             print(_line(row), flush=True)
-            for s in ([] if conditional else sigma_rels):
+            for s in ([] if conditional or variant else sigma_rels):
                 images, speed = _timed_sample(sample_kuosan, run, args.n, 0, s)
                 name = f"kuosan, post-hoc EMA σ_rel {s:g}"
                 row = {"recipe": name, "minutes": minutes, **info, **speed, **score_images(images, ref)}
