@@ -308,3 +308,15 @@ def test_auto_on_onnxruntime_samples_eager_torchs_images(tmp_path, monkeypatch):
     assert list((tmp_path / "onnx").iterdir())  # exported on the first call
     eager = pipe.sample([0], sampler="euler", steps=3, backend="torch")
     assert np.abs(auto.images.astype(int) - eager.images.astype(int)).max() <= 1
+
+
+def test_pipeline_reuses_its_runtime_until_the_weights_change(pipe, fake_onnxruntime, monkeypatch):
+    opened = []
+    real = kx.runtime_denoiser
+    monkeypatch.setattr("kuosan.pipeline.runtime_denoiser", lambda *a, **k: opened.append(1) or real(*a, **k))
+    pipe.sample([1], steps=2, sampler="euler", backend="auto")
+    pipe.sample([2], steps=2, sampler="euler", backend="auto")
+    assert len(opened) == 1
+    pipe.precond.load_state_dict(pipe.precond.state_dict())  # an in-place change of the weights
+    pipe.sample([1], steps=2, sampler="euler", backend="auto")
+    assert len(opened) == 2

@@ -102,6 +102,7 @@ class Pipeline:
         self.weights_file = weights_file  # model.safetensors or ema.safetensors of a kuosan checkpoint
         self.record = record if isinstance(record, RunConfig) else RunConfig.from_dict(record)  # its config.json
         self.autoencoder = autoencoder  # latent models: a kuosan.latent.LatentAutoencoder that decodes samples
+        self._denoisers = {}  # (backend, threads, precision, weights' versions) -> runtime_denoiser's, reused
 
     @classmethod
     def load(cls, checkpoint_dir, device=None, use_ema: bool = True, autoencoder=None,
@@ -257,8 +258,7 @@ class Pipeline:
             raise KuosanError("thresholding keeps pixels in [-1, 1]; this model samples latents, which have "
                               "another range: drop the threshold")
         sample_fn = generate_distributed if distributed else generate
-        den = runtime_denoiser(self, backend, threads, precision="bfloat16" if bf16 else "float32")
-        den = None if den is self.precond else den
+        den = self._denoiser(backend, threads, "bfloat16" if bf16 else "float32")
         t0 = time.perf_counter()
         x = sample_fn(self.precond, sample=cfg, shape=self.image_shape, seeds=seeds, class_labels=labels,
                       null_label=self.num_classes or None, batch_size=req["batch"] or DEFAULT_BATCH,
@@ -269,6 +269,17 @@ class Pipeline:
         return SampleResult(images=images, labels=None if labels is None else np.asarray(labels, np.int64),
                             seeds=seeds, nfe=nfe(cfg.sampler, cfg.steps), seconds=seconds,
                             params=self.generation_params(cfg, threshold))
+
+    def _denoiser(self, backend: str, threads: int | None, precision: str):
+        """The backend's denoiser (None: ``self.precond``), made once and reused while the weights are unchanged
+        (a runtime's session and its weights' fingerprint are not remade every call; an in-place change of
+        the weights, such as ``load_state_dict``, moves their version counters and makes a new one)."""
+        versions = tuple(t._version for t in self.precond.state_dict().values())
+        key = (backend, threads, precision, versions)
+        if key not in self._denoisers:
+            den = runtime_denoiser(self, backend, threads, precision=precision)
+            self._denoisers = {key: None if den is self.precond else den}
+        return self._denoisers[key]
 
     def generation_params(self, cfg: SampleConfig, threshold=None) -> dict:
         """What a PNG made by this model records of how it was made (:mod:`kuosan.pnginfo`)."""
