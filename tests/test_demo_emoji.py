@@ -124,3 +124,16 @@ def test_emoji_classifier_reaches_its_recorded_accuracy():
     accuracy = float((predict(model, test.images).argmax(1) == test.labels.numpy()).mean())
     assert accuracy == pytest.approx(meta["test_accuracy"], abs=2e-3)
     assert accuracy >= 0.6  # 9 classes of emoji it never saw in training; the largest class is 25% of the test split
+
+
+def test_training_grid_of_a_many_class_model_is_capped():
+    """A run of 936 classes (emoji:fine) ends with a sample grid of GRID_ROWS rows spread over its classes,
+    not 9,360 images."""
+    from kuosan.training.loop import GRID_ROWS, _class_grid_labels
+
+    labels = _class_grid_labels(936, 10)
+    rows = sorted(set(labels))
+    assert len(labels) == 10 * GRID_ROWS and len(rows) == GRID_ROWS
+    assert rows[0] == 0 and rows[-1] == 935
+    assert _class_grid_labels(9, 2) == [c for c in range(9) for _ in range(2)]
+    assert _class_grid_labels(0, 10) is None

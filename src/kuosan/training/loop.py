@@ -69,14 +69,20 @@ def lr_at(step: int, cfg, fraction: float | None = None) -> float:
     return cfg.lr * (0.05 + 0.95 * shape)
 
 
+GRID_ROWS = 16   # a model of more classes (ImageNet-like) shows this many, spread evenly over its classes
+
+
 def _class_grid_labels(num_classes: int, per_class: int) -> list[int] | None:
     if num_classes == 0:
         return None
-    return [c for c in range(num_classes) for _ in range(per_class)]
+    rows = range(num_classes) if num_classes <= GRID_ROWS else \
+        [round(i * (num_classes - 1) / (GRID_ROWS - 1)) for i in range(GRID_ROWS)]
+    return [c for c in rows for _ in range(per_class)]
 
 
 def sample_grid(precond, cfg: Config, spec: dict, path: Path, per_class: int = 10, decoder=None) -> Path:
-    """One row per class (or an 8×8 grid when unconditional), fixed seeds, EMA weights; ``decoder``
+    """One row per class (at most :data:`GRID_ROWS`, spread over the classes; an 8×8 grid when unconditional),
+    fixed seeds, EMA weights; ``decoder``
     (a :class:`kuosan.latent.LatentAutoencoder`) turns a latent model's samples into pixels."""
     f = spec["fields"]
     labels = _class_grid_labels(f["num_classes"], per_class)
