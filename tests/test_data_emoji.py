@@ -31,6 +31,9 @@ ENTRIES = [
     ("1F1EB-1F1F7", "Flags", "country-flag", 12),                        # dropped
     ("1F523", "Symbols", "alphanum", 13),                                # dropped
 ]
+NAMES = {"1F600": "Grinning Face", "1F44D": "Thumbs Up Sign", "1F468-200D-1F373": "Man Cook",
+         "1F469-200D-1F373": "Woman Cook", "1F9D1-200D-1F373": "Cook", "1F98A": "Fox Face", "1F355": "Slice of Pizza",
+         "1F3D4-FE0F": "Snow Capped Mountain", "231A": "Watch"}
 GOOGLE_LACKS = {"1F98A", "1F9D1-200D-1F373"}
 FLUENT_HAS = {"1F600", "1F355", "1F3D4-FE0F"}
 
@@ -54,7 +57,8 @@ def write_sources(base):
     rows = []
     for unified, cat, sub, order in ENTRIES:
         name = unified.lower()
-        row = {"unified": unified, "image": f"{name}.png", "category": cat, "subcategory": sub, "sort_order": order}
+        row = {"unified": unified, "image": f"{name}.png", "category": cat, "subcategory": sub, "sort_order": order,
+               "name": NAMES.get(unified)}
         if unified == "1F44D":
             row["skin_variations"] = {"1F3FB": {"unified": "1F44D-1F3FB", "image": "1f44d-1f3fb.png"}}
         rows.append(row)
@@ -133,6 +137,29 @@ def test_one_style_keeps_the_style_index(sources):
     assert len(few) == 4 and few.styles.shape == (4,)
     part = few.subset([0, 2])
     assert torch.equal(part.styles, few.styles[[0, 2]]) and part.style_names == few.style_names
+
+
+def test_fine_labels_name_each_training_emoji(sources):
+    train, fine = load_dataset("emoji"), load_dataset("emoji:fine")
+    # catalogue order (class, then emoji.json's order); the pizza is a test emoji, so it is no class; the cook's
+    # name is the neutral one's, though google draws the man cook
+    assert fine.class_names == ["grinning face", "thumbs up sign", "cook", "fox face", "snow capped mountain", "watch"]
+    assert torch.equal(fine.images, train.images) and torch.equal(fine.styles, train.styles)
+    groups = emoji.groups_of(fine.class_names)
+    assert [train.class_names[g] for g in groups] == ["faces", "people", "people", "animals", "landscapes", "objects"]
+    assert [groups[int(c)] for c in fine.labels] == train.labels.tolist()
+    assert len(set(fine.labels.tolist())) == len(fine.class_names)             # every class has an image
+    assert load_dataset("emoji:google:fine").class_names == ["grinning face", "thumbs up sign", "cook",
+                                                              "snow capped mountain", "watch"]
+    assert dataset_fingerprint("emoji:fine") != dataset_fingerprint("emoji")
+    for spec in ("emoji:fine:test", "emoji:fine:all"):
+        with pytest.raises(KuosanError, match="emoji:test") as e:
+            load_dataset(spec)
+        assert "\n" not in str(e.value)
+    with pytest.raises(KuosanError, match="noto"):
+        load_dataset("emoji:noto:fine")
+    with pytest.raises(KuosanError, match="not an emoji"):
+        emoji.groups_of(["grinning face", "no such emoji"])
 
 
 def test_cache_is_used_and_invalidated_when_a_source_changes(sources, tmp_path, monkeypatch):

@@ -7,8 +7,13 @@ import argparse
 EXAMPLES = """examples:
   kuosan data fashion-mnist:test
   kuosan data mnist --grid digits.png
+  kuosan data emoji                                 colour, 9 classes (faces, animals, landscapes ...)
+  kuosan data emoji:fine                            the same images, a class per emoji ("dog face")
   kuosan data path/to/folder --grid real.png       one subfolder per class
 """
+
+
+SHOW_CLASSES = 20      # a set with more than twice this many classes lists its first ones
 
 
 def register(sub) -> None:
@@ -34,8 +39,11 @@ def run(args) -> int:
     counts = ds.labels.bincount(minlength=ds.num_classes).tolist()
     print(f"{ds.name}: {len(ds)} images, {ds.channels}x{ds.resolution}x{ds.resolution}, "
           f"{ds.num_classes} classes")
-    for name, c in zip(ds.class_names, counts):
+    shown = SHOW_CLASSES if ds.num_classes > 2 * SHOW_CLASSES else ds.num_classes
+    for name, c in zip(ds.class_names[:shown], counts):
         print(f"  {name}: {c}")
+    if shown < ds.num_classes:
+        print(f"  ... and {ds.num_classes - shown} more (images per class: {min(counts)} to {max(counts)})")
     if args.grid:
         save_png(make_grid(ds.images[:64].permute(0, 2, 3, 1).numpy(), 8), args.grid, scale=2)
         print(f"grid: {args.grid}")

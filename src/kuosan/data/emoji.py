@@ -5,7 +5,8 @@ emoji-datasource 16.0.0, Microsoft's Fluent 3D (``@lobehub/fluent-emoji-3d`` 1.1
 EmojiOne 2 (Debian ``ruby-gemojione`` 3.3.0), each installed by ``scripts/install_emoji_data.sh``. The set
 holds every style that is installed; ``emoji:<style>`` holds one (``twitter``, ``google``, ``fluent``,
 ``openmoji``, ``gemojione``), and ``emoji:noto`` is the older 730-image set rendered from the Noto font
-(:mod:`kuosan.data.emoji_noto`). Specs: ``emoji[:STYLE][:SPLIT]``.
+(:mod:`kuosan.data.emoji_noto`). Specs: ``emoji[:STYLE][:SPLIT]``; ``emoji[:STYLE]:fine`` labels each training
+emoji as its own class, by its name in emoji.json (see :data:`FINE`; training split only).
 
 Classes, by meaning, from ``emoji.json``'s ``subcategory`` (its ``category`` in brackets):
 
@@ -74,6 +75,8 @@ CLASSES = {
                 "household", "other-object", "hotel", "time"),
 }
 CLASS_NAMES = list(CLASSES)
+FINE = "fine"   # emoji:fine: every training emoji is its own class, named by emoji.json ("dog face"), as
+                # ImageNet's 1,000 classes are; its classes' groups are the classes above (groups_of)
 DROPPED = ((0x1F550, 0x1F567),)                 # the clock faces: 24 near-duplicates
 _FOLD = {"1F468": "1F9D1", "1F469": "1F9D1",   # man, woman -> person
          "1F466": "1F9D2", "1F467": "1F9D2"}   # boy, girl -> child
@@ -134,26 +137,29 @@ class Emoji:
     key: str
     label: int
     members: tuple[str, ...]
+    name: str = ""    # emoji.json's name of the preferred member, lower case: "dog face"
 
 
 def read_catalogue(path: Path) -> list[Emoji]:
     """The emoji of ``emoji.json`` in the classes above, in class then ``sort_order`` order."""
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
-        rows = [(e["unified"], e.get("subcategory"), int(e.get("sort_order", 0))) for e in entries]
+        rows = [(e["unified"], e.get("subcategory"), int(e.get("sort_order", 0)), str(e.get("name") or e["unified"]))
+                for e in entries]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise KuosanError(f"{path} is not emoji-datasource's emoji.json ({e}); run "
                           f"`{emoji_sources.INSTALL}` again after deleting {path.parent}") from None
     label_of = {sub: k for k, subs in enumerate(CLASSES.values()) for sub in subs}
-    groups: dict[tuple[int, str], list[tuple[bool, int, str]]] = {}
-    for unified, sub, order in rows:
+    groups: dict[tuple[int, str], list[tuple[bool, int, str, str]]] = {}
+    for unified, sub, order, name in rows:
         if sub not in label_of:
             continue
         key, own = group_key(unified), emoji_sources.seq_key(unified)
         if not _dropped(key):
-            groups.setdefault((label_of[sub], key), []).append((own != key, order, own))
+            groups.setdefault((label_of[sub], key), []).append((own != key, order, own, name.lower()))
     ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], min(m[1] for m in kv[1])))
-    return [Emoji(key, label, tuple(m[2] for m in sorted(members))) for (label, key), members in ordered]
+    return [Emoji(key, label, tuple(m[2] for m in sorted(members)), min(members)[3])
+            for (label, key), members in ordered]
 
 
 def is_test(key: str) -> bool:
@@ -242,9 +248,10 @@ def load_style(style: Style, root: str | None = None):
 
 # --- the data set ----------------------------------------------------------------------------------
 
-def parse_style(suffix: str) -> tuple[str | None, str | None]:
-    """``"twitter:test"`` -> ``("twitter", "test")``; ``"test"`` -> ``(None, "test")``; ``""`` -> ``(None, None)``."""
-    style, split = None, None
+def parse_style(suffix: str) -> tuple[str | None, str | None, bool]:
+    """``"twitter:test"`` -> ``("twitter", "test", False)``; ``"fine"`` -> ``(None, None, True)``; ``""`` ->
+    ``(None, None, False)``. The third part: labels by emoji (:data:`FINE`) instead of by class."""
+    style, split, fine = None, None, False
     for part in [p for p in suffix.lower().split(":") if p] if suffix else []:
         if part in STYLE_NAMES or part == "noto":
             if style:
@@ -252,10 +259,21 @@ def parse_style(suffix: str) -> tuple[str | None, str | None]:
             style = part
         elif part in ("train", "test", "all") and split is None:
             split = part
+        elif part == FINE and not fine:
+            fine = True
         else:
-            raise KuosanError(f"emoji:{suffix}: {part!r} is neither a style ({', '.join(STYLE_NAMES)}, noto) "
-                              "nor a split (train, test, all)")
-    return style, split
+            raise KuosanError(f"emoji:{suffix}: {part!r} is neither a style ({', '.join(STYLE_NAMES)}, noto), "
+                              f"a split (train, test, all) nor {FINE!r} (a class per emoji)")
+    if fine and style == "noto":
+        raise KuosanError(f"emoji:{suffix}: the noto set has no per-emoji labels; drop {FINE!r} or the style")
+    return style, split, fine
+
+
+def target_parts(rest: str) -> tuple[str | None, bool]:
+    """The part of a parsed target after ``emoji:`` -> ``(style or None, fine)``: ``"twitter:fine"`` ->
+    ``("twitter", True)``."""
+    parts = [p for p in rest.split(":") if p]
+    return next((p for p in parts if p != FINE), None), FINE in parts
 
 
 def _styles_of(style: str | None, root: str | None) -> list[Style]:
@@ -265,17 +283,22 @@ def _styles_of(style: str | None, root: str | None) -> list[Style]:
     return emoji_sources.installed(root)
 
 
-def fingerprint(style: str | None, root: str | None = None) -> list:
-    """What ``emoji[:style]`` depends on (for :func:`kuosan.data.dataset_fingerprint`)."""
-    return [CACHE_VERSION, emoji_sources.catalogue_fingerprint(root), CLASSES, DROPPED,
+def fingerprint(style: str | None, root: str | None = None, fine: bool = False) -> list:
+    """What ``emoji[:style][:fine]`` depends on (for :func:`kuosan.data.dataset_fingerprint`)."""
+    return [CACHE_VERSION, *(["fine"] if fine else []), emoji_sources.catalogue_fingerprint(root), CLASSES, DROPPED,
             [emoji_sources.fingerprint(s, root) for s in _styles_of(style, root)]]
 
 
-def read_emoji(split: str, root: str | None = None, style: str | None = None):
+def read_emoji(split: str, root: str | None = None, style: str | None = None, fine: bool = False):
     """``(images [N, 3, 64, 64], labels, class_names, styles)`` of ``split``: train, then test for ``all``.
 
-    ``style``: one style's name, or ``None`` for every installed one; ``root``: the sources' directory.
+    ``style``: one style's name, or ``None`` for every installed one; ``root``: the sources' directory;
+    ``fine``: every training emoji its own class, named by emoji.json (see :data:`FINE`).
     """
+    if fine and split != "train":
+        raise KuosanError(f"emoji:{FINE} has a class for each training emoji, so it has no {split} split (its test "
+                          f"emoji are classes it never saw); use emoji:test, whose classes are the "
+                          f"{len(CLASS_NAMES)} groups, to evaluate against")
     parts = [(s, *load_style(s, root)) for s in _styles_of(style, root)]
     images = np.concatenate([p[1] for p in parts])
     labels = np.concatenate([p[2] for p in parts])
@@ -283,5 +306,34 @@ def read_emoji(split: str, root: str | None = None, style: str | None = None):
     test = np.array([is_test(str(k)) for p in parts for k in p[3]], dtype=bool)
     train_rows, test_rows = np.flatnonzero(~test), np.flatnonzero(test)
     keep = {"train": train_rows, "test": test_rows, "all": np.concatenate([train_rows, test_rows])}[split]
+    names = list(CLASS_NAMES)
+    if fine:
+        keys = np.array([str(k) for p in parts for k in p[3]])[keep]
+        taken = set(keys.tolist())
+        catalogue = [e for e in read_catalogue(emoji_sources.catalogue_file(root)) if e.key in taken]
+        index = {e.key: i for i, e in enumerate(catalogue)}
+        labels, names = np.array([index[k] for k in keys], dtype=np.int64), fine_names(catalogue)
+        keep = np.arange(len(keep))
+        images, styles = images[train_rows], styles[train_rows]
     return (torch.from_numpy(np.ascontiguousarray(images[keep])), torch.from_numpy(labels[keep]),
-            list(CLASS_NAMES), torch.from_numpy(styles[keep]))
+            names, torch.from_numpy(styles[keep]))
+
+
+def fine_names(catalogue: list[Emoji]) -> list[str]:
+    """The emoji's names, made unique (a repeated name gets its key in brackets)."""
+    counts: dict[str, int] = {}
+    for e in catalogue:
+        counts[e.name] = counts.get(e.name, 0) + 1
+    return [e.name if counts[e.name] == 1 else f"{e.name} ({e.key.lower()})" for e in catalogue]
+
+
+def groups_of(class_names: list[str], root: str | None = None) -> list[int]:
+    """For a model trained on ``emoji:fine``: the group (index into :data:`CLASS_NAMES`) of each class name."""
+    catalogue = read_catalogue(emoji_sources.catalogue_file(root))
+    by_name = dict(zip(fine_names(catalogue), (e.label for e in catalogue)))
+    by_name.update({e.name: e.label for e in catalogue if e.name not in by_name})
+    missing = [n for n in class_names if n not in by_name]
+    if missing:
+        raise KuosanError(f"{missing[0]!r} is not an emoji of emoji.json's classes; was the model trained on "
+                          f"emoji:{FINE}?")
+    return [by_name[n] for n in class_names]
