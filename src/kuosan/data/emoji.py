@@ -312,9 +312,8 @@ def read_emoji(split: str, root: str | None = None, style: str | None = None, fi
         taken = set(keys.tolist())
         catalogue = [e for e in read_catalogue(emoji_sources.catalogue_file(root)) if e.key in taken]
         index = {e.key: i for i, e in enumerate(catalogue)}
-        labels, names = np.array([index[k] for k in keys], dtype=np.int64), fine_names(catalogue)
-        keep = np.arange(len(keep))
-        images, styles = images[train_rows], styles[train_rows]
+        labels = labels.astype(np.int64)              # a copy; only the kept rows are relabelled
+        labels[keep], names = [index[k] for k in keys], fine_names(catalogue)
     return (torch.from_numpy(np.ascontiguousarray(images[keep])), torch.from_numpy(labels[keep]),
             names, torch.from_numpy(styles[keep]))
 
