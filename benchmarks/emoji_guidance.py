@@ -76,16 +76,22 @@ def main(argv=None) -> int:
         blocks.append(make_grid(first, nrow=4, value=255))
     f = result["floor"]
     print(f"{'real':>8} {f['conditional_accuracy']:9.3f} {f['fd_emoji-cnn']:13.2f} {f['fd_efficientnet-lite0']:16.1f}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    from PIL import Image
-
-    gap = np.full((blocks[0].shape[0], 12, 3), 255, np.uint8)
-    strip = np.concatenate([x for b in blocks for x in (b, gap)][:-1], axis=1)
-    png = Path(args.out).with_suffix(".png")
-    Image.fromarray(strip).save(png)
+    png = save_results(result, blocks, args.out, gap=12)
     print(f"results: {args.out}\npicture: {png} (columns of 4 per weight, in the order given; a row per class)")
     return 0
+
+
+def save_results(result: dict, blocks: list, out: str, gap: int) -> Path:
+    """``result`` as the JSON file ``out``; ``blocks`` (grids of one setting each) side by side, ``gap`` white
+    pixels apart, as the PNG beside it, which is returned."""
+    from PIL import Image
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2))
+    space = np.full((blocks[0].shape[0], gap, 3), 255, np.uint8)
+    png = Path(out).with_suffix(".png")
+    Image.fromarray(np.concatenate([x for b in blocks for x in (b, space)][:-1], axis=1)).save(png)
+    return png
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ def test_latent_demo_end_to_end(tmp_path, monkeypatch):
     assert 0 <= acc["generated"] <= 1 and 0 <= acc["floor"] <= 1
     md = (out / "report.md").read_text()
     assert "faces → animals" in md and "conditional accuracy" in md and "PSNR" in md
+    assert "training noise ln σ ~ N(-0.5, 1.2²)" in md  # the recipe's noise levels, stated
 
 
 def test_a_second_demo_starts_afresh_and_a_foreign_directory_is_refused(tmp_path):

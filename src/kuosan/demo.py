@@ -508,8 +508,8 @@ def _latent_markdown(r: dict, cfg: Config, pipe, recipe: LatentRecipe) -> str:
         f"| latent model | preset `{r['presets']['diffusion']}`; {m.kind}, base {m.base_channels}, mults {list(m.channel_mults)}, {m.num_blocks} block(s) a "
         f"level, attention at {list(pipe.config['network']['fields'].get('attn_resolutions', []))}, "
         f"{r['parameters'] / 1e6:.2f} M parameters, {r['gflop_per_forward']} GFLOP a forward |",
-        f"| parameterisation | {cfg.diffusion.precond}, σ_data {cfg.diffusion.sigma_data}, label dropout "
-        f"{cfg.diffusion.label_dropout} |",
+        f"| parameterisation | {cfg.diffusion.precond}, σ_data {cfg.diffusion.sigma_data}, training noise ln σ ~ "
+        f"N({cfg.diffusion.p_mean:g}, {cfg.diffusion.p_std:g}²), label dropout {cfg.diffusion.label_dropout} |",
         *_run_rows(r, cfg, "latent model training",
                    f"| sampling | {r['sampling_images_per_s']} images/s, decoding included |", "losses"),
     ]

@@ -1,0 +1,141 @@
+"""Recipes for the colour demo's latent model, compared by measurement at equal CPU time.
+
+    .venv/bin/python benchmarks/emoji_ldm_recipes.py [--autoencoder runs/demo-emoji/autoencoder] \
+        [--arms ARM ...] [--minutes 10] [--guidance 3] [--per-class 30] [--out FILE]
+
+An arm is the demo's CPU latent preset (``kuosan/configs/emoji-ldm.json``) with config overrides,
+``KEY=VALUE`` pairs joined by ``;`` (VALUE in JSON; an empty arm is the preset itself). Each arm trains on the
+same autoencoder for the same wall time, with the demo's time schedule (learning-rate decay and power EMA over
+the time), one after the other in this process; then the same class-balanced seeds are sampled and scored
+against the test split: the share the shipped emoji classifier puts in the class asked for, Fréchet distance in
+its features and in EfficientNet-Lite0's. The autoencoder is the one ``make demo-emoji`` trains
+(runs/demo-emoji/autoencoder). Writes ``--out`` (JSON) and a PNG beside it: the first 6 samples of each class
+for each arm, side by side.
+
+Two questions it was run for:
+  * noise levels: EDM (Karras et al. 2022, eq. 8 and Table 1) draws the training noise as
+    ln σ ~ N(P_mean, P_std²); a higher P_mean spends more of a short run on the large σ, where a sample's layout
+    is decided: ``--arms diffusion.p_mean=-0.5 diffusion.p_mean=0.3 --out benchmarks/results/emoji_ldm_noise_levels.json``
+  * width at low resolution: channels ×4 at 4x4 and attention there too, which costs little at 4x4:
+    ``--arms "" "model.channel_mults=[1,2,4];model.attn_resolutions=[8,4]" --out benchmarks/results/emoji_ldm_width.json``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--autoencoder", default="runs/demo-emoji/autoencoder", help="a train-autoencoder run on emoji")
+    p.add_argument("--arms", nargs="+", default=["", "diffusion.p_mean=0.3"],
+                   help="config overrides of each arm: KEY=VALUE;KEY=VALUE (VALUE in JSON; '' = the preset)")
+    p.add_argument("--minutes", type=float, default=10.0, help="training wall time of each model")
+    p.add_argument("--guidance", type=float, default=None, help="guidance weight (default: the preset's)")
+    p.add_argument("--per-class", type=int, default=30, help="samples per class scored for each model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(RESULTS / "emoji_ldm_recipes.json"))
+    args = p.parse_args(argv)
+    try:
+        arms = [parse_arm(a) for a in args.arms]
+    except ValueError as e:
+        print(f"--arms: {e}", file=sys.stderr)
+        return 2
+    if not Path(args.autoencoder).is_dir():
+        print(f"no autoencoder run at {args.autoencoder}; run `make demo-emoji` first or pass --autoencoder DIR",
+              file=sys.stderr)
+        return 2
+
+    from kuosan.runtime import openmp_defaults
+
+    openmp_defaults()
+    import torch
+
+    import kuosan
+    from kuosan.config import load_config, resolve_config_path
+    from kuosan.data import load_dataset
+    from kuosan.demo import DEMO_SIGMA_REL
+    from kuosan.evaluation.classifier import load_classifier, predict
+    from kuosan.evaluation.features import get_extractor
+    from kuosan.evaluation.metrics import frechet_distance_features
+    from kuosan.images import make_grid
+    from kuosan.nets.build import count_parameters
+    from kuosan.records import read_train_state
+    from kuosan.training.loop import train
+
+    base = resolve_config_path("emoji-ldm")
+    test = load_dataset("emoji:test")
+    clf, _ = load_classifier("emoji-cnn")
+    extractors = {name: get_extractor(name, device="cpu") for name in ("emoji-cnn", "efficientnet-lite0")}
+    refs = {name: ext(test.images) for name, ext in extractors.items()}
+    seconds = 60 * args.minutes
+    result = {"autoencoder": args.autoencoder, "preset": "emoji-ldm", "minutes": args.minutes,
+              "load_average_start": list(os.getloadavg()), "rows": []}
+    blocks = []
+    print(f"{'arm':>40} {'steps':>6} {'img/s':>6} {'accuracy':>9} {'FD emoji-cnn':>13} {'FD EfficientNet':>16}")
+    with tempfile.TemporaryDirectory(prefix="kuosan-ldm-recipes-") as tmp:
+        for i, (name, overrides) in enumerate(zip(args.arms, arms)):
+            cfg = load_config(None, {"train.data": "emoji", "train.autoencoder": args.autoencoder,
+                                     "train.seed": args.seed, "train.out": f"{tmp}/arm{i}",
+                                     "train.steps": 100_000, "train.time_limit": seconds,
+                                     "train.decay_over": "time", "train.ema_sigma_rel": DEMO_SIGMA_REL,
+                                     "train.checkpoint_every": 0, "train.sample_every": 0, **overrides}, base=base)
+            t0 = time.time()
+            run = train(cfg, progress=False, log=lambda *a: None)
+            train_s = time.time() - t0
+            pipe = kuosan.load(run, device="cpu")
+            k = pipe.num_classes
+            labels = [i % k for i in range(k * args.per_class)]
+            w = args.guidance if args.guidance is not None else pipe.sample_config.guidance
+            res = pipe.sample(list(range(len(labels))), labels, guidance=w, batch_size=90)
+            images = torch.from_numpy(np.ascontiguousarray(res.images.transpose(0, 3, 1, 2)))
+            steps = read_train_state(pipe.path).step
+            row = {"arm": name or "the preset", "overrides": overrides, "p_mean": cfg.diffusion.p_mean,
+                   "p_std": cfg.diffusion.p_std, "parameters": count_parameters(pipe.precond), "steps": steps, "batch": cfg.train.batch,
+                   "train_seconds": round(train_s, 1), "images_per_s": round(steps * cfg.train.batch / train_s, 1),
+                   "guidance": w,
+                   "conditional_accuracy": float((predict(clf, images).argmax(1) == np.asarray(labels)).mean()),
+                   **{f"fd_{name}": frechet_distance_features(ext(images), refs[name])
+                      for name, ext in extractors.items()}}
+            result["rows"].append(row)
+            print(f"{row['arm'][:40]:>40} {steps:6d} {row['images_per_s']:6.1f} {row['conditional_accuracy']:9.3f} "
+                  f"{row['fd_emoji-cnn']:13.2f} {row['fd_efficientnet-lite0']:16.1f}", flush=True)
+            first = np.concatenate([res.images[c::k][:6] for c in range(k)])  # a row per class
+            blocks.append(make_grid(first, nrow=6, value=255))
+    result["load_average_end"] = list(os.getloadavg())
+    result["floor_accuracy"] = float((predict(clf, test.images).argmax(1) == test.labels.numpy()).mean())
+    print(f"classifier on the {len(test)} test images: {result['floor_accuracy']:.3f}")
+    from emoji_guidance import save_results  # this folder is on the path when run as a script
+
+    png = save_results(result, blocks, args.out, gap=16)
+    print(f"results: {args.out}\npicture: {png} (6 columns per arm, in the order given; a row per class)")
+    return 0
+
+
+def parse_arm(text: str) -> dict:
+    """``"model.channel_mults=[1,2,4];diffusion.p_mean=0.3"`` -> ``{"model.channel_mults": [1, 2, 4], ...}``."""
+    out = {}
+    for part in [x.strip() for x in text.split(";") if x.strip()]:
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{part!r} is not KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value.strip()
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
