@@ -40,9 +40,6 @@ def main(argv=None) -> int:
     import kuosan
     from kuosan.data import load_dataset
     from kuosan.data.dataset import take_stratified
-    from kuosan.evaluation.classifier import load_classifier, predict
-    from kuosan.evaluation.features import get_extractor
-    from kuosan.evaluation.metrics import frechet_distance_features
     from kuosan.images import make_grid
 
     pipe = kuosan.load(args.run, device="cpu")
@@ -51,14 +48,10 @@ def main(argv=None) -> int:
     labels = [i % k for i in range(n)]
     test, train = load_dataset("emoji:test"), load_dataset("emoji:train")
     floor = train.images[torch.from_numpy(take_stratified(train.labels.numpy(), n))]
-    clf, _ = load_classifier("emoji-cnn")
-    extractors = {name: get_extractor(name, device="cpu") for name in ("emoji-cnn", "efficientnet-lite0")}
-    refs = {name: ext(test.images) for name, ext in extractors.items()}
+    score = scorer(test)
     result = {"run": args.run, "n": n, "sampler": {"sampler": pipe.sample_config.sampler, "steps": pipe.sample_config.steps},
               "reference": f"emoji:test ({len(test)} images)", "load_average_start": list(os.getloadavg()),
-              "floor": {"conditional_accuracy": float((predict(clf, test.images).argmax(1) == test.labels.numpy()).mean()),
-                        **{f"fd_{name}": frechet_distance_features(ext(floor), refs[name])
-                           for name, ext in extractors.items()}},
+              "floor": {**score(floor, None), "conditional_accuracy": score.floor_accuracy},
               "rows": []}
     blocks = []
     print(f"{'guidance':>8} {'accuracy':>9} {'FD emoji-cnn':>13} {'FD EfficientNet':>16} {'seconds':>8}")
@@ -67,8 +60,7 @@ def main(argv=None) -> int:
         res = pipe.sample(list(range(n)), labels, guidance=w, batch_size=90)
         images = torch.from_numpy(np.ascontiguousarray(res.images.transpose(0, 3, 1, 2)))
         row = {"guidance": w, "seconds": round(time.time() - t0, 1), "nfe": res.nfe,
-               "conditional_accuracy": float((predict(clf, images).argmax(1) == np.asarray(labels)).mean()),
-               **{f"fd_{name}": frechet_distance_features(ext(images), refs[name]) for name, ext in extractors.items()}}
+               **score(images, labels)}
         result["rows"].append(row)
         print(f"{w:8g} {row['conditional_accuracy']:9.3f} {row['fd_emoji-cnn']:13.2f} {row['fd_efficientnet-lite0']:16.1f} "
               f"{row['seconds']:8.1f}", flush=True)
@@ -79,6 +71,28 @@ def main(argv=None) -> int:
     png = save_results(result, blocks, args.out, gap=12)
     print(f"results: {args.out}\npicture: {png} (columns of 4 per weight, in the order given; a row per class)")
     return 0
+
+
+def scorer(test):
+    """``score(images, labels)`` against the test split ``test``: ``fd_emoji-cnn`` and ``fd_efficientnet-lite0``
+    (Fréchet distance in those features), and with ``labels`` ``conditional_accuracy``, the share the shipped
+    emoji classifier puts in the class asked for. ``score.floor_accuracy``: that classifier on ``test``."""
+    from kuosan.evaluation.classifier import load_classifier, predict
+    from kuosan.evaluation.features import get_extractor
+    from kuosan.evaluation.metrics import frechet_distance_features
+
+    clf, _ = load_classifier("emoji-cnn")
+    extractors = {name: get_extractor(name, device="cpu") for name in ("emoji-cnn", "efficientnet-lite0")}
+    refs = {name: ext(test.images) for name, ext in extractors.items()}
+
+    def score(images, labels) -> dict:
+        out = {f"fd_{name}": frechet_distance_features(ext(images), refs[name]) for name, ext in extractors.items()}
+        if labels is not None:
+            out["conditional_accuracy"] = float((predict(clf, images).argmax(1) == np.asarray(labels)).mean())
+        return out
+
+    score.floor_accuracy = float((predict(clf, test.images).argmax(1) == test.labels.numpy()).mean())
+    return score
 
 
 def save_results(result: dict, blocks: list, out: str, gap: int) -> Path:

@@ -66,26 +66,23 @@ def main(argv=None) -> int:
     from kuosan.config import load_config, resolve_config_path
     from kuosan.data import load_dataset
     from kuosan.demo import DEMO_SIGMA_REL
-    from kuosan.evaluation.classifier import load_classifier, predict
-    from kuosan.evaluation.features import get_extractor
-    from kuosan.evaluation.metrics import frechet_distance_features
     from kuosan.images import make_grid
     from kuosan.nets.build import count_parameters
     from kuosan.records import read_train_state
     from kuosan.training.loop import train
 
+    from emoji_guidance import save_results, scorer  # this folder is on the path when run as a script
+
     base = resolve_config_path("emoji-ldm")
     test = load_dataset("emoji:test")
-    clf, _ = load_classifier("emoji-cnn")
-    extractors = {name: get_extractor(name, device="cpu") for name in ("emoji-cnn", "efficientnet-lite0")}
-    refs = {name: ext(test.images) for name, ext in extractors.items()}
+    score = scorer(test)
     seconds = 60 * args.minutes
     result = {"autoencoder": args.autoencoder, "preset": "emoji-ldm", "minutes": args.minutes,
               "load_average_start": list(os.getloadavg()), "rows": []}
     blocks = []
     print(f"{'arm':>40} {'steps':>6} {'img/s':>6} {'accuracy':>9} {'FD emoji-cnn':>13} {'FD EfficientNet':>16}")
     with tempfile.TemporaryDirectory(prefix="kuosan-ldm-recipes-") as tmp:
-        for i, (name, overrides) in enumerate(zip(args.arms, arms)):
+        for i, (arm, overrides) in enumerate(zip(args.arms, arms)):
             cfg = load_config(None, {"train.data": "emoji", "train.autoencoder": args.autoencoder,
                                      "train.seed": args.seed, "train.out": f"{tmp}/arm{i}",
                                      "train.steps": 100_000, "train.time_limit": seconds,
@@ -96,28 +93,24 @@ def main(argv=None) -> int:
             train_s = time.time() - t0
             pipe = kuosan.load(run, device="cpu")
             k = pipe.num_classes
-            labels = [i % k for i in range(k * args.per_class)]
+            labels = [j % k for j in range(k * args.per_class)]
             w = args.guidance if args.guidance is not None else pipe.sample_config.guidance
             res = pipe.sample(list(range(len(labels))), labels, guidance=w, batch_size=90)
             images = torch.from_numpy(np.ascontiguousarray(res.images.transpose(0, 3, 1, 2)))
             steps = read_train_state(pipe.path).step
-            row = {"arm": name or "the preset", "overrides": overrides, "p_mean": cfg.diffusion.p_mean,
-                   "p_std": cfg.diffusion.p_std, "parameters": count_parameters(pipe.precond), "steps": steps, "batch": cfg.train.batch,
-                   "train_seconds": round(train_s, 1), "images_per_s": round(steps * cfg.train.batch / train_s, 1),
-                   "guidance": w,
-                   "conditional_accuracy": float((predict(clf, images).argmax(1) == np.asarray(labels)).mean()),
-                   **{f"fd_{name}": frechet_distance_features(ext(images), refs[name])
-                      for name, ext in extractors.items()}}
+            row = {"arm": arm or "the preset", "overrides": overrides, "p_mean": cfg.diffusion.p_mean,
+                   "p_std": cfg.diffusion.p_std, "parameters": count_parameters(pipe.precond), "steps": steps,
+                   "batch": cfg.train.batch, "train_seconds": round(train_s, 1),
+                   "images_per_s": round(steps * cfg.train.batch / train_s, 1), "guidance": w,
+                   **score(images, labels)}
             result["rows"].append(row)
             print(f"{row['arm'][:40]:>40} {steps:6d} {row['images_per_s']:6.1f} {row['conditional_accuracy']:9.3f} "
                   f"{row['fd_emoji-cnn']:13.2f} {row['fd_efficientnet-lite0']:16.1f}", flush=True)
             first = np.concatenate([res.images[c::k][:6] for c in range(k)])  # a row per class
             blocks.append(make_grid(first, nrow=6, value=255))
     result["load_average_end"] = list(os.getloadavg())
-    result["floor_accuracy"] = float((predict(clf, test.images).argmax(1) == test.labels.numpy()).mean())
+    result["floor_accuracy"] = score.floor_accuracy
     print(f"classifier on the {len(test)} test images: {result['floor_accuracy']:.3f}")
-    from emoji_guidance import save_results  # this folder is on the path when run as a script
-
     png = save_results(result, blocks, args.out, gap=16)
     print(f"results: {args.out}\npicture: {png} (6 columns per arm, in the order given; a row per class)")
     return 0
