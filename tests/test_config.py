@@ -48,6 +48,7 @@ BAD = [  # (overrides, words the message must contain)
     (["--guidance", "-1"], "sample.guidance must be between 0 and 100"),
     (["--guidance", "1e6"], "sample.guidance must be between 0 and 100"),
     (["--guidance", "nan"], "sample.guidance: expected a finite number"),
+    (["--guidance_rescale", "1.5"], "sample.guidance_rescale must be between 0 and 1"),
     (["--lr", "inf"], "train.lr: expected a finite number"),
     (["--lr", "1e400"], "train.lr: expected a finite number"),
     (["--lr", "5"], "train.lr 5.0 is absurdly large"),

@@ -176,7 +176,8 @@ def test_a_mask_is_white_where_to_regenerate():
 
 def test_requests_are_checked_as_the_command_line_checks_them(service):
     loaded = service.models.load("")
-    for field, value in [("steps", 0), ("steps", "abc"), ("guidance", -1), ("sampler", "nope"), ("batch", 1.5)]:
+    for field, value in [("steps", 0), ("steps", "abc"), ("guidance", -1), ("sampler", "nope"), ("batch", 1.5),
+                         ("guidance_rescale", 1.5), ("guidance_rescale", "x")]:
         with pytest.raises(KuosanError) as page:
             parse_request({field: value}, loaded)
         with pytest.raises(KuosanError) as library:
@@ -192,6 +193,38 @@ def test_requests_are_checked_as_the_command_line_checks_them(service):
         parse_request({"mode": "invert", "sampler": "ddpm", "image": png_url(Image.new("L", (8, 8)))}, loaded)
     with pytest.raises(KuosanError, match="below its high"):
         parse_request({"interval": [2, 1]}, loaded)
+
+
+def test_guidance_rescale_reaches_the_guided_denoiser_at_every_door(tmp_path_factory, service, capsys):
+    """Lin et al. 2024, eq. 15-16, from the Python API, the command line and the page, as
+    kuosan.diffusion.guidance applies it; out of [0, 1] it is one line at each."""
+    from kuosan.cli import main
+    from kuosan.diffusion.guidance import classifier_free_guidance
+    from kuosan.sampling import generate
+
+    run = tiny_run(tmp_path_factory)
+    pipe = kuosan.load(run)
+    seeds, label = [0, 1, 2], 3
+    rescaled = pipe.sample(seeds, label, guidance=4.0, guidance_rescale=0.7, backend="torch")
+    plain = pipe.sample(seeds, label, guidance=4.0, backend="torch")
+    assert pipe.sample(seeds, label, guidance=4.0, guidance_rescale=0.0, backend="torch").images.tobytes() == \
+        plain.images.tobytes()
+    by_hand = generate(pipe.precond, pipe.sample_config, shape=pipe.image_shape, seeds=seeds, class_labels=[label] * 3,
+                       denoiser=classifier_free_guidance(pipe.precond, 4.0, pipe.num_classes, rescale=0.7))
+    assert rescaled.images.tobytes() == pipe.to_images(by_hand).tobytes()
+    assert rescaled.images.tobytes() != plain.images.tobytes()
+    assert rescaled.params["guidance_rescale"] == 0.7 and "guidance_rescale" not in plain.params
+    with pytest.raises(KuosanError, match=r"^guidance_rescale must be between 0 and 1, got 2(\.0)?$"):
+        pipe.sample(seeds, label, guidance=4.0, guidance_rescale=2)
+    out = tmp_path_factory.mktemp("rescale")
+    assert main(["sample", "--checkpoint", str(run), "--seeds", "0-2", "--class", "3", "--guidance", "4",
+                 "--guidance-rescale", "0.7", "--out", str(out / "ok"), "--backend", "torch"]) == 0
+    assert main(["sample", "--checkpoint", str(run), "--n", "2", "--guidance-rescale", "1.5",
+                 "--out", str(out / "bad")]) == 2
+    assert "--guidance-rescale must be between 0 and 1, got 1.5" in capsys.readouterr().err
+    assert not (out / "bad").exists()
+    req = parse_request({"guidance": 4, "guidance_rescale": "0.7"}, service.models.load(""))
+    assert req.sample.guidance_rescale == 0.7 and req.params()["guidance_rescale"] == 0.7
 
 
 def test_a_request_takes_the_model_defaults_and_a_number_is_one_seed(service):

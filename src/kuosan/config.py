@@ -69,6 +69,7 @@ class SampleConfig:
     schedule: str = "karras"               # σ grid: karras | exponential | log-snr | vp-linear | vp-cosine
     rho: float = 7.0                       # karras schedule's ρ (EDM eq. 5)
     guidance: float = 1.0                  # classifier-free guidance weight (1 = none)
+    guidance_rescale: float = 0.0          # 0-1: pull the guided prediction's spread back to the conditional one's (0 = none)
 
 
 @dataclass(frozen=True)
@@ -463,6 +464,8 @@ def validate(cfg: Config) -> None:
     _positive(s.rho, "sample.rho")
     if not 0 <= s.guidance <= 100:
         raise KuosanError(f"sample.guidance must be between 0 and 100, got {s.guidance}")
+    if not 0 <= s.guidance_rescale <= 1:
+        raise KuosanError(f"sample.guidance_rescale must be between 0 and 1, got {s.guidance_rescale}")
     # model
     _one_of(m.kind, set(NETWORKS), "model.kind")
     for name, hi in (("base_channels", 4096), ("num_blocks", 64), ("head_channels", 4096),

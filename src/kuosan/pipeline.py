@@ -25,7 +25,7 @@ from kuosan.nets.lora import mix_adapters
 from kuosan.records import RunConfig, recorded_sha256
 from kuosan.runtime import resolve_device
 from kuosan.sampling import generate, generate_distributed
-from kuosan.validation import adapter_list, check_sample_request, check_sampler_options, one_of, whole
+from kuosan.validation import SAMPLE_FIELDS, adapter_list, check_sample_request, check_sampler_options, one_of, whole
 
 __all__ = ["Pipeline", "SampleResult"]
 
@@ -225,13 +225,15 @@ class Pipeline:
 
     # -- sampling -------------------------------------------------------------------------------
     def sample(self, seeds: Sequence[int] | str | int = 16, class_labels=None, *, sampler: str | None = None,
-               steps: int | None = None, guidance: float | None = None, schedule: str | None = None,
-               batch_size: int | None = DEFAULT_BATCH, sampler_options: dict | None = None, progress=None,
+               steps: int | None = None, guidance: float | None = None, guidance_rescale: float | None = None,
+               schedule: str | None = None, batch_size: int | None = DEFAULT_BATCH, sampler_options: dict | None = None, progress=None,
                distributed: bool = False, threshold=None, bf16: bool = False, backend: str | None = None,
                threads: int | None = None) -> SampleResult:
         """Generate one image per seed. ``seeds`` is a list, a range string ``"0-63"`` or a count;
         ``class_labels`` one class for all (index or name), a list, or None (conditional models then
-        cycle through the classes: seed k gets class k mod C). ``batch_size`` None means
+        cycle through the classes: seed k gets class k mod C). ``guidance_rescale`` (0 to 1) pulls the guided
+        prediction's spread back toward the conditional one's (Lin et al. 2024, eq. 15-16; diffusers'
+        ``guidance_rescale``); None means the model's ``sample`` section. ``batch_size`` None means
         :data:`DEFAULT_BATCH`; ``sampler_options`` are the sampler's own keyword arguments (``{"eta": 0.5}``,
         checked by :func:`kuosan.validation.check_sampler_options`). With ``distributed`` every process of
         the torch.distributed group calls this: each samples its share of the seeds, all get every image.
@@ -248,9 +250,9 @@ class Pipeline:
         if threads is not None:
             whole(threads, "threads", 1, 1024)
         req = check_sample_request(seeds=seeds, sampler=sampler, steps=steps, schedule=schedule, guidance=guidance,
-                                   batch=batch_size, threshold=threshold, bf16=bf16, progress=progress)
-        cfg = dataclasses.replace(self.sample_config, **{k: req[k] for k in ("sampler", "steps", "schedule", "guidance")
-                                                         if req[k] is not None})
+                                   guidance_rescale=guidance_rescale, batch=batch_size, threshold=threshold, bf16=bf16,
+                                   progress=progress)
+        cfg = dataclasses.replace(self.sample_config, **{k: req[k] for k in SAMPLE_FIELDS if req[k] is not None})
         seeds, threshold, bf16 = req["seeds"], req["threshold"], bool(req["bf16"])
         sampler_options = check_sampler_options(cfg.sampler, sampler_options)
         labels = self.labels_for(seeds, class_labels)
@@ -287,6 +289,8 @@ class Pipeline:
 
         out = {"mode": "generate", "model": str(self.path), "checksum": self.weights_sha256, "sampler": cfg.sampler,
                "steps": cfg.steps, "schedule": cfg.schedule, "guidance": cfg.guidance, "kuosan": __version__}
+        if cfg.guidance_rescale:
+            out["guidance_rescale"] = cfg.guidance_rescale
         return {**out, "threshold": threshold} if threshold is not None else out
 
     @property

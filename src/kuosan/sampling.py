@@ -84,7 +84,7 @@ def _guided_denoiser(precond, sample: SampleConfig, *, denoiser, bf16, threshold
     if conditional and sample.guidance != 1.0:
         if null_label is None:
             raise KuosanError("guidance needs a class-conditional model")
-        den = classifier_free_guidance(den, sample.guidance, null_label)
+        den = classifier_free_guidance(den, sample.guidance, null_label, rescale=sample.guidance_rescale)
     return threshold_denoiser(den, threshold)  # after guidance: it is what over-saturates
 
 

@@ -230,8 +230,13 @@ def check_sampler_options(sampler: str, options, name: str = "sampler_options") 
     return out
 
 
+# the request fields that override a model's ``sample`` section (kuosan.config.SampleConfig's names)
+SAMPLE_FIELDS = ("sampler", "steps", "schedule", "guidance", "guidance_rescale")
+
+
 def check_sample_request(*, n=None, seeds=None, sampler=None, steps=None, schedule=None, guidance=None,
-                         batch=None, threshold=None, bf16=None, progress=None, prefix: str = "") -> dict:
+                         guidance_rescale=None, batch=None, threshold=None, bf16=None, progress=None,
+                         prefix: str = "") -> dict:
     """Check a sampling request (None means "the model's default") and return it normalised: ``seeds`` as a
     list (``n`` images from seed 0 when only ``n`` is given, 64 when neither), numbers as int/float,
     ``threshold`` parsed, ``bf16`` a bool, ``progress`` a callable or None."""
@@ -240,6 +245,9 @@ def check_sample_request(*, n=None, seeds=None, sampler=None, steps=None, schedu
            "schedule": None if schedule is None else one_of(schedule, f"{p}schedule", SCHEDULES, "schedule"),
            "steps": None if steps is None else whole(steps, f"{p}steps", 1, LIMITS["steps"]),
            "guidance": None if guidance is None else real(guidance, f"{p}guidance", 0, LIMITS["guidance"]),
+           # named as the door spells it: --guidance-rescale on the command line, guidance_rescale elsewhere
+           "guidance_rescale": None if guidance_rescale is None else real(
+               guidance_rescale, f"{p}guidance{'-' if p else '_'}rescale", 0, 1),
            "batch": None if batch is None else whole(batch, f"{p}batch", 1, LIMITS["batch"]),
            "threshold": parse_threshold(threshold),
            "bf16": None if bf16 is None else flag(bf16, f"{p}bf16")}

@@ -73,8 +73,8 @@ def config_overrides(args) -> list[str]:
 
 
 def add_sample_options(parser, *, sampler=None, steps=None, where="the model's own"):
-    """``--sampler --steps --schedule --guidance``: default None means ``where`` setting (a checkpoint's
-    ``sample`` section, whose own defaults are :class:`kuosan.config.SampleConfig`'s)."""
+    """``--sampler --steps --schedule --guidance --guidance-rescale``: default None means ``where`` setting (a
+    checkpoint's ``sample`` section, whose own defaults are :class:`kuosan.config.SampleConfig`'s)."""
     from kuosan.diffusion.samplers import SAMPLERS
     from kuosan.diffusion.schedules import SCHEDULES
 
@@ -92,6 +92,9 @@ def add_sample_options(parser, *, sampler=None, steps=None, where="the model's o
                        help=f"σ grid: {', '.join(SCHEDULES)} (default: {fallback('schedule', None)})")
     group.add_argument("--guidance", type=float, default=None, metavar="W",
                        help=f"{field_docs(SampleConfig)['guidance']} (default: {fallback('guidance', None)})")
+    group.add_argument("--guidance-rescale", type=float, default=None, metavar="R",
+                       help=f"{field_docs(SampleConfig)['guidance_rescale']} "
+                            f"(default: {fallback('guidance_rescale', None)})")
     return group
 
 

@@ -11,6 +11,7 @@ from kuosan.cli.options import add_device, add_sample_options
 EXAMPLES = """examples:
   kuosan sample --checkpoint runs/fm --n 64 --sampler heun --steps 18 --class 3 --guidance 2.0 --seeds 0-63 --out samples/
   kuosan sample --checkpoint runs/fm --class Sneaker --n 16 --sampler dpmpp_2m --steps 10 --out sneakers/
+  kuosan sample --checkpoint runs/demo-emoji/ldm --class animals --n 16 --guidance 7.5 --guidance-rescale 0.7 --out animals/
   kuosan sample --checkpoint runs/fm --adapter runs/mnist-lora/adapter.safetensors:0.8 --out samples/
   kuosan sample --checkpoint path/to/diffusers-unet-dir --sampler unipc --steps 10 --out samples/
   torchrun --nproc_per_node=2 -m kuosan sample --checkpoint runs/fm --seeds 0-999 --out samples/
@@ -54,7 +55,8 @@ def run(args) -> int:
     from kuosan.validation import adapter_list, check_sample_request, output_dir, whole
 
     request = check_sample_request(n=args.n, seeds=args.seeds, sampler=args.sampler, steps=args.steps,
-                                   schedule=args.schedule, guidance=args.guidance, batch=args.batch,
+                                   schedule=args.schedule, guidance=args.guidance,
+                                   guidance_rescale=args.guidance_rescale, batch=args.batch,
                                    threshold=args.threshold, prefix="--")
     output_dir(args.out)  # a file or a checkpoint there fails now, not after the sampling
     if args.threads is not None:
@@ -74,8 +76,8 @@ def run(args) -> int:
     shown = ctx.is_main and sys.stderr.isatty()
     with tqdm(total=len(seeds), desc="sample", unit="img", disable=not shown) as bar:
         res = pipe.sample(seeds, args.class_label, sampler=request["sampler"], steps=args.steps, guidance=args.guidance,
-                          schedule=args.schedule, batch_size=args.batch, progress=bar.update,
-                          distributed=ctx.enabled, threshold=args.threshold, bf16=args.bf16, backend=args.backend,
+                          guidance_rescale=args.guidance_rescale, schedule=args.schedule, batch_size=args.batch,
+                          progress=bar.update, distributed=ctx.enabled, threshold=args.threshold, bf16=args.bf16, backend=args.backend,
                           threads=args.threads)
     if not ctx.is_main:
         return 0  # rank 0 writes the files

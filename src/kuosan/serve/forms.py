@@ -18,7 +18,7 @@ from kuosan.diffusion.samplers import SAMPLERS, STOCHASTIC
 from kuosan.errors import KuosanError
 from kuosan.serve.models import Loaded
 from kuosan.serve.uploads import decode_upload, fit_image, fit_mask, open_image
-from kuosan.validation import LIMITS, check_sample_request, one_of, real, whole
+from kuosan.validation import LIMITS, SAMPLE_FIELDS, check_sample_request, one_of, real, whole
 
 __all__ = ["MODES", "MAX_IMAGES", "MAX_FRAMES", "FIELDS", "Request", "parse_request"]
 
@@ -26,9 +26,9 @@ MODES = ("generate", "img2img", "inpaint", "invert", "interpolate", "live")
 MAX_IMAGES = 64             # images one request makes: a page is not a batch job (`kuosan sample` is)
 MAX_FRAMES = 32             # images in an interpolation strip
 DEFAULT_BATCH = 16          # images a network call when the form leaves it empty: progress comes in small steps
-FIELDS = frozenset({"mode", "model", "sampler", "steps", "schedule", "guidance", "interval", "seeds", "class",
-                    "batch", "image", "mask", "strength", "resample", "jump", "source", "class_b", "mix",
-                    "frames"})
+FIELDS = frozenset({"mode", "model", "sampler", "steps", "schedule", "guidance", "guidance_rescale", "interval",
+                    "seeds", "class", "batch", "image", "mask", "strength", "resample", "jump", "source", "class_b",
+                    "mix", "frames"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,7 +55,8 @@ class Request:
         """The request as the form spells it: what a gallery entry or a PNG gives back to fill the form."""
         s = self.sample
         out = {"mode": self.mode, "model": self.model, "sampler": s.sampler, "steps": s.steps,
-               "schedule": s.schedule, "guidance": s.guidance, "guidance_interval": _list(self.interval),
+               "schedule": s.schedule, "guidance": s.guidance, "guidance_rescale": s.guidance_rescale,
+               "guidance_interval": _list(self.interval),
                "seeds": ",".join(str(v) for v in self.seeds) if len(self.seeds) <= 2 else _span(self.seeds),
                "class": self.label, "batch": self.batch}
         extra = {"img2img": {"strength": self.strength}, "inpaint": {"resample": self.resample, "jump": self.jump},
@@ -120,9 +121,8 @@ def parse_request(body, loaded: Loaded) -> Request:
     pipe = loaded.pipe
     req = check_sample_request(sampler=_given(body, "sampler"), steps=_given(body, "steps"),
                                schedule=_given(body, "schedule"), guidance=_given(body, "guidance"),
-                               batch=_given(body, "batch"))
-    sample = dataclasses.replace(pipe.sample_config, **{k: req[k] for k in ("sampler", "steps", "schedule", "guidance")
-                                                        if req[k] is not None})
+                               guidance_rescale=_given(body, "guidance_rescale"), batch=_given(body, "batch"))
+    sample = dataclasses.replace(pipe.sample_config, **{k: req[k] for k in SAMPLE_FIELDS if req[k] is not None})
     seeds = _seeds(_given(body, "seeds"))
     label = _class(pipe, _given(body, "class"), "class")
     out = dict(mode=mode, model=loaded.entry.name, sample=sample, interval=_interval(_given(body, "interval")),

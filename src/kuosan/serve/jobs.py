@@ -58,7 +58,7 @@ class _Tools:
         self.denoiser = loaded.denoiser or pipe.precond  # the backend's (kuosan.interop.onnx.runtime_denoiser)
         if pipe.num_classes and s.guidance != 1.0:
             self.denoiser = classifier_free_guidance(self.denoiser, s.guidance, null_label=pipe.num_classes,
-                                                     interval=req.interval)
+                                                     interval=req.interval, rescale=s.guidance_rescale)
 
     def cond(self, n: int, label: int | None) -> dict:
         """Class labels for ``n`` images: ``label``, or the null class ("no class") of a conditional model."""

@@ -116,6 +116,7 @@ async function selectModel(name) {
   $("schedule").options[0].textContent = `default (${s.schedule})`;
   $("steps").placeholder = s.steps;
   $("guidance").placeholder = s.guidance;
+  $("guidance_rescale").placeholder = s.guidance_rescale ?? 0;
   $("live-guidance").value = s.guidance;
   $("live-guidance-out").textContent = s.guidance;
   const [h, w, ch] = c.image;
@@ -132,7 +133,7 @@ function intervalValue() {
 function formBody(mode) {
   const v = (id) => $(id).value.trim();
   return { mode, model: v("model"), sampler: v("sampler"), schedule: v("schedule"), steps: v("steps"),
-    guidance: v("guidance"), interval: intervalValue(), seeds: v("seeds"), class: v("class"), batch: v("batch") };
+    guidance: v("guidance"), guidance_rescale: v("guidance_rescale"), interval: intervalValue(), seeds: v("seeds"), class: v("class"), batch: v("batch") };
 }
 
 function setValue(id, value) {
@@ -145,7 +146,7 @@ async function fillForm(p) {
   const known = state.info.models.some((m) => m.name === p.model);
   if (p.model && known && p.model !== $("model").value) await selectModel(p.model);
   if (p.model && !known) toast(`model ${p.model} is not served here: settings loaded for ${$("model").value}`);
-  for (const k of ["sampler", "schedule", "steps", "guidance", "batch", "strength", "resample", "jump", "frames"]) {
+  for (const k of ["sampler", "schedule", "steps", "guidance", "guidance_rescale", "batch", "strength", "resample", "jump", "frames"]) {
     setValue(k, p[k]);
   }
   setValue("seeds", p.seeds !== undefined ? p.seeds : p.seed);
