@@ -2,10 +2,14 @@
 
     .venv/bin/python benchmarks/emoji_guidance.py [--run runs/demo-emoji/ldm] [--guidance 1,2,3,4,6] [--per-class 30]
 
+A setting is a guidance weight, or ``W@R``: weight W with guidance rescale R (Lin et al. 2024, eq. 15-16: the guided
+prediction's spread pulled back to the conditional one's by the share R), e.g. ``--guidance 3,9,9@0.7``.
+
 Samples the same seeds (class-balanced, the demo's sampler: DPM-Solver++(2M), 16 steps) at each guidance weight
 (Ho & Salimans 2022: D = D_uncond + w (D_cond - D_uncond)) and scores them against the test split: the share the
 shipped emoji classifier puts in the class asked for, Fréchet distance in its features and in EfficientNet-Lite0's,
-beside the real floor (as many class-balanced training images). Writes benchmarks/results/emoji_guidance.json and
+beside the real floor (as many class-balanced training images), and how alike the images of a class are (the
+mean RMS pixel distance between two of them, in [0, 1]: lower is more alike). Writes benchmarks/results/emoji_guidance.json and
 benchmarks/results/emoji_guidance.png (the first samples of each class at each weight).
 """
 
@@ -27,7 +31,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="runs/demo-emoji/ldm", help="a latent model trained on emoji (the demo's)")
-    p.add_argument("--guidance", default="1,2,3,4,6", help="guidance weights (1 = none)")
+    p.add_argument("--guidance", default="1,2,3,4,6", help="guidance weights (1 = none), W@R with rescale R")
     p.add_argument("--per-class", type=int, default=30, help="samples per class at each weight")
     p.add_argument("--out", default=str(RESULTS / "emoji_guidance.json"))
     args = p.parse_args(argv)
@@ -47,30 +51,65 @@ def main(argv=None) -> int:
     n = k * args.per_class
     labels = [i % k for i in range(n)]
     test, train = load_dataset("emoji:test"), load_dataset("emoji:train")
-    floor = train.images[torch.from_numpy(take_stratified(train.labels.numpy(), n))]
+    picked = take_stratified(train.labels.numpy(), n)
+    floor = train.images[torch.from_numpy(picked)]
     score = scorer(test)
     result = {"run": args.run, "n": n, "sampler": {"sampler": pipe.sample_config.sampler, "steps": pipe.sample_config.steps},
               "reference": f"emoji:test ({len(test)} images)", "load_average_start": list(os.getloadavg()),
               "floor": {**score(floor, None), "conditional_accuracy": score.floor_accuracy},
               "rows": []}
     blocks = []
-    print(f"{'guidance':>8} {'accuracy':>9} {'FD emoji-cnn':>13} {'FD EfficientNet':>16} {'seconds':>8}")
-    for w in [float(x) for x in args.guidance.split(",")]:
+    result["floor"]["within_class_rms"] = within_class_rms(floor.numpy().transpose(0, 2, 3, 1),
+                                                           train.labels.numpy()[picked])
+    try:
+        settings = [parse_setting(x) for x in args.guidance.split(",")]
+    except ValueError as e:
+        print(f"--guidance: {e}", file=sys.stderr)
+        return 2
+    print(f"{'guidance':>8} {'rescale':>7} {'accuracy':>9} {'FD emoji-cnn':>13} {'FD EfficientNet':>16} "
+          f"{'alike':>6} {'seconds':>8}")
+    for w, r in settings:
         t0 = time.time()
-        res = pipe.sample(list(range(n)), labels, guidance=w, batch_size=90)
+        res = pipe.sample(list(range(n)), labels, guidance=w, guidance_rescale=r, batch_size=90)
         images = torch.from_numpy(np.ascontiguousarray(res.images.transpose(0, 3, 1, 2)))
-        row = {"guidance": w, "seconds": round(time.time() - t0, 1), "nfe": res.nfe,
-               **score(images, labels)}
+        row = {"guidance": w, "guidance_rescale": r, "seconds": round(time.time() - t0, 1), "nfe": res.nfe,
+               **score(images, labels), "within_class_rms": within_class_rms(res.images, labels)}
         result["rows"].append(row)
-        print(f"{w:8g} {row['conditional_accuracy']:9.3f} {row['fd_emoji-cnn']:13.2f} {row['fd_efficientnet-lite0']:16.1f} "
-              f"{row['seconds']:8.1f}", flush=True)
+        print(f"{w:8g} {r:7g} {row['conditional_accuracy']:9.3f} {row['fd_emoji-cnn']:13.2f} "
+              f"{row['fd_efficientnet-lite0']:16.1f} {row['within_class_rms']:6.3f} {row['seconds']:8.1f}", flush=True)
         first = np.concatenate([res.images[c::k][:4] for c in range(k)])  # 4 of each class, a row per class
         blocks.append(make_grid(first, nrow=4, value=255))
     f = result["floor"]
-    print(f"{'real':>8} {f['conditional_accuracy']:9.3f} {f['fd_emoji-cnn']:13.2f} {f['fd_efficientnet-lite0']:16.1f}")
+    print(f"{'real':>8} {'':>7} {f['conditional_accuracy']:9.3f} {f['fd_emoji-cnn']:13.2f} "
+          f"{f['fd_efficientnet-lite0']:16.1f} {f['within_class_rms']:6.3f}")
     png = save_results(result, blocks, args.out, gap=12)
     print(f"results: {args.out}\npicture: {png} (columns of 4 per weight, in the order given; a row per class)")
     return 0
+
+
+def parse_setting(text: str) -> tuple[float, float]:
+    """``W`` or ``W@R`` as (weight, rescale)."""
+    w, _, r = text.strip().partition("@")
+    try:
+        w, r = float(w), float(r or 0)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a weight W or W@R (R: the guidance rescale)") from None
+    if not 0 <= r <= 1:
+        raise ValueError(f"{text!r}: the rescale must be between 0 and 1")
+    return w, r
+
+
+def within_class_rms(images: np.ndarray, labels) -> float:
+    """The mean RMS distance between two images of one class ([N, H, W, C] uint8, scaled to [0, 1]), averaged over
+    the classes: how different the images of a class are from one another."""
+    flat, labels = images.reshape(len(images), -1).astype(np.float32) / 255, np.asarray(labels)
+    out = []
+    for c in np.unique(labels):
+        x = flat[labels == c]
+        sq = (x * x).sum(1)
+        d = np.sqrt(np.maximum(sq[:, None] + sq[None] - 2 * x @ x.T, 0) / x.shape[1])
+        out.append(d[~np.eye(len(x), dtype=bool)].mean())
+    return float(np.mean(out))
 
 
 def scorer(test):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import kuosan
 from kuosan import demo
 from kuosan.errors import KuosanError
 
@@ -26,6 +27,7 @@ def _emoji_installed() -> bool:
 TINY = demo.LatentRecipe(
     autoencoder={"cpu": "emoji-demo", "cuda": "emoji-demo"}, diffusion={"cpu": "emoji-ldm", "cuda": "emoji-ldm"},
     per_class=4, interpolations=(("faces", "animals"), ("no-such-class", "faces")), eval_images=(18, 18),
+    grid_sample={"guidance": 5.0, "guidance_rescale": 0.7},
     ae_overrides={"max_images": 48, "base_channels": 8, "batch": 8, "log_every": 2, "scale_images": 48},
     overrides={"train.max_images": 48, "model.base_channels": 16, "train.batch": 8, "train.log_every": 2,
                "train.checkpoint_every": 0, "sample.steps": 2},
@@ -66,6 +68,15 @@ def test_latent_demo_end_to_end(tmp_path, monkeypatch):
     md = (out / "report.md").read_text()
     assert "faces → animals" in md and "conditional accuracy" in md and "PSNR" in md
     assert "training noise ln σ ~ N(-0.5, 1.2²)" in md  # the recipe's noise levels, stated
+    # the grid is guided as the recipe says, the evaluation as the model's own sample section
+    assert report["grid_sample"] == {"guidance": 5.0, "guidance_rescale": 0.7} and report["guidance"] == 3.0
+    assert 0 <= report["grid_conditional_accuracy"] <= 1
+    assert "guidance 5, guidance rescale 0.7; the evaluation below samples at the model's own guidance 3" in md
+    pipe = kuosan.load(out / "ldm")
+    again = pipe.sample(list(range(36)), [c for c in range(9) for _ in range(4)], guidance=5.0, guidance_rescale=0.7,
+                        batch_size=128)
+    with np.load(out / "grid.npz") as f:
+        assert np.array_equal(f["images"], again.images)
 
 
 def test_a_second_demo_starts_afresh_and_a_foreign_directory_is_refused(tmp_path):

@@ -38,6 +38,10 @@ class LatentRecipe:
     # rows of linear latent interpolations, from the test image nearest one class's mean latent to another's
     interpolations: tuple = (("faces", "animals"), ("animals", "landscapes"), ("food", "plants"),
                              ("vehicles", "landscapes"))
+    # the grid's guidance, over the preset's sample section: strong guidance with rescale (Lin et al. 2024, eq. 15-16)
+    # draws each class's typical images, which a person recognises, at the cost of variety; the evaluation samples
+    # with the preset's own guidance, where FD is lowest (benchmarks/results/emoji_guidance.json)
+    grid_sample: dict = field(default_factory=dict)
     extractors: tuple = ("efficientnet-lite0",)  # evaluation features; the data set's classifier is added when shipped
     eval_images: tuple = (270, 900)    # fewest and most generated images the evaluation scores
     ae_overrides: dict = field(default_factory=dict)  # autoencoder fields over the preset (tests, experiments)
@@ -50,7 +54,8 @@ LATENT_RECIPES = {
     # 64x64 RGB -> 4x16x16 latents; on a CPU an L1 autoencoder without perceptual loss or GAN (those cost
     # 2-3x per step) and a small UNet; on CUDA both bigger, the autoencoder with both terms.
     "emoji": LatentRecipe(autoencoder={"cpu": "emoji-demo", "cuda": "emoji-gpu"},
-                          diffusion={"cpu": "emoji-ldm", "cuda": "emoji-ldm-gpu"}),
+                          diffusion={"cpu": "emoji-ldm", "cuda": "emoji-ldm-gpu"},
+                          grid_sample={"guidance": 9.0, "guidance_rescale": 0.7}),
 }
 
 
@@ -345,7 +350,9 @@ def _run_latent_demo(recipe: LatentRecipe, spec: str, minutes: float, out_dir: P
     # 3. pictures, evaluation, report
     pipe = kuosan.load(run_dir, device=device)
     state = read_train_state(pipe.path)
-    grid, grid_seconds, grid_n = _latent_grid(pipe, recipe, spec, seed, out_dir / "grid.png", cfg.sample.guidance)
+    grid_sample = {"guidance": cfg.sample.guidance, "guidance_rescale": cfg.sample.guidance_rescale,
+                   **recipe.grid_sample}
+    grid, grid_seconds, grid_n = _latent_grid(pipe, recipe, spec, seed, out_dir / "grid.png", grid_sample)
     loss_png = _plot_latent_losses(ae_dir / "metrics.jsonl", run_dir / "metrics.jsonl", out_dir / "loss.png")
     evaluation = None
     if evaluate:
@@ -378,6 +385,7 @@ def _run_latent_demo(recipe: LatentRecipe, spec: str, minutes: float, out_dir: P
         "parameters": count_parameters(pipe.precond),
         "gflop_per_forward": round(count_flops(pipe.precond.net, *pipe.image_shape[:2], 1, pipe.num_classes) / 1e9, 4),
         "sampler": cfg.sample.sampler, "sampler_steps": cfg.sample.steps, "guidance": cfg.sample.guidance,
+        "grid_sample": grid_sample, "grid_conditional_accuracy": _grid_accuracy(out_dir / "grid.npz", spec),
         "sampling_images_per_s": round(grid_n / grid_seconds, 2),
         "total_seconds": round(time.time() - t_start, 1), "evaluation": evaluation,
     }
@@ -397,8 +405,9 @@ def _typical(latents, labels, means, k: int) -> int:
     return int(idx[(latents[idx] - means[k]).flatten(1).square().sum(1).argmin()])
 
 
-def _latent_grid(pipe, recipe: LatentRecipe, spec: str, seed: int, out: Path, guidance: float):
-    """One labelled row of samples per class, then rows of latent interpolations between test images."""
+def _latent_grid(pipe, recipe: LatentRecipe, spec: str, seed: int, out: Path, sample: dict):
+    """One labelled row of samples per class (``sample``: guidance and guidance_rescale), then rows of latent
+    interpolations between test images."""
     import numpy as np
     import torch
 
@@ -409,7 +418,7 @@ def _latent_grid(pipe, recipe: LatentRecipe, spec: str, seed: int, out: Path, gu
     k, per_class = pipe.num_classes, recipe.per_class
     seeds = list(range(seed * 1000, seed * 1000 + k * per_class))
     labels = [c for c in range(k) for _ in range(per_class)]
-    res = pipe.sample(seeds, labels, guidance=guidance, batch_size=128)
+    res = pipe.sample(seeds, labels, **sample, batch_size=128)
     rows, names = [res.images], list(pipe.class_names)
     ae = pipe.autoencoder
     c, side, _ = ae.image_shape
@@ -466,26 +475,58 @@ def _plot_latent_losses(ae_log: Path, ldm_log: Path, png: Path) -> Path:
     return png
 
 
-def _add_conditional_accuracy(report: dict, samples: Path, spec: str) -> None:
-    """The data set's classifier on the generated images against the classes asked for, beside its accuracy
-    on the test split, when the evaluation did not already report it."""
+def _classifier_accuracy(samples: Path, spec: str) -> tuple[float, object, str] | None:
+    """The share of the images in ``samples`` (an .npz of ``images`` [N, H, W, C] and ``labels``) the data set's
+    shipped classifier puts in the class asked for, with the classifier and its name (None without one)."""
     import numpy as np
 
-    from kuosan.data import load_dataset
     from kuosan.evaluation.classifier import classifier_for_dataset, load_classifier, predict
 
-    div = report.setdefault("diversity", {})
     clf = classifier_for_dataset(dataset_name(spec))
-    if div.get("conditional_accuracy") or not clf or not _shipped(clf):
-        return
+    if not clf or not _shipped(clf):
+        return None
     model, _ = load_classifier(clf)
     with np.load(samples) as f:
         images, labels = f["images"], f["labels"]
+    return float((predict(model, np.ascontiguousarray(images.transpose(0, 3, 1, 2))).argmax(1) == labels).mean()), \
+        model, clf
+
+
+def _add_conditional_accuracy(report: dict, samples: Path, spec: str) -> None:
+    """The data set's classifier on the generated images against the classes asked for, beside its accuracy
+    on the test split, when the evaluation did not already report it."""
+    from kuosan.data import load_dataset
+    from kuosan.evaluation.classifier import predict
+
+    div = report.setdefault("diversity", {})
+    scored = None if div.get("conditional_accuracy") else _classifier_accuracy(samples, spec)
+    if scored is None:
+        return
+    generated, model, clf = scored
     test = load_dataset(spec, "test")
-    generated = float((predict(model, np.ascontiguousarray(images.transpose(0, 3, 1, 2))).argmax(1) == labels).mean())
     floor = float((predict(model, test.images).argmax(1) == test.labels.numpy()).mean())
     div["conditional_accuracy"] = {"generated": generated, "floor": floor, "classifier": clf,
                                    "floor_is": f"{clf} on the {len(test)} test images"}
+
+
+def _grid_accuracy(grid_npz: Path, spec: str) -> float | None:
+    """The share of the grid's samples the data set's classifier puts in their row's class (None without one)."""
+    scored = _classifier_accuracy(grid_npz, spec)
+    return None if scored is None else round(scored[0], 3)
+
+
+def _grid_text(r: dict, cfg: Config) -> str:
+    """How the grid was guided, and how that differs from the evaluation's samples."""
+    g = r["grid_sample"]
+    text = f"guidance {g['guidance']:g}"
+    if g["guidance_rescale"]:
+        text += f", guidance rescale {g['guidance_rescale']:g}"
+    if (g["guidance"], g["guidance_rescale"]) != (cfg.sample.guidance, cfg.sample.guidance_rescale):
+        text += (f"; the evaluation below samples at the model's own guidance {cfg.sample.guidance:g}, where FD in "
+                 "the data set classifier's features is lowest: stronger guidance draws each class's typical images")
+    if r.get("grid_conditional_accuracy") is not None:
+        text += f"; the data set's classifier puts {r['grid_conditional_accuracy']:.0%} of these in their row's class"
+    return text
 
 
 def _latent_markdown(r: dict, cfg: Config, pipe, recipe: LatentRecipe) -> str:
@@ -494,10 +535,9 @@ def _latent_markdown(r: dict, cfg: Config, pipe, recipe: LatentRecipe) -> str:
     lines = [
         "# kuosan demo report: latent diffusion", "",
         "![samples: one row per class, then latent interpolations](grid.png)", "",
-        f"One row of samples per class ({cfg.sample.sampler}, {cfg.sample.steps} steps, guidance "
-        f"{cfg.sample.guidance:g}), then rows of linear interpolations in the autoencoder's latent space ({pairs}): "
-        "each runs from the test image nearest one class's mean latent to the one nearest the other's, the two "
-        "real images at the ends.", "",
+        f"One row of samples per class ({cfg.sample.sampler}, {cfg.sample.steps} steps, {_grid_text(r, cfg)}), then "
+        f"rows of linear interpolations in the autoencoder's latent space ({pairs}): each runs from the test image "
+        "nearest one class's mean latent to the one nearest the other's, the two real images at the ends.", "",
         "| setting | value |", "|---|---|",
         f"| data | {r['data']} ({', '.join(pipe.class_names)}) |",
         f"| autoencoder | preset `{r['presets']['autoencoder']}`; {'x'.join(map(str, a['image_shape']))} -> "
