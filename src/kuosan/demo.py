@@ -39,8 +39,9 @@ class LatentRecipe:
     interpolations: tuple = (("faces", "animals"), ("animals", "landscapes"), ("food", "plants"),
                              ("vehicles", "landscapes"))
     # the grid's guidance, over the preset's sample section: strong guidance with rescale (Lin et al. 2024, eq. 15-16)
-    # draws each class's typical images, which a person recognises, at the cost of variety; the evaluation samples
-    # with the preset's own guidance, where FD is lowest (benchmarks/results/emoji_guidance.json)
+    # draws each class's typical images, which a person recognises, and the rescale keeps a class's variety; the
+    # evaluation samples with the preset's own guidance, where FD in the data set classifier's features is lowest
+    # (benchmarks/results/emoji_guidance_rescale.json)
     grid_sample: dict = field(default_factory=dict)
     extractors: tuple = ("efficientnet-lite0",)  # evaluation features; the data set's classifier is added when shipped
     eval_images: tuple = (270, 900)    # fewest and most generated images the evaluation scores
