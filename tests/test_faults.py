@@ -450,9 +450,11 @@ def test_interrupts_at_random_moments_leave_only_complete_samples(tmp_path):
 
     res = sample_result(40)
     reference = _reference_files(res)
-    t0 = time.perf_counter()
-    res.save(tmp_path / "timing")
-    took = time.perf_counter() - t0
+    took = float("inf")
+    for k in range(3):  # the quickest of three: a first, cold save overstates the time and timers outrun saves
+        t0 = time.perf_counter()
+        res.save(tmp_path / f"timing{k}")
+        took = min(took, time.perf_counter() - t0)
     rnd = random.Random(0)
     interrupted = 0
     for i in range(20):

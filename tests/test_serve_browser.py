@@ -115,7 +115,9 @@ def test_generate_in_the_browser_and_get_a_png_with_its_parameters(page, server)
     page.click("#generate")
     page.wait_for_selector("#gen-download:not([hidden])")
     assert page.inner_text("#status-text").startswith("done in")
-    assert page.eval_on_selector("#gen-grid", "img => img.complete && img.naturalWidth") > 0
+    # the grid's src is set with the "done" event; the picture itself arrives a moment later
+    page.wait_for_function("() => { const img = document.getElementById('gen-grid');"
+                           " return img.complete && img.naturalWidth > 0; }")
     hrefs = page.eval_on_selector_all("#gen-singles a", "links => links.map(a => a.getAttribute('href'))")
     assert len(hrefs) == 2
     data = fetch(page, server, hrefs[0])
