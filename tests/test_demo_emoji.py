@@ -72,6 +72,9 @@ def test_latent_demo_end_to_end(tmp_path, monkeypatch):
     assert report["grid_sample"] == {"guidance": 5.0, "guidance_rescale": 0.7} and report["guidance"] == 3.0
     assert 0 <= report["grid_conditional_accuracy"] <= 1
     assert "guidance 5, guidance rescale 0.7; the evaluation below samples at the model's own guidance 3" in md
+    after = report["after_training"]
+    assert after["kept_seconds"] > 0 and after["spent_seconds"] > 0
+    assert f"{after['kept_seconds']:.0f} s kept for what follows training" in md
     pipe = kuosan.load(out / "ldm")
     again = pipe.sample(list(range(36)), [c for c in range(9) for _ in range(4)], guidance=5.0, guidance_rescale=0.7,
                         batch_size=128)
@@ -149,3 +152,40 @@ def test_training_grid_of_a_many_class_model_is_capped():
     assert rows[0] == 0 and rows[-1] == 935
     assert _class_grid_labels(9, 2) == [c for c in range(9) for _ in range(2)]
     assert _class_grid_labels(0, 10) is None
+
+
+@pytest.mark.skipif(not _emoji_installed(), reason="emoji sources not installed (scripts/install_emoji_data.sh)")
+def test_the_time_kept_after_training_follows_the_measured_speeds():
+    from kuosan.config import load_config, resolve_config_path
+    from kuosan.diffusion.samplers import nfe
+
+    cfg = load_config(None, TINY.overrides, base=resolve_config_path("emoji-ldm"))
+    grid = 4 * (2 * 9 + 2)  # the closing grid and the labelled one: 4 a class; the interpolation rows
+    kept = demo._after_training_seconds
+    # a decoding a second, the networks free: one second an image sampled, 30 s for the rest
+    assert kept(TINY, cfg, "emoji", 1e12, 1.0, {}, False) == pytest.approx(grid + 30)
+    assert kept(TINY, cfg, "emoji", 1e12, 1.0, {"a": 0.1, "b": 0.1}, True) == pytest.approx(
+        grid + 30 + (20 + 18 / 0.6) + 1.5 * (18 + grid) * 0.2)
+    # the networks at a third of an image a second in training: an evaluation a second, twice with guidance
+    grid_evals = 2 * nfe(cfg.sample.sampler, cfg.sample.steps)
+    assert kept(TINY, cfg, "emoji", 1 / 3, 0.0, {}, False) == pytest.approx(grid * grid_evals + 30)
+    fast, slow = (kept(demo.LATENT_RECIPES["emoji"], cfg, "emoji", ips, 0.01, {"a": 0.02}, True) for ips in (400, 200))
+    assert fast < slow
+
+
+@pytest.mark.skipif(not _emoji_installed(), reason="emoji sources not installed (scripts/install_emoji_data.sh)")
+def test_references_prepared_before_training_are_what_the_evaluation_finds(tmp_path, monkeypatch):
+    from kuosan.data import load_dataset
+    from kuosan.evaluation.report import EvalConfig, evaluate, prepare_references
+
+    import kuosan.evaluation.reference
+
+    monkeypatch.setattr(kuosan.evaluation.reference, "cache_dir", lambda: tmp_path / "cache")
+    cfg = EvalConfig(extractors=["emoji-cnn"], max_real=40, shipped_stats=False)
+    done = prepare_references("emoji:test", cfg, train_reference="emoji:train", resolution=64, channels=3, probe=8)
+    assert set(done["per_image"]) == {"emoji-cnn"} and done["per_image"]["emoji-cnn"] > 0
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 2  # the test split and the training split
+    generated = load_dataset("emoji:train", max_images=12).images.numpy()
+    report = evaluate(generated, "emoji:test", cfg, train_reference="emoji:train")
+    ext = report["extractors"]["emoji-cnn"]
+    assert ext["reference_from"] == "cache" and ext["train_reference_from"] == "cache"

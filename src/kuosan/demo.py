@@ -322,7 +322,9 @@ def _run_latent_demo(recipe: LatentRecipe, spec: str, minutes: float, out_dir: P
     t = time.time()
     ae_dir = train_autoencoder(ae_cfg, log=log)
     ae_time = time.time() - t
+    t = time.time()
     recon = reconstruction_report(ae_dir, log=log)
+    recon_seconds = time.time() - t
 
     # 2. the class-conditional latent model
     base = recipe.diffusion[kind]
@@ -333,7 +335,13 @@ def _run_latent_demo(recipe: LatentRecipe, spec: str, minutes: float, out_dir: P
     if recipe.ldm_steps is None:
         log("measuring the latent model's training speed ...")
         ips = _calibrate(overrides, base)
-    train_seconds = max(10.0, budget - eval_reserve - sample_reserve - elapsed())
+    after = eval_reserve + sample_reserve  # the time kept for what follows training: an upper bound ...
+    if ips is not None:  # ... narrowed to what the measured speeds say it costs on this machine
+        features = _prepare_evaluation(spec, recipe, log) if evaluate else {}
+        after = min(after, _after_training_seconds(recipe, base_cfg, spec, ips, recon_seconds / recon["images"],
+                                                   features, evaluate))
+        log(f"keeping {after:.0f} s for sampling{' and evaluation' if evaluate else ''} after training")
+    train_seconds = max(10.0, budget - after - elapsed())
     if recipe.ldm_steps is None:
         estimate = max(50, int(0.95 * train_seconds * ips / base_cfg.train.batch))
         overrides.update(_time_schedule(estimate, train_seconds, base_cfg.train.warmup_steps))
@@ -347,6 +355,7 @@ def _run_latent_demo(recipe: LatentRecipe, spec: str, minutes: float, out_dir: P
     t = time.time()
     run_dir = train(cfg, log=log)
     train_time = time.time() - t
+    t_after = time.time()
 
     # 3. pictures, evaluation, report
     pipe = kuosan.load(run_dir, device=device)
@@ -389,6 +398,7 @@ def _run_latent_demo(recipe: LatentRecipe, spec: str, minutes: float, out_dir: P
         "grid_sample": grid_sample, "grid_conditional_accuracy": _grid_accuracy(out_dir / "grid.npz", spec),
         "sampling_images_per_s": round(grid_n / grid_seconds, 2),
         "total_seconds": round(time.time() - t_start, 1), "evaluation": evaluation,
+        "after_training": {"kept_seconds": round(after, 1), "spent_seconds": round(time.time() - t_after, 1)},
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(_latent_markdown(report, cfg, pipe, recipe))
@@ -557,6 +567,63 @@ def _latent_markdown(r: dict, cfg: Config, pipe, recipe: LatentRecipe) -> str:
     return _with_evaluation(lines, r)
 
 
+def _eval_names(spec: str, extractors=()) -> list:
+    """The evaluation's feature networks: ``extractors``, then the data set's own classifier when shipped."""
+    from kuosan.evaluation.classifier import classifier_for_dataset
+
+    clf = classifier_for_dataset(dataset_name(spec))
+    return [*extractors, *([clf] if clf and _shipped(clf) else [])]
+
+
+def _eval_config(spec: str, extractors, n_range):
+    from kuosan.evaluation.report import EvalConfig
+
+    names = _eval_names(spec, extractors)
+    return EvalConfig(extractors=names or None, max_real=max(2000, n_range[1]))
+
+
+def _prepare_evaluation(spec: str, recipe: LatentRecipe, log) -> dict:
+    """Featurise the real test and training images the evaluation compares against now, before the latent
+    model trains (the evaluation then finds them cached), and time each feature network on a few images: so
+    the time kept for after training is the generated images' share only, measured. {} without the evaluation
+    package."""
+    try:
+        from kuosan.evaluation.report import prepare_references
+    except ImportError:
+        return {}
+    from kuosan.data import load_dataset
+
+    _, c, side, _ = load_dataset(spec, "test").images.shape  # the generated images': the autoencoder's input
+    done = prepare_references(f"{spec}:test", _eval_config(spec, recipe.extractors, recipe.eval_images),
+                              train_reference=f"{spec}:train", resolution=side, channels=c, log=log)
+    return done["per_image"]
+
+
+def _after_training_seconds(recipe: LatentRecipe, cfg, spec: str, ips: float, decode_seconds: float,
+                            features: dict, evaluate: bool) -> float:
+    """What follows the latent model's training costs on this machine, from measured speeds, with margins:
+    a sampled image costs its sampler's network evaluations, twice that with guidance, each a third of a
+    training step's forward and backward pass (Kaplan et al. 2020, §2.1: the backward pass costs twice the
+    forward), plus one decoding (``decode_seconds``: an encode and decode, measured on the test split). The
+    evaluation samples its largest count only with 1/0.6 of that time left (:func:`_evaluate`); ``features``:
+    seconds an image costs each feature network."""
+    from kuosan.data import load_dataset
+    from kuosan.diffusion.samplers import nfe
+
+    def per_image(sample: dict) -> float:
+        guided = 2 if float(sample.get("guidance", cfg.sample.guidance)) != 1.0 else 1
+        evals = nfe(sample.get("sampler", cfg.sample.sampler), int(sample.get("steps", cfg.sample.steps)))
+        return guided * evals / (3 * ips) + decode_seconds
+
+    classes = len(load_dataset(spec, "test").class_names)
+    grid = recipe.per_class * (2 * classes + len(recipe.interpolations))  # the loop's closing grid, the labelled one
+    seconds = grid * per_image(recipe.grid_sample) + 30.0  # and loading the model, the loss plot, the report
+    if evaluate:  # the evaluation's probe and samples; every feature network on them, the classifier on the grid
+        n = recipe.eval_images[1]
+        seconds += (20 + n / 0.6) * per_image({}) + 1.5 * (n + grid) * sum(features.values())
+    return seconds
+
+
 def _evaluate(pipe, run_dir: Path, out_dir: Path, spec: str, seconds_left: float, log, extractors=(),
               n_range=(200, 2000)) -> dict | None:
     """Quality and diversity of the demo model, beside the real-vs-real floor (if the evaluation
@@ -579,14 +646,9 @@ def _evaluate(pipe, run_dir: Path, out_dir: Path, spec: str, seconds_left: float
     np.savez_compressed(out_dir / "eval_samples.npz", **gen)
     speed = {"images_per_s": n / res.seconds, "ms_per_image": 1000 * res.seconds / n, "nfe": res.nfe,
              "device": str(pipe.device)}
-    from kuosan.evaluation.classifier import classifier_for_dataset
-
     # The data set's own classifier only: ImageNet backbones at 224 px would cost minutes of the budget
     # (run `kuosan evaluate` for every extractor).
-    clf = classifier_for_dataset(dataset_name(spec))
-    names = [*extractors, *([clf] if clf and _shipped(clf) else [])]
-    report = evaluate(out_dir / "eval_samples.npz", f"{spec}:test",
-                      EvalConfig(extractors=names or None, max_real=max(2000, n)),
+    report = evaluate(out_dir / "eval_samples.npz", f"{spec}:test", _eval_config(spec, extractors, n_range),
                       out_dir=out_dir / "evaluation", metrics_log=run_dir / "metrics.jsonl", speed=speed,
                       train_reference=f"{spec}:train", log=log)
     report["markdown_summary"] = _evaluation_summary(report)
@@ -656,7 +718,9 @@ def _run_rows(r: dict, cfg: Config, what: str, sampling_row: str, loss_alt: str)
         f"{' over the time' if cfg.train.decay_over == 'time' else ''}, {_ema_text(cfg.train)}, "
         f"clip {cfg.train.grad_clip} |",
         sampling_row,
-        f"| whole demo | {r['total_seconds'] / 60:.1f} min (budget {r['budget_minutes']:g}) |",
+        f"| whole demo | {r['total_seconds'] / 60:.1f} min (budget {r['budget_minutes']:g})"
+        + (f"; {r['after_training']['kept_seconds']:.0f} s kept for what follows training, "
+           f"{r['after_training']['spent_seconds']:.0f} s spent" if r.get("after_training") else "") + " |",
         f"| machine | {_load_text(r)} |",
         "", f"![{loss_alt}](loss.png)", "",
     ]

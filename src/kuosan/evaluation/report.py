@@ -341,6 +341,45 @@ def evaluate(generated, reference=DEFAULT_REFERENCE, config=None, *, train_refer
     return report
 
 
+def prepare_references(reference=DEFAULT_REFERENCE, config=None, *, train_reference="auto", resolution: int,
+                       channels: int, log=None, probe: int = 64) -> dict:
+    """Featurise now the real sets that :func:`evaluate` with the same ``reference``, ``config`` and
+    ``train_reference`` will compare generated images of ``channels`` x ``resolution`` against, so that it then
+    finds them shipped or cached and spends its time on the generated images only. Also times each extractor
+    on ``probe`` real images, so a caller can budget for that. Returns ``{"seconds": time taken, "per_image":
+    {extractor: seconds an image costs}}``."""
+    import time
+
+    from kuosan.evaluation.validate import check_reference, validate
+
+    t0 = time.time()
+    cfg = EvalConfig() if config is None else config
+    log = log or (lambda msg: None)
+    if train_reference == "auto":
+        train_reference = default_train_reference(reference)
+    names, clf_name = validate(reference, cfg, train_reference=train_reference, out_dir=None)
+    needed = names + ([clf_name] if clf_name and clf_name not in names else [])
+    for spec, option in ((reference, "--reference"), (train_reference, "--train-reference")):
+        check_reference(spec, cfg, needed, option=option, image_shape=(channels, resolution))
+    bar = _progress_factory(cfg)
+    reals = [_Real(s, cfg, resolution, channels, log, bar) for s in (reference, train_reference) if s is not None]
+    sample = None
+    if isinstance(reference, (str, Path)) and not is_stats_file(reference):
+        from kuosan.data import load_dataset
+
+        sample = load_dataset(str(reference), resolution=resolution, channels=channels, max_images=probe).images
+    per_image = {}
+    for name in needed:
+        ext = get_extractor(name, device=cfg.device, inception_weights=cfg.inception_weights)
+        for real in reals:
+            real.features(ext)
+        if sample is not None and len(sample):
+            t = time.time()
+            ext.run(sample)
+            per_image[name] = (time.time() - t) / len(sample)
+    return {"seconds": time.time() - t0, "per_image": per_image}
+
+
 def _class_names(reference, gen):
     dataset = dataset_of(reference)
     if dataset is not None:
