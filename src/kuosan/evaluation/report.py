@@ -260,7 +260,7 @@ def evaluate(generated, reference=DEFAULT_REFERENCE, config=None, *, train_refer
     ``speed``: the sampling timings. Every input is checked (:func:`kuosan.evaluation.validate.validate`)
     before any image is featurised. Returns the report dict.
     """
-    from kuosan.evaluation.validate import check_reference, validate
+    from kuosan.evaluation.validate import validate
 
     cfg = EvalConfig() if config is None else config
     if not isinstance(cfg, EvalConfig):
@@ -273,9 +273,7 @@ def evaluate(generated, reference=DEFAULT_REFERENCE, config=None, *, train_refer
     if len(gen.images) < 2:
         raise KuosanError(f"need at least 2 generated images to compare sets, got {len(gen.images)}")
     resolution, channels = int(gen.images.shape[-1]), int(gen.images.shape[1])
-    needed = names + ([clf_name] if clf_name and clf_name not in names else [])
-    for spec, option in ((reference, "--reference"), (train_reference, "--train-reference")):
-        check_reference(spec, cfg, needed, option=option, image_shape=(channels, resolution))
+    needed = _checked_needs(reference, train_reference, cfg, names, clf_name, resolution, channels)
     bar = _progress_factory(cfg)
     ref = _Real(reference, cfg, resolution, channels, log, bar)
     train = _Real(train_reference, cfg, resolution, channels, log, bar) if train_reference is not None else None
@@ -341,6 +339,17 @@ def evaluate(generated, reference=DEFAULT_REFERENCE, config=None, *, train_refer
     return report
 
 
+def _checked_needs(reference, train_reference, cfg, names, clf_name, resolution, channels) -> list:
+    """The feature networks an evaluation runs (``names``, then the data set's classifier), once both real
+    sets are checked to have what they need for images of ``channels`` x ``resolution``."""
+    from kuosan.evaluation.validate import check_reference
+
+    needed = names + ([clf_name] if clf_name and clf_name not in names else [])
+    for spec, option in ((reference, "--reference"), (train_reference, "--train-reference")):
+        check_reference(spec, cfg, needed, option=option, image_shape=(channels, resolution))
+    return needed
+
+
 def prepare_references(reference=DEFAULT_REFERENCE, config=None, *, train_reference="auto", resolution: int,
                        channels: int, log=None, probe: int = 64) -> dict:
     """Featurise now the real sets that :func:`evaluate` with the same ``reference``, ``config`` and
@@ -350,7 +359,7 @@ def prepare_references(reference=DEFAULT_REFERENCE, config=None, *, train_refere
     {extractor: seconds an image costs}}``."""
     import time
 
-    from kuosan.evaluation.validate import check_reference, validate
+    from kuosan.evaluation.validate import validate
 
     t0 = time.time()
     cfg = EvalConfig() if config is None else config
@@ -358,9 +367,7 @@ def prepare_references(reference=DEFAULT_REFERENCE, config=None, *, train_refere
     if train_reference == "auto":
         train_reference = default_train_reference(reference)
     names, clf_name = validate(reference, cfg, train_reference=train_reference, out_dir=None)
-    needed = names + ([clf_name] if clf_name and clf_name not in names else [])
-    for spec, option in ((reference, "--reference"), (train_reference, "--train-reference")):
-        check_reference(spec, cfg, needed, option=option, image_shape=(channels, resolution))
+    needed = _checked_needs(reference, train_reference, cfg, names, clf_name, resolution, channels)
     bar = _progress_factory(cfg)
     reals = [_Real(s, cfg, resolution, channels, log, bar) for s in (reference, train_reference) if s is not None]
     sample = None
