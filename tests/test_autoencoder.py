@@ -176,3 +176,61 @@ def test_the_python_api_checks_every_number_as_the_command_line_does(bad, messag
     with pytest.raises(KuosanError, match=message) as e:
         _check(dataclasses.replace(cfg, **bad))
     assert "\n" not in str(e.value) and not str(e.value).startswith("--")  # an API message names the field
+
+
+def test_scale_equivariance_loss_is_zero_for_a_decoder_that_commutes_with_averaging():
+    from torch.nn import functional as F
+
+    from kuosan.training.autoencoder import scale_equivariance_loss
+
+    torch.manual_seed(0)
+    z = torch.randn(3, 4, 8, 8, requires_grad=True)
+    w = torch.randn(3, 4, 1, 1)
+    linear = lambda v: F.conv2d(v, w)  # noqa: E731: a pointwise linear map commutes with block averages
+    x = linear(z).detach()
+    for s in (2, 4):
+        assert float(scale_equivariance_loss(linear, x, z.detach(), s)) == pytest.approx(0.0, abs=1e-6)
+    squared = lambda v: linear(v).square()  # noqa: E731: a pointwise non-linear map does not
+    loss = scale_equivariance_loss(squared, squared(z).detach(), z, 2, "l2")
+    assert float(loss.detach()) > 0.1
+    loss.backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0  # the encoder's latent gets the gradient too
+
+
+def test_the_decoder_doubles_a_latent_of_another_side():
+    ae = Autoencoder(AutoencoderConfig(in_channels=3, resolution=28, latent_channels=4, downsample=4,
+                                       base_channels=8, channel_mults=(1, 2, 2)))
+    assert ae.latent_shape == (4, 7, 7) and ae.decode(torch.zeros(1, 4, 7, 7)).shape[-1] == 28  # 7 -> 14 -> 28
+    assert ae.decode(torch.zeros(1, 4, 4, 4)).shape[-1] == 16      # not 7's sizes: 4 -> 8 -> 16
+
+
+def test_equivariance_weight_trains_the_term_down_and_logs_it(tmp_path):
+    from torch.nn import functional as F
+
+    from kuosan.data import load_dataset, to_model_range
+    from kuosan.latent import load_autoencoder
+
+    def measured(weight):
+        out = train_autoencoder(_tiny(tmp_path, out=str(tmp_path / f"ae{weight}"), equivariance_weight=weight,
+                                      steps=120, log_every=60, checkpoint_every=0, warmup_steps=10),
+                                log=lambda *a: None)
+        net = load_autoencoder(out).net
+        x = to_model_range(load_dataset("digits:test", max_images=128).images)
+        with torch.no_grad():
+            z = net.encode(x).mean
+            return out, float((net.decode(F.avg_pool2d(z, 2)) - F.avg_pool2d(x, 2)).abs().mean())
+
+    _, plain = measured(0.0)
+    out, regularised = measured(1.0)
+    assert regularised < 0.8 * plain, (regularised, plain)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["equivariance"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("bad, message", [(dict(equivariance_scale=3), "equivariance_scale 3 needs"),
+                                          (dict(equivariance_scale=1), "equivariance_scale must be between"),
+                                          (dict(equivariance_weight=-1.0), "equivariance_weight must be between")])
+def test_an_equivariance_scale_that_does_not_divide_the_latent_is_one_line(tmp_path, bad, message):
+    with pytest.raises(KuosanError, match=message) as e:
+        train_autoencoder(_tiny(tmp_path, **{"equivariance_weight": 1.0, **bad}), log=lambda *a: None)
+    assert "\n" not in str(e.value)

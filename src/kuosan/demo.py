@@ -387,7 +387,9 @@ def _run_latent_demo(recipe: LatentRecipe, spec: str, minutes: float, out_dir: P
                         "losses": ae_cfg.rec_loss + (f" + {ae_cfg.perceptual_weight} perceptual ({ae_cfg.perceptual})"
                                                      if ae_cfg.perceptual_weight and ae_cfg.perceptual != "none" else "")
                         + (f" + {ae_cfg.disc_weight} GAN" if ae_cfg.disc_weight else "")
-                        + (f" + {ae_cfg.cycle_weight} latent cycle" if ae_cfg.cycle_weight else "")},
+                        + (f" + {ae_cfg.cycle_weight} latent cycle" if ae_cfg.cycle_weight else "")
+                        + (f" + {ae_cfg.equivariance_weight} scale equivariance (x{ae_cfg.equivariance_scale})"
+                           if ae_cfg.equivariance_weight else "")},
         "steps": state.step, "batch": cfg.train.batch, "train_seconds": round(train_time, 1),
         "train_images_per_s": round(state.step * cfg.train.batch / max(train_time, 1e-9), 1),
         "probe_images_per_s": {"autoencoder": ae_ips and round(ae_ips, 1), "latent_model": ips and round(ips, 1)},

@@ -127,11 +127,12 @@ class Decoder(nn.Module):
         self.conv_out = Conv2d(ch, cfg.in_channels, 3, padding=1)
 
     def forward(self, z):
+        native = z.shape[-1] == self.sizes[-1]         # a latent of another side (scale equivariance) doubles
         h = self.mid(self.conv_in(z))
         for i, blocks in enumerate(self.blocks):
             h = blocks(h)
             if i < len(self.ups):                      # up to the next level's exact side (7 -> 14 -> 28)
-                side = self.sizes[len(self.ups) - 1 - i]
+                side = self.sizes[len(self.ups) - 1 - i] if native else 2 * h.shape[-1]
                 h = self.ups[i](F.interpolate(h, size=(side, side), mode="nearest"))
         return self.conv_out(F.silu(self.norm_out(h)))
 

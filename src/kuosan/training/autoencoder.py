@@ -3,13 +3,14 @@
 Loss per image, all terms averaged over pixels so weights do not depend on the image size:
 
     L = L_rec(x, x̂) + w_p · L_perc(x, x̂) + w_kl · KL(q(z|x) || N(0, I)) / (C·H·W) + λ · w_d · L_G(x̂)
-        + w_c · L_cycle(x̂, μ(x))
+        + w_c · L_cycle(x̂, μ(x)) + w_eq · L_rec(↓_s x, D(↓_s z))
 
 ``L_rec`` is L1 or L2; ``L_perc`` an LPIPS-style feature distance (see :class:`Perceptual`); the KL in nats
 per image (closed form, :meth:`DiagonalGaussian.kl`) divided by the pixel count, so ``w_kl = 1e-6`` means
 what it means in latent diffusion's KL-f4 setting, whose reconstruction term is summed over pixels; and
 from ``disc_start`` on, the hinge generator loss of a PatchGAN, weighted adaptively (Esser et al. 2021, eq. 7);
-and, when ``cycle_weight > 0``, a latent cycle-consistency term (see :func:`latent_cycle_loss`).
+when ``cycle_weight > 0``, a latent cycle-consistency term (see :func:`latent_cycle_loss`); and, when
+``equivariance_weight > 0``, a scale-equivariance term (see :func:`scale_equivariance_loss`).
 
 Checkpoints use :func:`kuosan.training.checkpoint.save_checkpoint`: ``config.json`` has ``"format":
 "kuosan-autoencoder"``, the network, the training settings and the latent scale measured on the training
@@ -34,7 +35,7 @@ from kuosan.errors import KuosanError
 from kuosan.training.optim import adamw, match_state_layout
 
 __all__ = ["AutoencoderTrainConfig", "PRESETS", "train_autoencoder", "Perceptual", "build_perceptual",
-           "hinge_d_loss", "adaptive_gan_weight", "latent_cycle_loss", "check_options", "BOUNDS"]
+           "hinge_d_loss", "adaptive_gan_weight", "latent_cycle_loss", "scale_equivariance_loss", "check_options", "BOUNDS"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ class AutoencoderTrainConfig:
     # w_c, latent cycle consistency: the reconstruction encoded again should give the first latent back,
     # ‖μ(x̂) − sg(μ(x))‖² over the batch variance of μ(x) (0 = off; costs one more encoder pass a step)
     cycle_weight: float = 0.0
+    # w_eq, scale equivariance: the latent averaged down by `equivariance_scale` should decode to the image
+    # averaged down as much (0 = off; costs one decoder pass at 1/scale² the size a step)
+    equivariance_weight: float = 0.0       # w_eq, scale equivariance (0 = off)
+    equivariance_scale: int = 2            # s, the factor latent and image are averaged down by
     steps: int = 5000                      # optimiser steps
     time_limit: typing.Optional[float] = None  # stop after this many seconds (a checkpoint is written)
     batch: int = 64                        # images per step
@@ -114,7 +119,7 @@ BOUNDS = {"resolution": (4, 1024), "channels": (1, 3), "max_images": (1, None), 
               "checkpoint_every": (0, None), "keep_checkpoints": (1, 1000), "scale_images": (1, 10 ** 7),
               "lr": (0, 1), "perceptual_weight": (0, 1e6), "kl_weight": (0, 1e6), "disc_weight": (0, 1e6),
               "grad_clip": (0, 1e6), "time_limit": (0, None), "downsample": (2, 8), "cycle_weight": (0, 1e6),
-          "ema_decay": (0, 1)}
+          "equivariance_weight": (0, 1e6), "equivariance_scale": (2, 16), "ema_decay": (0, 1)}
 
 
 def check_options(options: dict, source: str, prefix: str = "--") -> None:
@@ -165,7 +170,7 @@ def _check(cfg: AutoencoderTrainConfig) -> None:
         if getattr(cfg, name) < 1:
             raise KuosanError(f"{name} must be positive, got {getattr(cfg, name)}")
     for name in ("perceptual_weight", "kl_weight", "disc_weight", "disc_start", "checkpoint_every", "grad_clip",
-                 "cycle_weight"):
+                 "cycle_weight", "equivariance_weight"):
         if getattr(cfg, name) < 0:
             raise KuosanError(f"{name} must be non-negative, got {getattr(cfg, name)}")
     if cfg.decay_over not in ("steps", "time"):
@@ -297,6 +302,23 @@ def latent_cycle_loss(encoder, x_hat: torch.Tensor, mu: torch.Tensor) -> torch.T
     return (encoder(x_hat).mean - target).square().mean() / target.var().clamp_min(1e-12)
 
 
+def scale_equivariance_loss(decoder, x: torch.Tensor, z: torch.Tensor, scale: int, rec_loss: str = "l1"
+                            ) -> torch.Tensor:
+    """L_eq = L_rec(↓_s x, D(↓_s z)), ↓_s the average over s×s blocks: a latent made s times smaller should
+    decode to the image made s times smaller. This is the scale half of EQ-VAE (Kouzelis et al. 2025, §3.2,
+    the equivariance objective with τ a downscaling) and the scale-equivariance regulariser of Skorokhodov et
+    al. 2025 ("Improving the Diffusability of Autoencoders", §3): an autoencoder trained on reconstruction
+    alone puts fine detail into the latent's high frequencies, which a diffusion model must then learn too;
+    asking the latent's low-pass to carry the image's low-pass keeps its spectrum closer to the image's.
+
+    ``z`` is the training latent (sampled from q(z|x)); the gradient reaches the decoder and, through ``z``,
+    the encoder. Both sides must divide by ``scale`` (checked by the caller once, not here each step)."""
+    target = F.avg_pool2d(x, scale)
+    x_small = decoder(F.avg_pool2d(z, scale))
+    diff = (x_small - target).abs() if rec_loss == "l1" else (x_small - target).square()
+    return diff.mean()
+
+
 def adaptive_gan_weight(nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
                         delta: float = 1e-6) -> torch.Tensor:
     """λ = ‖∇_{G_L} L_rec‖ / (‖∇_{G_L} L_GAN‖ + δ) at the decoder's last layer G_L
@@ -348,6 +370,11 @@ class AutoencoderRun:
         self.images = data.images.to(device)
         self.fields = _network_fields(cfg, data)
         ae = self.ae = Autoencoder(AutoencoderConfig(**self.fields)).to(device)
+        side, s = ae.latent_shape[1], cfg.equivariance_scale
+        if cfg.equivariance_weight > 0 and (side % s or data.resolution != side * cfg.downsample):
+            raise KuosanError(f"equivariance_scale {s} needs images whose side is the latent's times downsample "
+                              f"and a latent side it divides; {data.resolution}x{data.resolution} images give "
+                              f"{side}x{side} latents (use a scale that divides {side}, or equivariance_weight 0)")
         disc = self.disc = (PatchDiscriminator(data.channels, data.resolution).to(device) if cfg.disc_weight > 0
                             else None)
         perceptual, self.perceptual_note = (build_perceptual(cfg.perceptual, data.name, data.resolution)
@@ -462,7 +489,9 @@ class AutoencoderRun:
         """``(x̂, nll, kl, loss, g_loss, cycle)``: the terms of L (see the module docstring); ``g_loss`` None
         without GAN, ``cycle`` None without the cycle term."""
         cfg = self.cfg
-        x_hat, posterior = self.ae(x, sample=True, generator=self.noise_gen)
+        posterior = self.ae.encode(x)
+        z = posterior.sample(self.noise_gen)
+        x_hat = self.ae.decode(z)
         diff = (x_hat - x).abs() if cfg.rec_loss == "l1" else (x_hat - x).square()
         nll = diff.flatten(1).mean(1)
         if self.perceptual is not None:
@@ -474,6 +503,11 @@ class AutoencoderRun:
         if cfg.cycle_weight > 0:
             cycle = latent_cycle_loss(self.ae.encode, x_hat, posterior.mean)
             loss = loss + cfg.cycle_weight * cycle
+        equi = None
+        if cfg.equivariance_weight > 0:
+            equi = scale_equivariance_loss(self.ae.decode, x, z, cfg.equivariance_scale, cfg.rec_loss)
+            loss = loss + cfg.equivariance_weight * equi
+            self._add(equivariance=equi)
         g_loss = None
         if gan_on:
             g_loss = -self.disc(x_hat).mean()
