@@ -1,7 +1,7 @@
-"""Recipes for the colour demo's latent model, compared by measurement at equal CPU time.
+"""Recipes for the colour demo's latent model, compared by measurement at equal CPU time (or equal steps).
 
     .venv/bin/python benchmarks/emoji_ldm_recipes.py [--autoencoder runs/demo-emoji/autoencoder] \
-        [--arms ARM ...] [--minutes 10] [--guidance 3] [--per-class 30] [--out FILE]
+        [--arms ARM ...] [--minutes 10 | --steps N] [--guidance 3] [--per-class 30] [--out FILE]
 
 An arm is the demo's CPU latent preset (``kuosan/configs/emoji-ldm.json``) with config overrides,
 ``KEY=VALUE`` pairs joined by ``;`` (VALUE in JSON; an empty arm is the preset itself). Each arm trains on the
@@ -12,12 +12,21 @@ its features and in EfficientNet-Lite0's. The autoencoder is the one ``make demo
 (runs/demo-emoji/autoencoder). Writes ``--out`` (JSON) and a PNG beside it: the first 6 samples of each class
 for each arm, side by side.
 
-Two questions it was run for:
+With ``--steps N`` every arm trains N steps instead, the learning rate decaying over the steps: equal work,
+for comparisons a machine whose speed drifts between arms would blur. An arm may set
+``train.autoencoder="DIR"`` to train on another autoencoder's latents.
+
+Questions it was run for:
   * noise levels: EDM (Karras et al. 2022, eq. 8 and Table 1) draws the training noise as
     ln σ ~ N(P_mean, P_std²); a higher P_mean spends more of a short run on the large σ, where a sample's layout
     is decided: ``--arms diffusion.p_mean=-0.5 diffusion.p_mean=0.3 --out benchmarks/results/emoji_ldm_noise_levels.json``
   * width at low resolution: channels ×4 at 4x4 and attention there too, which costs little at 4x4:
     ``--arms "" "model.channel_mults=[1,2,4];model.attn_resolutions=[8,4]" --out benchmarks/results/emoji_ldm_width.json``
+  * flow matching against EDM (rectified flow with SD3's logit-normal times, Esser et al. 2024, §3.1):
+    ``--arms "" 'diffusion.precond="flow"' --out benchmarks/results/emoji_ldm_flow.json``
+  * an autoencoder trained with the scale-equivariance term (``--equivariance_weight 0.5``) against one
+    without, at equal steps: ``--steps 8000 --arms "" 'train.autoencoder="runs/demo-emoji-eq/autoencoder"'
+    --out benchmarks/results/emoji_ldm_equivariance_steps.json``
 """
 
 from __future__ import annotations
@@ -42,6 +51,9 @@ def main(argv=None) -> int:
     p.add_argument("--arms", nargs="+", default=["", "diffusion.p_mean=0.3"],
                    help="config overrides of each arm: KEY=VALUE;KEY=VALUE (VALUE in JSON; '' = the preset)")
     p.add_argument("--minutes", type=float, default=10.0, help="training wall time of each model")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train each model this many steps instead (learning-rate decay over the steps): "
+                        "compares recipes at equal work on a machine whose speed drifts between arms")
     p.add_argument("--guidance", type=float, default=None, help="guidance weight (default: the preset's)")
     p.add_argument("--per-class", type=int, default=30, help="samples per class scored for each model")
     p.add_argument("--seed", type=int, default=0)
@@ -77,7 +89,8 @@ def main(argv=None) -> int:
     test = load_dataset("emoji:test")
     score = scorer(test)
     seconds = 60 * args.minutes
-    result = {"autoencoder": args.autoencoder, "preset": "emoji-ldm", "minutes": args.minutes,
+    result = {"autoencoder": args.autoencoder, "preset": "emoji-ldm",
+              **({"steps": args.steps} if args.steps else {"minutes": args.minutes}),
               "load_average_start": list(os.getloadavg()), "rows": []}
     blocks = []
     print(f"{'arm':>40} {'steps':>6} {'img/s':>6} {'accuracy':>9} {'FD emoji-cnn':>13} {'FD EfficientNet':>16}")
@@ -85,8 +98,10 @@ def main(argv=None) -> int:
         for i, (arm, overrides) in enumerate(zip(args.arms, arms)):
             cfg = load_config(None, {"train.data": "emoji", "train.autoencoder": args.autoencoder,
                                      "train.seed": args.seed, "train.out": f"{tmp}/arm{i}",
-                                     "train.steps": 100_000, "train.time_limit": seconds,
-                                     "train.decay_over": "time", "train.ema_sigma_rel": DEMO_SIGMA_REL,
+                                     **({"train.steps": args.steps, "train.decay_over": "steps"} if args.steps
+                                        else {"train.steps": 100_000, "train.time_limit": seconds,
+                                              "train.decay_over": "time"}),
+                                     "train.ema_sigma_rel": DEMO_SIGMA_REL,
                                      "train.checkpoint_every": 0, "train.sample_every": 0, **overrides}, base=base)
             t0 = time.time()
             run = train(cfg, progress=False, log=lambda *a: None)
