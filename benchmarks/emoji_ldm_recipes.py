@@ -25,7 +25,7 @@ Questions it was run for:
   * flow matching against EDM (rectified flow with SD3's logit-normal times, Esser et al. 2024, §3.1):
     ``--arms "" 'diffusion.precond="flow"' --out benchmarks/results/emoji_ldm_flow.json``
   * an autoencoder trained with the scale-equivariance term (``--equivariance_weight 0.5``) against one
-    without, at equal steps: ``--steps 8000 --arms "" 'train.autoencoder="runs/demo-emoji-eq/autoencoder"'
+    without, at equal steps: ``--steps 8000 --arms "" 'train.autoencoder="runs/ae-emoji-eq"'
     --out benchmarks/results/emoji_ldm_equivariance_steps.json``
 """
 
