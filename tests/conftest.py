@@ -1,4 +1,6 @@
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +11,15 @@ torch.set_num_threads(1)
 # suite samples many small fixture models, so it samples on eager torch unless a test chooses otherwise
 # (tests/test_onnx.py tests "auto" itself).
 os.environ.setdefault("KUOSAN_BACKEND", "torch")
+
+
+def load_benchmark(name: str):
+    """``benchmarks/NAME.py`` imported as a module (the folder is not a package), for tests of its pieces."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class GaussianDenoiser:

@@ -1,21 +1,16 @@
 """benchmarks/latent_spectrum.py: the high-frequency share it reports, and a run on a tiny autoencoder."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "latent_spectrum.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("latent_spectrum_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("latent_spectrum")
 
 
 def test_the_high_frequency_share_separates_smooth_maps_from_noise(bench):

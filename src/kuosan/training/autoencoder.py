@@ -486,8 +486,8 @@ class AutoencoderRun:
                                           .to(self.device)])
 
     def losses(self, x: torch.Tensor, gan_on: bool):
-        """``(x̂, nll, kl, loss, g_loss, cycle)``: the terms of L (see the module docstring); ``g_loss`` None
-        without GAN, ``cycle`` None without the cycle term."""
+        """``(x̂, nll, kl, loss, g_loss, optional)``: the terms of L (see the module docstring); ``g_loss`` None
+        without GAN; ``optional`` the optional terms that are on, by metrics name (``cycle``, ``equivariance``)."""
         cfg = self.cfg
         posterior = self.ae.encode(x)
         z = posterior.sample(self.noise_gen)
@@ -499,21 +499,20 @@ class AutoencoderRun:
         nll = nll.mean()
         kl = posterior.kl().mean() / self.pixels
         loss = nll + cfg.kl_weight * kl
-        cycle = None
+        optional = {}
         if cfg.cycle_weight > 0:
-            cycle = latent_cycle_loss(self.ae.encode, x_hat, posterior.mean)
-            loss = loss + cfg.cycle_weight * cycle
-        equi = None
+            optional["cycle"] = latent_cycle_loss(self.ae.encode, x_hat, posterior.mean)
+            loss = loss + cfg.cycle_weight * optional["cycle"]
         if cfg.equivariance_weight > 0:
-            equi = scale_equivariance_loss(self.ae.decode, x, z, cfg.equivariance_scale, cfg.rec_loss)
-            loss = loss + cfg.equivariance_weight * equi
-            self._add(equivariance=equi)
+            optional["equivariance"] = scale_equivariance_loss(self.ae.decode, x, z, cfg.equivariance_scale,
+                                                               cfg.rec_loss)
+            loss = loss + cfg.equivariance_weight * optional["equivariance"]
         g_loss = None
         if gan_on:
             g_loss = -self.disc(x_hat).mean()
             lam = adaptive_gan_weight(nll, g_loss, self.ae.decoder.last_layer)
             loss = loss + cfg.disc_weight * lam * g_loss
-        return x_hat, nll, kl, loss, g_loss, cycle
+        return x_hat, nll, kl, loss, g_loss, optional
 
     def one_step(self, step: int) -> None:
         """One autoencoder step, then (from ``disc_start``) one discriminator step; adds to the metrics window."""
@@ -526,7 +525,7 @@ class AutoencoderRun:
         for group in opt.param_groups:
             group["lr"] = self.lr
         gan_on = self.disc is not None and step >= cfg.disc_start
-        x_hat, nll, kl, loss, g_loss, cycle = self.losses(x, gan_on)
+        x_hat, nll, kl, loss, g_loss, optional = self.losses(x, gan_on)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.disc is not None:
@@ -545,8 +544,7 @@ class AutoencoderRun:
             self._add(d_loss=d_loss, g_loss=g_loss)
         if self.ema is not None:
             self.ema.update(self.ae, step)
-        if cycle is not None:
-            self._add(cycle=cycle)
+        self._add(**optional)
         self._add(loss=loss, nll=nll, kl=kl, mse01=float(((x_hat.detach() - x) / 2).square().mean()))
         self.window["n"] = self.window.get("n", 0) + 1
 
