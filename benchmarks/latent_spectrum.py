@@ -90,7 +90,8 @@ def main(argv=None) -> int:
     except KuosanError as e:
         print(f"latent_spectrum: {e}", file=sys.stderr)
         return 2
-    print(f"{'autoencoder':<44} {'w_eq':>5} {'latent >½Nyq':>13} {'image >½Nyq':>12} {'PSNR':>7} {'½-size PSNR':>12}")
+    print(f"{'autoencoder':<44} {'w_eq':>5} {'latent >½Nyq':>13} {'image >½Nyq':>12} {'PSNR':>7} "
+          f"{'½-size PSNR':>12}")
     for r in rows:
         print(f"{r['autoencoder']:<44} {r['equivariance_weight']:>5g} {r['latent_high_share']:>13.3f} "
               f"{r['image_high_share_at_latent_size']:>12.3f} {r['test_psnr']:>7.2f} {r['half_size_psnr']:>12.2f}")

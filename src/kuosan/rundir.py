@@ -200,7 +200,8 @@ _ABSENT = "(absent)"
 # Settings added after a run format was fixed, with the value that does what runs written before them did: a
 # saved recipe without one of them has that value (an old run resumes; setting another value is a change).
 ADDED_DEFAULTS = {"train.decay_over": "steps", "train.ema_sigma_rel": None, "train.cycle_weight": 0.0,
-                  "train.equivariance_weight": 0.0, "train.equivariance_scale": 2, "train.clock": "wall", "train.posthoc_ema": False}
+                  "train.equivariance_weight": 0.0, "train.equivariance_scale": 2, "train.clock": "wall",
+                  "train.posthoc_ema": False}
 
 
 def recipe_changes(saved: dict, now: dict, *, ignore=RESUME_IGNORE) -> list[str]:

@@ -35,7 +35,8 @@ from kuosan.errors import KuosanError
 from kuosan.training.optim import adamw, match_state_layout
 
 __all__ = ["AutoencoderTrainConfig", "PRESETS", "train_autoencoder", "Perceptual", "build_perceptual",
-           "hinge_d_loss", "adaptive_gan_weight", "latent_cycle_loss", "scale_equivariance_loss", "check_options", "BOUNDS"]
+           "hinge_d_loss", "adaptive_gan_weight", "latent_cycle_loss", "scale_equivariance_loss", "check_options",
+           "BOUNDS"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class AutoencoderTrainConfig:
     cycle_weight: float = 0.0
     # w_eq, scale equivariance: the latent averaged down by `equivariance_scale` should decode to the image
     # averaged down as much (0 = off; costs one decoder pass at 1/scale² the size a step)
-    equivariance_weight: float = 0.0       # w_eq, scale equivariance (0 = off)
+    equivariance_weight: float = 0.0       # w_eq (0 = off)
     equivariance_scale: int = 2            # s, the factor latent and image are averaged down by
     steps: int = 5000                      # optimiser steps
     time_limit: typing.Optional[float] = None  # stop after this many seconds (a checkpoint is written)
@@ -305,11 +306,12 @@ def latent_cycle_loss(encoder, x_hat: torch.Tensor, mu: torch.Tensor) -> torch.T
 def scale_equivariance_loss(decoder, x: torch.Tensor, z: torch.Tensor, scale: int, rec_loss: str = "l1"
                             ) -> torch.Tensor:
     """L_eq = L_rec(↓_s x, D(↓_s z)), ↓_s the average over s×s blocks: a latent made s times smaller should
-    decode to the image made s times smaller. This is the scale half of EQ-VAE (Kouzelis et al. 2025, §3.2,
-    the equivariance objective with τ a downscaling) and the scale-equivariance regulariser of Skorokhodov et
-    al. 2025 ("Improving the Diffusability of Autoencoders", §3): an autoencoder trained on reconstruction
-    alone puts fine detail into the latent's high frequencies, which a diffusion model must then learn too;
-    asking the latent's low-pass to carry the image's low-pass keeps its spectrum closer to the image's.
+    decode to the image made s times smaller. This is the scale half of EQ-VAE (Kouzelis et al. 2025, its
+    equivariance objective with the transform a downscaling) and the scale-equivariance regulariser of
+    Skorokhodov et al. 2025 ("Improving the Diffusability of Autoencoders"): an autoencoder trained on
+    reconstruction alone puts fine detail into the latent's high frequencies, which a diffusion model must then
+    learn too; asking the latent's low-pass to carry the image's low-pass is meant to bring its spectrum closer
+    to the image's (benchmarks/latent_spectrum.py measures whether it did).
 
     ``z`` is the training latent (sampled from q(z|x)); the gradient reaches the decoder and, through ``z``,
     the encoder. Both sides must divide by ``scale`` (checked by the caller once, not here each step)."""
