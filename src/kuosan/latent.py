@@ -115,6 +115,7 @@ class LatentAutoencoder:
 def load_autoencoder(path, device=None, use_ema: bool = True) -> LatentAutoencoder:
     """The autoencoder checkpoint at ``path`` (a checkpoint directory or a ``train-autoencoder`` run directory)."""
     from kuosan.nets.autoencoder import Autoencoder, AutoencoderConfig
+    from kuosan.nets.layout import prepare_model
     from kuosan.checkpoint import read_checkpoint, read_config_json, resolve_checkpoint
     from kuosan.runtime import resolve_device
 
@@ -138,7 +139,7 @@ def load_autoencoder(path, device=None, use_ema: bool = True) -> LatentAutoencod
         raise KuosanError(f"{ckpt / name} does not fit the autoencoder in its config.json: "
                           f"{str(e).splitlines()[0]}") from None
     device = resolve_device(str(device) if device is not None else "auto")
-    return LatentAutoencoder(net.to(device), config, ckpt, recorded_sha256(ckpt, name),
+    return LatentAutoencoder(prepare_model(net.to(device)), config, ckpt, recorded_sha256(ckpt, name),
                              file_sha256(ckpt / "config.json"))
 
 

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from kuosan.errors import KuosanError
 from kuosan.nets.layers import Conv2d, GroupNorm32
-from kuosan.nets.unet import _groups
+from kuosan.nets.unet import _groups, _layout
 
 __all__ = ["AutoencoderConfig", "Autoencoder", "DiagonalGaussian", "PatchDiscriminator", "default_mults",
            "latent_resolution"]
@@ -79,8 +79,8 @@ class ResBlock(nn.Module):
         self.skip = Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(self.norm1(x, act=True))          # silu(norm1(x)), fused in channels_last
+        h = self.conv2(self.norm2(h, act=True))
         return self.skip(x) + h
 
 
@@ -102,7 +102,7 @@ class Encoder(nn.Module):
         self.conv_out = Conv2d(ch, 2 * cfg.latent_channels, 3, padding=1)   # μ and log σ²
 
     def forward(self, x):
-        return self.conv_out(F.silu(self.norm_out(self.body(self.conv_in(x)))))
+        return self.conv_out(self.norm_out(self.body(self.conv_in(x)), act=True))
 
 
 class Decoder(nn.Module):
@@ -134,7 +134,7 @@ class Decoder(nn.Module):
             if i < len(self.ups):                      # up to the next level's exact side (7 -> 14 -> 28)
                 side = self.sizes[len(self.ups) - 1 - i] if native else 2 * h.shape[-1]
                 h = self.ups[i](F.interpolate(h, size=(side, side), mode="nearest"))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(self.norm_out(h, act=True))
 
     @property
     def last_layer(self) -> torch.Tensor:
@@ -162,7 +162,14 @@ class DiagonalGaussian:
 
 
 class Autoencoder(nn.Module):
-    """``encode(x) -> DiagonalGaussian``, ``decode(z) -> x_hat``; ``forward`` does both with a sampled z."""
+    """``encode(x) -> DiagonalGaussian``, ``decode(z) -> x_hat``; ``forward`` does both with a sampled z.
+
+    Like kuosan's UNet it computes in the memory format of its weights: ``kuosan.nets.layout.prepare_model``
+    puts them in ``channels_last``, where the fused GroupNorm-SiLU and the 3x3 kernels of
+    :mod:`kuosan.nets.kernels` run (benchmarks/autoencoder_speed.py). Inputs may come in either layout;
+    outputs come back in the input's."""
+
+    computes_in_weight_layout = True  # kuosan.nets.layout.prepare_model looks for it
 
     def __init__(self, cfg: AutoencoderConfig):
         super().__init__()
@@ -175,11 +182,16 @@ class Autoencoder(nn.Module):
     def latent_shape(self) -> tuple[int, int, int]:
         return (self.cfg.latent_channels, latent_resolution(self.cfg), latent_resolution(self.cfg))
 
+    def memory_format(self) -> torch.memory_format:
+        """``channels_last`` when the weights are stored so, else NCHW."""
+        return _layout(self.decoder.mid.conv1.weight)  # [ch, ch, 3, 3]: unambiguous, ch >= 2
+
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        return DiagonalGaussian(self.encoder(x))
+        moments = self.encoder(x.contiguous(memory_format=self.memory_format()))
+        return DiagonalGaussian(moments.contiguous(memory_format=_layout(x)))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
+        return self.decoder(z.contiguous(memory_format=self.memory_format())).contiguous(memory_format=_layout(z))
 
     def forward(self, x, sample: bool = True, generator: torch.Generator | None = None):
         posterior = self.encode(x)

@@ -363,6 +363,7 @@ class AutoencoderRun:
     def __init__(self, cfg: AutoencoderTrainConfig, device: torch.device, *, log):
         from kuosan.data import load_dataset
         from kuosan.nets.autoencoder import Autoencoder, AutoencoderConfig, PatchDiscriminator
+        from kuosan.nets.layout import prepare_model
         from kuosan.training.ema import EMA
 
         self.cfg, self.device, self.log, self.out = cfg, device, log, Path(cfg.out)
@@ -371,7 +372,8 @@ class AutoencoderRun:
                                         channels=cfg.channels, max_images=cfg.max_images)
         self.images = data.images.to(device)
         self.fields = _network_fields(cfg, data)
-        ae = self.ae = Autoencoder(AutoencoderConfig(**self.fields)).to(device)
+        # channels_last: the fused GroupNorm-SiLU and the 3x3 kernels (benchmarks/autoencoder_speed.py)
+        ae = self.ae = prepare_model(Autoencoder(AutoencoderConfig(**self.fields)).to(device))
         side, s = ae.latent_shape[1], cfg.equivariance_scale
         if cfg.equivariance_weight > 0 and (side % s or data.resolution != side * cfg.downsample):
             raise KuosanError(f"equivariance_scale {s} needs images whose side is the latent's times downsample "
