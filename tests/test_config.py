@@ -78,6 +78,10 @@ BAD = [  # (overrides, words the message must contain)
     (["--sample.steps", "0"], "sample.steps must be positive"),
     (["--sample.steps", "100000"], "sample.steps 100000 is absurdly large"),
     (["steps", "5"], "expected an option like --key value, got 'steps'"),
+    (["--repa_weight", "-1"], "train.repa_weight must be non-negative"),
+    (["--repa_weight", "1000"], "train.repa_weight 1000.0 is absurdly large"),
+    (["--repa_weight", "0.5", "--model.kind", "dit"], "train.repa_weight aligns a UNet's middle block"),
+    (["--repa_weight", "0.5", "--lora_rank", "4"], "train.repa_weight trains a network from scratch"),
 ]
 
 

@@ -96,6 +96,7 @@ class TrainConfig:
     ema_sigma_rel: typing.Optional[float] = None  # power-function EMA of this width (EDM2), not ema_decay
     posthoc_ema: bool = False              # also keep EDM2's two EMA profiles; a snapshot with each checkpoint
     grad_clip: float = 1.0                 # clip the global gradient norm (0 = off)
+    repa_weight: float = 0.0               # > 0: representation alignment (REPA) of a UNet's middle block with EfficientNet-Lite0's features of the clean image, at this weight (0 = off)
     bf16: bool = False                     # bfloat16 autocast inside the network
     compile: bool = False                  # torch.compile the network (slow to compile; for long GPU runs)
     tf32: bool = True                      # CUDA only: TensorFloat-32 matmuls/convolutions (Ampere or newer)
@@ -438,6 +439,14 @@ def validate(cfg: Config) -> None:
     if t.ema_sigma_rel is not None and not 0 < t.ema_sigma_rel <= 12 ** -0.5:
         raise KuosanError(f"train.ema_sigma_rel must be in (0, 0.2887] (0.2887: a plain running mean), "
                           f"got {t.ema_sigma_rel}")
+    _positive(t.repa_weight, "train.repa_weight", allow_zero=True)
+    _at_most(t.repa_weight, 100, "train.repa_weight")
+    if t.repa_weight > 0 and m.kind != "unet":
+        raise KuosanError(f"train.repa_weight aligns a UNet's middle block; model.kind {m.kind!r} has none: "
+                          "set it to 0 or use model.kind unet")
+    if t.repa_weight > 0 and (t.init_from is not None or t.lora_rank):
+        raise KuosanError("train.repa_weight trains a network from scratch; drop it when fine-tuning "
+                          "(train.init_from, train.lora_rank)")
     _positive(t.lora_rank, "train.lora_rank", allow_zero=True)
     _at_most(t.lora_rank, 4096, "train.lora_rank")
     _positive(t.lora_alpha, "train.lora_alpha")

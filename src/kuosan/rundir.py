@@ -201,7 +201,7 @@ _ABSENT = "(absent)"
 # saved recipe without one of them has that value (an old run resumes; setting another value is a change).
 ADDED_DEFAULTS = {"train.decay_over": "steps", "train.ema_sigma_rel": None, "train.cycle_weight": 0.0,
                   "train.equivariance_weight": 0.0, "train.equivariance_scale": 2, "train.clock": "wall",
-                  "train.posthoc_ema": False}
+                  "train.posthoc_ema": False, "train.repa_weight": 0.0}
 
 
 def recipe_changes(saved: dict, now: dict, *, ignore=RESUME_IGNORE) -> list[str]:

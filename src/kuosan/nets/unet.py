@@ -38,6 +38,8 @@ class UNetConfig:
     dropout: float = 0.0               # dropout inside residual blocks
     num_classes: int = 0               # 0 = unconditional; else class embedding with a null class
     noise_scale: float = 1.0           # multiplies c_noise before the sinusoidal embedding
+    align_channels: int = 0            # > 0: a projection head from the middle block's features to this many
+                                       # channels, trained by representation alignment (kuosan.training.repa)
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:
@@ -152,6 +154,15 @@ class UNet(nn.Module):
                 res = res * 2  # the exact size comes from the matching skip at run time
         self.norm_out = GroupNorm32(_groups(ch), ch)
         self.conv_out = zero_init(Conv2d(ch, cfg.out_channels, 3, padding=1))
+        # REPA's projector h_φ (Yu et al. 2025, §3.3): an MLP on each position's middle-block features; training
+        # only (kuosan.training.repa reads the middle block through a hook), unused when sampling
+        mid, hidden = cfg.base_channels * cfg.channel_mults[-1], 4 * cfg.base_channels * cfg.channel_mults[-1]
+        self.align_head = nn.Sequential(nn.Linear(mid, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                        nn.Linear(hidden, cfg.align_channels)) if cfg.align_channels > 0 else None
+
+    def align_site(self) -> nn.Module:
+        """The module whose output representation alignment reads: the middle block, at the lowest resolution."""
+        return self.mid[-1]
 
     def memory_format(self) -> torch.memory_format:
         """``channels_last`` when the weights are stored so (see the module docstring), else NCHW."""

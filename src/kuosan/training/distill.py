@@ -118,7 +118,8 @@ def prepare_student(cc: ConsistencyConfig, train: dict | None = None, *, teacher
         source = resolve_config_path(config)
         base = config_to_dict(load_config(None if isinstance(source, dict) else source,
                                           base=source if isinstance(source, dict) else None))
-        return Student(_student_sections(base, cc, {**base["train"], **train}), cc)
+        # a preset's representation alignment is for kuosan train's loop (the distillation loop has none)
+        return Student(_student_sections(base, cc, {**base["train"], "repa_weight": 0.0, **train}), cc)
     if teacher is None:
         raise KuosanError("--method ect tunes a trained model: give --teacher (a kuosan run or checkpoint)")
     from kuosan.training.finetune import read_parent
@@ -172,6 +173,8 @@ class DistillRun(Run):
         self.precond, self.spec = precond, spec
         if t.posthoc_ema:
             raise KuosanError("train.posthoc_ema is for kuosan train; a distillation run keeps one EMA")
+        if t.repa_weight:
+            raise KuosanError("train.repa_weight is for kuosan train; a distillation run learns from its teacher")
         self.ema, self.posthoc = EMA(precond, t.ema_decay), None
         self.opt = adamw(list(precond.parameters()), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         self.objective = consistency_loss

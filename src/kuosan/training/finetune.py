@@ -106,7 +106,8 @@ def _adapt_state(parent: dict, target: dict, embeds: dict, old: int, new: int, m
         if tuple(got.shape) != tuple(want.shape):
             mismatch(f"{_short(key)} is {list(got.shape)} in the parent, {list(want.shape)} here")
         out[key] = got.to(want.dtype)
-    extra = [k for k in parent if k not in target and k not in class_keys]
+    # a parent's representation-alignment head trains with it only (kuosan.training.repa): the child may go without
+    extra = [k for k in parent if k not in target and k not in class_keys and ".align_head." not in f".{k}"]
     if extra:
         mismatch(f"the parent has {len(extra)} tensor(s) this network lacks (e.g. {_short(extra[0])})")
     for prefix in embeds:

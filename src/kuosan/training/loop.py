@@ -170,6 +170,8 @@ class Run:
     """One training run's pieces, built from the config: data, model, EMA, optimiser, objective, generators.
     :func:`train` calls its steps in order; each is one concept of the loop."""
 
+    alignment = None  # representation alignment (kuosan.training.repa), when train.repa_weight > 0
+
     def __init__(self, cfg: Config, ctx, *, resume: bool, log):
         from kuosan.data import load_dataset, to_model_range
         from kuosan.diffusion.objectives import loss_for
@@ -198,6 +200,10 @@ class Run:
         self.num_classes = data.num_classes if t.conditional else 0
         # --- model, EMA, optimiser ---
         spec = network_spec(cfg, channels=data.channels, resolution=data.resolution, num_classes=self.num_classes)
+        if t.repa_weight > 0:  # REPA's projection head lives in the network (saved, resumed, averaged with it)
+            from kuosan.training.repa import TEACHER_CHANNELS
+
+            spec["fields"]["align_channels"] = TEACHER_CHANNELS
         try:
             precond = build_model(spec, cfg.diffusion).to(device)
             # transfer learning: parent weights, LoRA adapters, frozen parameters (kuosan.training.finetune)
@@ -240,8 +246,39 @@ class Run:
             from kuosan.latent import load_autoencoder
 
             self.decoder = load_autoencoder(data.autoencoder["path"], device=device)
+        if t.repa_weight > 0:
+            self.alignment = self._alignment(data, ctx)
+            self._aligned = self.alignment.objective(self.objective)
         self.progress = Progress()
         self.start_clock()  # again when the loop starts
+
+    @property
+    def train_objective(self):
+        """What the optimiser steps on: the diffusion objective, plus the alignment term when it is on."""
+        return self._aligned if self.alignment is not None else self.objective
+
+    def _alignment(self, data, ctx):
+        """Representation alignment (:mod:`kuosan.training.repa`): the teacher's features of every training image
+        (for a latent model, of the images its latents were encoded from), and the hook on the middle block."""
+        from kuosan.data import load_dataset
+        from kuosan.training.repa import Alignment, site_side, teacher_targets
+
+        t = self.t
+        if ctx.enabled or t.batch_per_device is not None or t.compile:
+            raise KuosanError("train.repa_weight runs in one process without batch_per_device or compile: its "
+                              "targets follow the whole batch through one forward pass")
+        if self.is_latent:
+            c, res, _ = self.decoder.image_shape
+            images = load_dataset(t.data, "train", root=t.data_root, resolution=res, channels=c,
+                                  max_images=t.max_images).images
+        else:
+            images = data.images
+        if len(images) != len(data):
+            raise KuosanError(f"representation alignment: {len(images)} images for {len(data)} latents; "
+                              "re-encode the data set")
+        side = site_side(data.resolution, len(self.cfg.model.channel_mults))
+        targets = teacher_targets(images, side, device=self.device, log=self.log)
+        return Alignment(self.precond.net, targets, t.repa_weight)
 
     def clock(self) -> float:
         """``train.clock``: wall seconds, or this process's CPU seconds (all threads), which a busy machine
@@ -309,6 +346,8 @@ class Run:
     def batch(self, step: int):
         """The global batch of ``step``: images in the model's range and labels (some made null for CFG)."""
         idx = batch_indices(step, self.t.batch, len(self.data), self.t.seed).to(self.device)
+        if self.alignment is not None:
+            self.alignment.select(idx)
         x0, y = self.scale(self.images[idx]), None
         if self.num_classes:
             y = self.labels[idx].clone()
@@ -324,7 +363,9 @@ class Run:
         for group in self.opt.param_groups:
             group["lr"] = self.lr
         # Every rank holds the global batch; it draws all of its noise and runs its own rows.
-        loss = sharded.step(self.objective, x0, y, self.noise_gen, self.obj_kw, autocast, self.opt, step)
+        loss = sharded.step(self.train_objective, x0, y, self.noise_gen, self.obj_kw, autocast, self.opt, step)
+        if self.alignment is not None:  # the log's loss is the diffusion loss alone, comparable across runs
+            loss = loss - self.alignment.weight * self.alignment.last
         grad_norm = torch.nn.utils.clip_grad_norm_(self.precond.parameters(),
                                                    self.t.grad_clip if self.t.grad_clip > 0 else float("inf"))
         p = self.progress
@@ -364,6 +405,8 @@ class Run:
         rec = {"step": step, "loss": p.window_loss / max(1, p.window_n), "grad_norm": float(grad_norm),
                "lr": self.lr, "nonfinite": p.nonfinite, "time": self.elapsed(),
                "images_per_s": p.window_n * t.batch / max(1e-9, now - window_t)}
+        if self.alignment is not None:
+            rec["repa_loss"] = self.alignment.window_mean()
         if t.checkpoint_every and step % t.checkpoint_every == 0 or step == t.steps:
             rec["val_loss_raw"], rec["val_loss_ema"] = self.val_loss(self.precond), self.val_loss(self.ema.module)
         return rec
