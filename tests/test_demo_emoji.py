@@ -163,14 +163,39 @@ def test_the_time_kept_after_training_follows_the_measured_speeds():
     grid = 4 * (2 * 9 + 2)  # the closing grid and the labelled one: 4 a class; the interpolation rows
     kept = demo._after_training_seconds
     # a decoding a second, the networks free: one second an image sampled, 30 s for the rest
-    assert kept(TINY, cfg, "emoji", 1e12, 1.0, {}, False) == pytest.approx(grid + 30)
-    assert kept(TINY, cfg, "emoji", 1e12, 1.0, {"a": 0.1, "b": 0.1}, True) == pytest.approx(
-        grid + 30 + (20 + 18 / 0.6) + 1.5 * (18 + grid) * 0.2)
-    # the networks at a third of an image a second in training: an evaluation a second, twice with guidance
+    assert kept(TINY, cfg, "emoji", 0.0, 1.0, {}, False) == pytest.approx(grid + 30)
+    assert kept(TINY, cfg, "emoji", 0.0, 1.0, {"a": 0.1, "b": 0.1}, True) == pytest.approx(
+        grid + 30 + 20 + (18 * (1 + 1.2 * 0.2) + 15) / 0.9 + 1.2 * grid * 0.2)
+    # a network evaluation a second when sampling, with the margin: twice an image's evaluations with guidance
     grid_evals = 2 * nfe(cfg.sample.sampler, cfg.sample.steps)
-    assert kept(TINY, cfg, "emoji", 1 / 3, 0.0, {}, False) == pytest.approx(grid * grid_evals + 30)
-    fast, slow = (kept(demo.LATENT_RECIPES["emoji"], cfg, "emoji", ips, 0.01, {"a": 0.02}, True) for ips in (400, 200))
+    assert kept(TINY, cfg, "emoji", 1.0, 0.0, {}, False) == pytest.approx(grid * grid_evals * 1.2 + 30)
+    fast, slow = (kept(demo.LATENT_RECIPES["emoji"], cfg, "emoji", e, 0.01, {"a": 0.02}, True) for e in (1e-3, 2e-3))
     assert fast < slow
+
+
+def test_the_sampling_probe_measures_one_network_evaluation(tmp_path):
+    """The probe's seconds for one network evaluation of one image, from runs of 1 and 5 Euler steps (the noise,
+    decoding and overhead cancel): positive, and milliseconds for a small network."""
+    from kuosan.config import load_config, resolve_config_path
+    from kuosan.training.loop import train
+
+    cfg = load_config(None, {"train.out": str(tmp_path / "r"), "train.steps": 2, "train.checkpoint_every": 0,
+                             "sample.sampler": "euler", "sample.steps": 1}, base=resolve_config_path("digits-tiny"))
+    train(cfg, progress=False, log=lambda *a: None)
+    per_eval = demo._network_seconds(tmp_path / "r", "cpu", n=64)
+    assert 0 < per_eval < 0.05
+
+
+def test_the_evaluation_samples_what_the_time_kept_for_it_allows():
+    """The count the evaluation picks from the time it has left is the count the time kept for it was planned for,
+    and fewer when the machine slowed down meanwhile."""
+    count = demo._eval_count
+    p, f, n_range = 0.05, 0.03, (270, 900)
+    planned = 20 * p + (900 * (p + 1.2 * f) + 15) / 0.9  # what _after_training_seconds keeps for 900
+    assert count(planned, p, f, n_range) == 900
+    assert count(planned, 2 * p, 2 * f, n_range) < 900 and count(planned, 2 * p, 2 * f, n_range) >= 270
+    assert count(1e6, p, f, n_range) == 900 and count(0.0, p, f, n_range) == 270
+    assert count(60.0, p, None, n_range) == int(0.6 * 60 / p)  # feature speeds unknown: 40% left for them
 
 
 @pytest.mark.skipif(not _emoji_installed(), reason="emoji sources not installed (scripts/install_emoji_data.sh)")

@@ -135,8 +135,9 @@ def pick_demo_data(requested: str | None, log=print) -> str:
         return "mnist"
 
 
-def _calibrate(overrides: dict, base: str = "demo") -> float:
-    """Training images per second of this config on this machine: a short real run of the loop."""
+def _calibrate(overrides: dict, base: str = "demo", sampling: bool = False):
+    """Training images per second of this config on this machine: a short real run of the loop. With
+    ``sampling``, also the seconds one network evaluation of one image costs when sampling (a tuple)."""
     from kuosan.training.loop import train
 
     with tempfile.TemporaryDirectory(prefix="kuosan-calibrate-") as tmp:
@@ -147,7 +148,23 @@ def _calibrate(overrides: dict, base: str = "demo") -> float:
                             base=resolve_config_path(base))
         train(probe, progress=False, log=lambda *a: None)
         rows = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines() if x]
-    return rows[-1]["images_per_s"]
+        ips = rows[-1]["images_per_s"]
+        return (ips, _network_seconds(tmp, probe.train.device)) if sampling else ips
+
+
+def _network_seconds(run_dir, device: str, n: int = 128) -> float:
+    """Seconds a network evaluation of one image costs when sampling with the model in ``run_dir`` (its speed, not
+    its quality, matters): Euler at 1 and at 5 steps on the same ``n`` images, a batch as the evaluation samples,
+    the difference over 4 evaluations (decoding and the rest cancel)."""
+    import kuosan
+
+    pipe = kuosan.load(run_dir, device=device)
+    seconds = []
+    for steps in (1, 5, 1, 5):  # alternated: a machine that slows down meanwhile slows both
+        t0 = time.perf_counter()
+        pipe.sample(list(range(n)), sampler="euler", steps=steps, guidance=1.0, batch_size=n)
+        seconds.append(time.perf_counter() - t0)
+    return max(1e-6, (seconds[1] + seconds[3] - seconds[0] - seconds[2]) / 2 / (4 * n))
 
 
 def _labelled_grid(pipe, per_class: int, seed: int, out: Path, guidance: float) -> tuple[Path, float, int]:
@@ -331,14 +348,15 @@ def _run_latent_demo(recipe: LatentRecipe, spec: str, minutes: float, out_dir: P
     overrides = {**recipe.overrides, "train.data": spec, "train.autoencoder": str(ae_dir), "train.seed": seed,
                  "train.device": device, "train.out": str(out_dir / "ldm")}
     base_cfg = load_config(None, overrides, base=resolve_config_path(base))
-    ips = None
+    ips = per_eval = None
     if recipe.ldm_steps is None:
-        log("measuring the latent model's training speed ...")
-        ips = _calibrate(overrides, base)
+        log("measuring the latent model's training and sampling speed ...")
+        ips, per_eval = _calibrate(overrides, base, sampling=True)
     after = eval_reserve + sample_reserve  # the time kept for what follows training: an upper bound ...
+    features = {}  # seconds an image costs each of the evaluation's feature networks, when measured
     if ips is not None:  # ... narrowed to what the measured speeds say it costs on this machine
         features = _prepare_evaluation(spec, recipe, log) if evaluate else {}
-        after = min(after, _after_training_seconds(recipe, base_cfg, spec, ips, recon_seconds / recon["images"],
+        after = min(after, _after_training_seconds(recipe, base_cfg, spec, per_eval, recon_seconds / recon["images"],
                                                    features, evaluate))
         log(f"keeping {after:.0f} s for sampling{' and evaluation' if evaluate else ''} after training")
     train_seconds = max(10.0, budget - after - elapsed())
@@ -367,7 +385,7 @@ def _run_latent_demo(recipe: LatentRecipe, spec: str, minutes: float, out_dir: P
     evaluation = None
     if evaluate:
         evaluation = _evaluate(pipe, run_dir, out_dir, spec, budget - elapsed(), log, extractors=recipe.extractors,
-                               n_range=recipe.eval_images)
+                               n_range=recipe.eval_images, per_feature=sum(features.values()) if features else None)
         if evaluation is not None:
             _add_conditional_accuracy(evaluation, out_dir / "eval_samples.npz", spec)
             evaluation["markdown_summary"] = _evaluation_summary(evaluation)
@@ -562,10 +580,17 @@ def _latent_markdown(r: dict, cfg: Config, pipe, recipe: LatentRecipe) -> str:
         f"level, attention at {list(pipe.config['network']['fields'].get('attn_resolutions', []))}, "
         f"{r['parameters'] / 1e6:.2f} M parameters, {r['gflop_per_forward']} GFLOP a forward |",
         f"| parameterisation | {cfg.diffusion.precond}, σ_data {cfg.diffusion.sigma_data}, training noise ln σ ~ "
-        f"N({cfg.diffusion.p_mean:g}, {cfg.diffusion.p_std:g}²), label dropout {cfg.diffusion.label_dropout} |",
+        f"N({cfg.diffusion.p_mean:g}, {cfg.diffusion.p_std:g}²), label dropout {cfg.diffusion.label_dropout}"
+        + (f"; representation alignment (REPA) of the middle block with EfficientNet-Lite0's features, weight "
+           f"{cfg.train.repa_weight:g}" if cfg.train.repa_weight else "") + " |",
         *_run_rows(r, cfg, "latent model training",
                    f"| sampling | {r['sampling_images_per_s']} images/s, decoding included |", "losses"),
     ]
+    if cfg.train.repa_weight and r.get("evaluation"):
+        r = {**r, "evaluation": {**r["evaluation"], "markdown_summary": r["evaluation"]["markdown_summary"] + (
+            "\n\nThe latent model was trained to align its features with EfficientNet-Lite0's (REPA), the network "
+            "of the first Fréchet distance above: that distance favours it. The emoji classifier's distance and "
+            "accuracy are independent of the alignment.")}}
     return _with_evaluation(lines, r)
 
 
@@ -601,36 +626,54 @@ def _prepare_evaluation(spec: str, recipe: LatentRecipe, log) -> dict:
     return done["per_image"]
 
 
-def _after_training_seconds(recipe: LatentRecipe, cfg, spec: str, ips: float, decode_seconds: float,
+# How the evaluation plans its sample count from the time it has left (:func:`_eval_count`): it spends at most
+# EVAL_SHARE of that time, less EVAL_REPORT seconds for the metrics and plots, and counts each feature network's
+# measured cost FEATURE_MARGIN times.
+EVAL_SHARE, EVAL_REPORT, FEATURE_MARGIN = 0.9, 15.0, 1.2
+SAMPLING_MARGIN = 1.2  # a network evaluation when sampling costs at most this many times what its probe measured
+
+
+def _eval_count(seconds_left: float, per_image: float, per_feature: float | None, n_range: tuple) -> int:
+    """How many images the evaluation samples and scores in ``seconds_left``: each costs ``per_image`` to sample
+    and ``per_feature`` (all feature networks) to score. Without measured feature speeds (None) 40% of the
+    time is left for them."""
+    if per_feature is None:
+        n = 0.6 * max(0.0, seconds_left) / max(per_image, 1e-3)
+    else:
+        n = (EVAL_SHARE * seconds_left - EVAL_REPORT) / max(per_image + FEATURE_MARGIN * per_feature, 1e-3)
+    return int(max(n_range[0], min(n_range[1], n)))
+
+
+def _after_training_seconds(recipe: LatentRecipe, cfg, spec: str, per_eval: float, decode_seconds: float,
                             features: dict, evaluate: bool) -> float:
     """What follows the latent model's training costs on this machine, from measured speeds, with margins:
-    a sampled image costs its sampler's network evaluations, twice that with guidance, each a third of a
-    training step's forward and backward pass (Kaplan et al. 2020, §2.1: the backward pass costs twice the
-    forward), plus one decoding (``decode_seconds``: an encode and decode, measured on the test split). The
-    evaluation samples its largest count only with 1/0.6 of that time left (:func:`_evaluate`); ``features``:
-    seconds an image costs each feature network."""
+    a sampled image costs its sampler's network evaluations, twice that with guidance, each ``per_eval`` seconds
+    (:func:`_network_seconds`, with a margin of SAMPLING_MARGIN), plus one decoding (``decode_seconds``: an
+    encode and decode, measured on the test split). The evaluation then has the time :func:`_eval_count` needs
+    for its largest count; ``features``: seconds an image costs each feature network."""
     from kuosan.data import load_dataset
     from kuosan.diffusion.samplers import nfe
 
     def per_image(sample: dict) -> float:
         guided = 2 if float(sample.get("guidance", cfg.sample.guidance)) != 1.0 else 1
         evals = nfe(sample.get("sampler", cfg.sample.sampler), int(sample.get("steps", cfg.sample.steps)))
-        return guided * evals / (3 * ips) + decode_seconds
+        return guided * evals * SAMPLING_MARGIN * per_eval + decode_seconds
 
     classes = len(load_dataset(spec, "test").class_names)
     grid = recipe.per_class * (2 * classes + len(recipe.interpolations))  # the loop's closing grid, the labelled one
     seconds = grid * per_image(recipe.grid_sample) + 30.0  # and loading the model, the loss plot, the report
     if evaluate:  # the evaluation's probe and samples; every feature network on them, the classifier on the grid
-        n = recipe.eval_images[1]
-        seconds += (20 + n / 0.6) * per_image({}) + 1.5 * (n + grid) * sum(features.values())
+        n, p, f = recipe.eval_images[1], per_image({}), sum(features.values())
+        seconds += 20 * p + (n * (p + FEATURE_MARGIN * f) + EVAL_REPORT) / EVAL_SHARE + FEATURE_MARGIN * grid * f
     return seconds
 
 
 def _evaluate(pipe, run_dir: Path, out_dir: Path, spec: str, seconds_left: float, log, extractors=(),
-              n_range=(200, 2000)) -> dict | None:
+              n_range=(200, 2000), per_feature: float | None = None) -> dict | None:
     """Quality and diversity of the demo model, beside the real-vs-real floor (if the evaluation
-    package is present); the sample count adapts to the time left, within ``n_range``. ``extractors``: the
-    feature networks besides the data set's own classifier."""
+    package is present); the sample count adapts to the time left, within ``n_range`` (:func:`_eval_count`;
+    ``per_feature``: the feature networks' measured seconds an image). ``extractors``: the feature networks
+    besides the data set's own classifier."""
     try:
         from kuosan.evaluation.report import EvalConfig, evaluate
     except ImportError:
@@ -640,7 +683,7 @@ def _evaluate(pipe, run_dir: Path, out_dir: Path, spec: str, seconds_left: float
     t0 = time.time()
     probe = pipe.sample(list(range(10**6, 10**6 + 20)), batch_size=20)
     per_image = (time.time() - t0) / 20
-    n = int(max(n_range[0], min(n_range[1], 0.6 * max(0.0, seconds_left) / max(per_image, 1e-3))))
+    n = _eval_count(seconds_left, per_image, per_feature, n_range)
     n = n // pipe.num_classes * pipe.num_classes if pipe.num_classes else n
     log(f"evaluating on {n} generated images ...")
     res = pipe.sample(list(range(10**6, 10**6 + n)), batch_size=128)
