@@ -1,7 +1,7 @@
 """Recipes for the colour demo's latent model, compared by measurement at equal CPU time (or equal steps).
 
     .venv/bin/python benchmarks/emoji_ldm_recipes.py [--autoencoder runs/demo-emoji/autoencoder] \
-        [--arms ARM ...] [--minutes 10 | --steps N] [--guidance 3] [--per-class 30] [--out FILE]
+        [--arms ARM ...] [--minutes 10 | --steps N] [--guidance 3,9@0.7] [--per-class 30] [--seed 0] [--out FILE]
 
 An arm is the demo's CPU latent preset (``kuosan/configs/emoji-ldm.json``) with config overrides,
 ``KEY=VALUE`` pairs joined by ``;`` (VALUE in JSON; an empty arm is the preset itself). Each arm trains on the
@@ -16,7 +16,11 @@ With ``--steps N`` every arm trains N steps instead, the learning rate decaying 
 for comparisons a machine whose speed drifts between arms would blur. An arm may set
 ``train.autoencoder="DIR"`` to train on another autoencoder's latents.
 
-Questions it was run for:
+Questions it was run for (the first four before representation alignment joined the preset: add
+``train.repa_weight=0`` to every arm to repeat them as they ran):
+  * representation alignment (REPA, Yu et al. 2025; kuosan.training.repa) against none, at equal wall time,
+    scored at the evaluation's guidance and at the demo grid's: ``--arms "train.repa_weight=0" "" --minutes 9.5
+    --seed 1 --guidance 3,9@0.7 --out benchmarks/results/emoji_ldm_repa.json``
   * noise levels: EDM (Karras et al. 2022, eq. 8 and Table 1) draws the training noise as
     ln σ ~ N(P_mean, P_std²); a higher P_mean spends more of a short run on the large σ, where a sample's layout
     is decided: ``--arms diffusion.p_mean=-0.5 diffusion.p_mean=0.3 --out benchmarks/results/emoji_ldm_noise_levels.json``
@@ -54,7 +58,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None,
                    help="train each model this many steps instead (learning-rate decay over the steps): "
                         "compares recipes at equal work on a machine whose speed drifts between arms")
-    p.add_argument("--guidance", type=float, default=None, help="guidance weight (default: the preset's)")
+    p.add_argument("--guidance", default=None,
+                   help="guidance settings, W or W@R (R: guidance rescale), comma-separated; every arm is scored at "
+                        "each (default: the preset's weight)")
     p.add_argument("--per-class", type=int, default=30, help="samples per class scored for each model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "emoji_ldm_recipes.json"))
@@ -83,13 +89,19 @@ def main(argv=None) -> int:
     from kuosan.records import read_train_state
     from kuosan.training.loop import train
 
-    from emoji_guidance import save_results, scorer  # this folder is on the path when run as a script
+    from emoji_guidance import parse_setting, save_results, scorer  # this folder is on the path as a script
+
+    try:
+        settings = [parse_setting(x) for x in args.guidance.split(",")] if args.guidance else [None]
+    except ValueError as e:
+        print(f"--guidance: {e}", file=sys.stderr)
+        return 2
 
     base = resolve_config_path("emoji-ldm")
     test = load_dataset("emoji:test")
     score = scorer(test)
     seconds = 60 * args.minutes
-    result = {"autoencoder": args.autoencoder, "preset": "emoji-ldm",
+    result = {"autoencoder": args.autoencoder, "preset": "emoji-ldm", "seed": args.seed,
               **({"steps": args.steps} if args.steps else {"minutes": args.minutes}),
               "load_average_start": list(os.getloadavg()), "rows": []}
     blocks = []
@@ -109,25 +121,28 @@ def main(argv=None) -> int:
             pipe = kuosan.load(run, device="cpu")
             k = pipe.num_classes
             labels = [j % k for j in range(k * args.per_class)]
-            w = args.guidance if args.guidance is not None else pipe.sample_config.guidance
-            res = pipe.sample(list(range(len(labels))), labels, guidance=w, batch_size=90)
-            images = torch.from_numpy(np.ascontiguousarray(res.images.transpose(0, 3, 1, 2)))
             steps = read_train_state(pipe.path).step
-            row = {"arm": arm or "the preset", "overrides": overrides, "p_mean": cfg.diffusion.p_mean,
-                   "p_std": cfg.diffusion.p_std, "parameters": count_parameters(pipe.precond), "steps": steps,
-                   "batch": cfg.train.batch, "train_seconds": round(train_s, 1),
-                   "images_per_s": round(steps * cfg.train.batch / train_s, 1), "guidance": w,
-                   **score(images, labels)}
-            result["rows"].append(row)
-            print(f"{row['arm'][:40]:>40} {steps:6d} {row['images_per_s']:6.1f} {row['conditional_accuracy']:9.3f} "
-                  f"{row['fd_emoji-cnn']:13.2f} {row['fd_efficientnet-lite0']:16.1f}", flush=True)
-            first = np.concatenate([res.images[c::k][:6] for c in range(k)])  # a row per class
-            blocks.append(make_grid(first, nrow=6, value=255))
+            for setting in settings:
+                w, r = setting or (pipe.sample_config.guidance, pipe.sample_config.guidance_rescale)
+                res = pipe.sample(list(range(len(labels))), labels, guidance=w, guidance_rescale=r, batch_size=90)
+                images = torch.from_numpy(np.ascontiguousarray(res.images.transpose(0, 3, 1, 2)))
+                row = {"arm": arm or "the preset", "overrides": overrides, "p_mean": cfg.diffusion.p_mean,
+                       "p_std": cfg.diffusion.p_std, "parameters": count_parameters(pipe.precond), "steps": steps,
+                       "batch": cfg.train.batch, "train_seconds": round(train_s, 1),
+                       "images_per_s": round(steps * cfg.train.batch / train_s, 1), "guidance": w,
+                       "guidance_rescale": r, **score(images, labels)}
+                result["rows"].append(row)
+                shown = f"{row['arm'][:32]} @{w:g}" + (f"/{r:g}" if r else "")
+                print(f"{shown:>40} {steps:6d} {row['images_per_s']:6.1f} {row['conditional_accuracy']:9.3f} "
+                      f"{row['fd_emoji-cnn']:13.2f} {row['fd_efficientnet-lite0']:16.1f}", flush=True)
+                first = np.concatenate([res.images[c::k][:6] for c in range(k)])  # a row per class
+                blocks.append(make_grid(first, nrow=6, value=255))
     result["load_average_end"] = list(os.getloadavg())
     result["floor_accuracy"] = score.floor_accuracy
     print(f"classifier on the {len(test)} test images: {result['floor_accuracy']:.3f}")
     png = save_results(result, blocks, args.out, gap=16)
-    print(f"results: {args.out}\npicture: {png} (6 columns per arm, in the order given; a row per class)")
+    print(f"results: {args.out}\npicture: {png} (6 columns per arm and guidance setting, in the order given; a row "
+          "per class)")
     return 0
 
 
