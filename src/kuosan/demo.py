@@ -586,12 +586,12 @@ def _latent_markdown(r: dict, cfg: Config, pipe, recipe: LatentRecipe) -> str:
         *_run_rows(r, cfg, "latent model training",
                    f"| sampling | {r['sampling_images_per_s']} images/s, decoding included |", "losses"),
     ]
+    text = _with_evaluation(lines, r)
     if cfg.train.repa_weight and r.get("evaluation"):
-        r = {**r, "evaluation": {**r["evaluation"], "markdown_summary": r["evaluation"]["markdown_summary"] + (
-            "\n\nThe latent model was trained to align its features with EfficientNet-Lite0's (REPA), the network "
-            "of the first Fréchet distance above: that distance favours it. The emoji classifier's distance and "
-            "accuracy are independent of the alignment.")}}
-    return _with_evaluation(lines, r)
+        text += ("\nThe latent model was trained to align its features with EfficientNet-Lite0's (REPA), the network "
+                 "of the first Fréchet distance above: that distance favours it. The emoji classifier's distance and "
+                 "accuracy are independent of the alignment.\n")
+    return text
 
 
 def _eval_names(spec: str, extractors=()) -> list:

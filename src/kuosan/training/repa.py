@@ -2,8 +2,8 @@
 pretrained network's features of the clean image (REPA, Yu et al. 2025, "Representation Alignment for
 Generation: Training Diffusion Transformers Is Easier Than You Think", §3.3; on U-Nets, Tian et al. 2025,
 "U-REPA"). A denoiser has to discover by itself what is in a picture before it can draw one; the term hands it
-an ImageNet network's answer, so a short run learns shapes sooner (measured on the colour demo in
-benchmarks/emoji_repa.py and the README).
+an ImageNet network's answer, so a short run learns shapes sooner (measured on the colour demo with
+benchmarks/emoji_ldm_recipes.py: benchmarks/results/emoji_ldm_repa*.json, and the README).
 
     L = L_diffusion + λ · L_align,   L_align = 1 − (1/N) Σ_n cos(h_φ(f_n), y_n)
 
@@ -66,6 +66,7 @@ def _compute_targets(images: torch.Tensor, side: int, batch_size: int, log) -> t
     teacher = en.fold_batchnorm(en.load_efficientnet_lite0()).to(memory_format=torch.channels_last)
     blocks = teacher._blocks[:TEACHER_BLOCKS]
     size = TEACHER_STRIDE * side
+    mean, std = torch.tensor(en.MEAN_RGB).view(1, 3, 1, 1), torch.tensor(en.STDDEV_RGB).view(1, 3, 1, 1)
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
@@ -73,7 +74,6 @@ def _compute_targets(images: torch.Tensor, side: int, batch_size: int, log) -> t
             x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
             if x.shape[-1] != size or x.shape[-2] != size:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            mean, std = torch.tensor(en.MEAN_RGB).view(1, 3, 1, 1), torch.tensor(en.STDDEV_RGB).view(1, 3, 1, 1)
             h = F.relu6(teacher._conv_stem(((x - mean) / std).contiguous(memory_format=torch.channels_last)))
             for block in blocks:
                 h = block(h)
@@ -107,7 +107,7 @@ class Alignment:
         self.net, self.targets, self.weight = net, targets, float(weight)
         self._features, self._rows = None, None
         self.window_sum, self.window_n, self.last = 0.0, 0, 0.0
-        self._hook = net.align_site().register_forward_hook(self._keep)
+        net.align_site().register_forward_hook(self._keep)
 
     def _keep(self, module, inputs, output) -> None:
         self._features = output
@@ -134,6 +134,3 @@ class Alignment:
         mean = self.window_sum / max(1, self.window_n)
         self.window_sum, self.window_n = 0.0, 0
         return mean
-
-    def close(self) -> None:
-        self._hook.remove()
