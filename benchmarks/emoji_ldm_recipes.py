@@ -16,11 +16,12 @@ With ``--steps N`` every arm trains N steps instead, the learning rate decaying 
 for comparisons a machine whose speed drifts between arms would blur. An arm may set
 ``train.autoencoder="DIR"`` to train on another autoencoder's latents.
 
-Questions it was run for (the first four before representation alignment joined the preset: add
+Questions it was run for (all but the first before representation alignment joined the preset: add
 ``train.repa_weight=0`` to every arm to repeat them as they ran):
   * representation alignment (REPA, Yu et al. 2025; kuosan.training.repa) against none, at equal wall time,
     scored at the evaluation's guidance and at the demo grid's: ``--arms "train.repa_weight=0" "" --minutes 9.5
-    --seed 1 --guidance 3,9@0.7 --out benchmarks/results/emoji_ldm_repa.json``
+    --seed 1 --guidance 3,9@0.7 --out benchmarks/results/emoji_ldm_repa.json`` (and ``--seed 0``:
+    ``emoji_ldm_repa_seed0.json``)
   * noise levels: EDM (Karras et al. 2022, eq. 8 and Table 1) draws the training noise as
     ln σ ~ N(P_mean, P_std²); a higher P_mean spends more of a short run on the large σ, where a sample's layout
     is decided: ``--arms diffusion.p_mean=-0.5 diffusion.p_mean=0.3 --out benchmarks/results/emoji_ldm_noise_levels.json``
