@@ -82,6 +82,8 @@ BAD = [  # (overrides, words the message must contain)
     (["--repa_weight", "1000"], "train.repa_weight 1000.0 is absurdly large"),
     (["--repa_weight", "0.5", "--model.kind", "dit"], "train.repa_weight aligns a UNet's middle block"),
     (["--repa_weight", "0.5", "--lora_rank", "4"], "train.repa_weight trains a network from scratch"),
+    (["--repa_weight", "0.5", "--compile"], "train.repa_weight runs without train.batch_per_device"),
+    (["--repa_weight", "0.5", "--batch_per_device", "4"], "train.repa_weight runs without train.batch_per_device"),
 ]
 
 

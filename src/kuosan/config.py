@@ -447,6 +447,9 @@ def validate(cfg: Config) -> None:
     if t.repa_weight > 0 and (t.init_from is not None or t.lora_rank):
         raise KuosanError("train.repa_weight trains a network from scratch; drop it when fine-tuning "
                           "(train.init_from, train.lora_rank)")
+    if t.repa_weight > 0 and (t.batch_per_device is not None or t.compile):
+        raise KuosanError("train.repa_weight runs without train.batch_per_device or train.compile: its targets "
+                          "follow the whole batch through one forward pass")
     _positive(t.lora_rank, "train.lora_rank", allow_zero=True)
     _at_most(t.lora_rank, 4096, "train.lora_rank")
     _positive(t.lora_alpha, "train.lora_alpha")

@@ -131,6 +131,9 @@ def prepare_student(cc: ConsistencyConfig, train: dict | None = None, *, teacher
         data["autoencoder"] = tc["autoencoder"]["path"]
     cfg = _student_sections(tc, cc, {**data, **DISTILL_TRAIN_DEFAULTS, **train})
     spec = json.loads(json.dumps(tc["network"]))
+    # the teacher's representation-alignment head trained with it only (kuosan.training.repa): the student goes without
+    spec["fields"].pop("align_channels", None)
+    tensors = {k: v for k, v in parent["tensors"].items() if ".align_head." not in f".{k}"}
     if cc.dropout is not None and "dropout" in spec["fields"]:
         spec["fields"]["dropout"] = cc.dropout
     sources = {"teacher": {"path": info["path"], "weights": info["weights"], "sha256": info["sha256"],
@@ -138,7 +141,7 @@ def prepare_student(cc: ConsistencyConfig, train: dict | None = None, *, teacher
                            "precond": tc["diffusion"].get("precond", "edm")}}
     if tc.get("autoencoder"):
         sources["autoencoder"] = tc["autoencoder"]
-    return Student(cfg, cc, spec, parent["tensors"], sources)
+    return Student(cfg, cc, spec, tensors, sources)
 
 
 class DistillRun(Run):

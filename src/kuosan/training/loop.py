@@ -164,6 +164,7 @@ class Progress:
     elapsed_before: float = 0.0            # seconds trained before this process started
     window_loss: float = 0.0               # running sum of the metrics line's mean loss
     window_n: int = 0
+    window_align: float = 0.0              # ... and of its alignment term (train.repa_weight), same steps
 
 
 class Run:
@@ -264,9 +265,9 @@ class Run:
         from kuosan.training.repa import Alignment, site_side, teacher_targets
 
         t = self.t
-        if ctx.enabled or t.batch_per_device is not None or t.compile:
-            raise KuosanError("train.repa_weight runs in one process without batch_per_device or compile: its "
-                              "targets follow the whole batch through one forward pass")
+        if ctx.enabled:  # batch_per_device and compile are refused with the config (kuosan.config.validate)
+            raise KuosanError("train.repa_weight runs in one process (not under torchrun): its targets follow the "
+                              "whole batch through one forward pass")
         if self.is_latent:
             c, res, _ = self.decoder.image_shape
             images = load_dataset(t.data, "train", root=t.data_root, resolution=res, channels=c,
@@ -319,7 +320,7 @@ class Run:
             self.opt.load_state_dict(saved["optimizer"])
             match_state_layout(self.opt)  # channels_last weights, NCHW moments on disk (see training.optim.adamw)
             self.progress = Progress(st.step, int(st.nonfinite), float(st.elapsed), float(st.get("window_loss", 0.0)),
-                                     int(st.get("window_n", 0)))
+                                     int(st.get("window_n", 0)), float(st.get("window_align", 0.0)))
             if self.posthoc is not None:
                 self.posthoc.restore(self.out, st.step)
             self.noise_gen.set_state(decode_rng(st.rng_noise))
@@ -383,6 +384,8 @@ class Run:
             self.posthoc.update(self.precond, step)
         p.window_loss += float(loss.detach())
         p.window_n += 1
+        if self.alignment is not None:
+            p.window_align += self.alignment.last
         return loss, grad_norm, True
 
     # --- log, checkpoint ---------------------------------------------------------------------------
@@ -406,7 +409,7 @@ class Run:
                "lr": self.lr, "nonfinite": p.nonfinite, "time": self.elapsed(),
                "images_per_s": p.window_n * t.batch / max(1e-9, now - window_t)}
         if self.alignment is not None:
-            rec["repa_loss"] = self.alignment.window_mean()
+            rec["repa_loss"] = p.window_align / max(1, p.window_n)
         if t.checkpoint_every and step % t.checkpoint_every == 0 or step == t.steps:
             rec["val_loss_raw"], rec["val_loss_ema"] = self.val_loss(self.precond), self.val_loss(self.ema.module)
         return rec
@@ -417,6 +420,8 @@ class Run:
                  "rng_noise": encode_rng(self.noise_gen.get_state()), "rng_torch": encode_rng(torch.get_rng_state()),
                  "seed": self.t.seed, "data_position": step * self.t.batch,
                  "window_loss": p.window_loss, "window_n": p.window_n}
+        if self.alignment is not None:
+            state["window_align"] = p.window_align
         if self.device.type == "cuda":
             state["rng_cuda"] = encode_rng(torch.cuda.get_rng_state(self.device))
         if self.posthoc is not None:  # first: a checkpoint on disk always has its snapshot
@@ -545,7 +550,8 @@ def train(cfg: Config, *, resume: bool = False, allow_changes: bool = False, pro
                     if step % t.log_every == 0 or step == t.steps:         # log
                         log_file.write(json.dumps(run.metrics(step, grad_norm, window_t)) + "\n")
                         log_file.flush()
-                        run.progress.window_loss, run.progress.window_n, window_t = 0.0, 0, time.time()
+                        run.progress.window_loss, run.progress.window_align, run.progress.window_n = 0.0, 0.0, 0
+                        window_t = time.time()
                     if main and t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.steps:
                         run.checkpoint(step)                              # checkpoint
                     if main and t.sample_every and step % t.sample_every == 0 and step < t.steps:

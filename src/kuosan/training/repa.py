@@ -55,7 +55,8 @@ def teacher_targets(images: torch.Tensor, side: int, device=None, batch_size: in
     key = (hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest(), tuple(images.shape), side)
     if key not in _LAST:
         _LAST.clear()
-        _LAST[key] = _compute_targets(images, side, batch_size, log)
+        with torch.random.fork_rng(devices=[]):  # building the teacher draws initial weights: the run's random
+            _LAST[key] = _compute_targets(images, side, batch_size, log)  # stream must not depend on the cache
     return _LAST[key].to(device) if device is not None else _LAST[key]
 
 
@@ -106,7 +107,7 @@ class Alignment:
             raise KuosanError("representation alignment needs a UNet built with align_channels > 0")
         self.net, self.targets, self.weight = net, targets, float(weight)
         self._features, self._rows = None, None
-        self.window_sum, self.window_n, self.last = 0.0, 0, 0.0
+        self.last = 0.0  # the batch mean of the last term computed (the loop logs it)
         net.align_site().register_forward_hook(self._keep)
 
     def _keep(self, module, inputs, output) -> None:
@@ -124,13 +125,6 @@ class Alignment:
                 raise KuosanError("representation alignment: no middle-block features for this batch")
             align = alignment_loss(feats, self.net.align_head, self.targets[self._rows])
             self.last = float(align.detach().mean())
-            self.window_sum, self.window_n = self.window_sum + self.last, self.window_n + 1
             self._features = None
             return loss + self.weight * align
         return aligned
-
-    def window_mean(self) -> float:
-        """The mean alignment term since the last call (for the metrics log)."""
-        mean = self.window_sum / max(1, self.window_n)
-        self.window_sum, self.window_n = 0.0, 0
-        return mean
