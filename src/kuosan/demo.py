@@ -149,22 +149,28 @@ def _calibrate(overrides: dict, base: str = "demo", sampling: bool = False):
         train(probe, progress=False, log=lambda *a: None)
         rows = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines() if x]
         ips = rows[-1]["images_per_s"]
-        return (ips, _network_seconds(tmp, probe.train.device)) if sampling else ips
+        if not sampling:
+            return ips
+        per_eval = _network_seconds(tmp, probe.train.device)
+        # a machine busy elsewhere can make the difference vanish: then a third of a training step per evaluation
+        return ips, per_eval if per_eval > 0 else 1 / (3 * ips)
 
 
 def _network_seconds(run_dir, device: str, n: int = 128) -> float:
     """Seconds a network evaluation of one image costs when sampling with the model in ``run_dir`` (its speed, not
     its quality, matters): Euler at 1 and at 5 steps on the same ``n`` images, a batch as the evaluation samples,
-    the difference over 4 evaluations (decoding and the rest cancel)."""
+    the difference over 4 evaluations (decoding and the rest cancel), after one untimed call that pays what a
+    first call pays (weight layouts, kernel plans, the allocator's first blocks). Can be ≤ 0 on a noisy machine."""
     import kuosan
 
     pipe = kuosan.load(run_dir, device=device)
+    pipe.sample(list(range(n)), sampler="euler", steps=1, guidance=1.0, batch_size=n)
     seconds = []
     for steps in (1, 5, 1, 5):  # alternated: a machine that slows down meanwhile slows both
         t0 = time.perf_counter()
         pipe.sample(list(range(n)), sampler="euler", steps=steps, guidance=1.0, batch_size=n)
         seconds.append(time.perf_counter() - t0)
-    return max(1e-6, (seconds[1] + seconds[3] - seconds[0] - seconds[2]) / 2 / (4 * n))
+    return (seconds[1] + seconds[3] - seconds[0] - seconds[2]) / 2 / (4 * n)
 
 
 def _labelled_grid(pipe, per_class: int, seed: int, out: Path, guidance: float) -> tuple[Path, float, int]:
