@@ -4,7 +4,9 @@
         [--arms ARM ...] [--minutes 10 | --steps N] [--guidance 3,9@0.7] [--per-class 30] [--seed 0] [--out FILE]
 
 An arm is the demo's CPU latent preset (``kuosan/configs/emoji-ldm.json``) with config overrides,
-``KEY=VALUE`` pairs joined by ``;`` (VALUE in JSON; an empty arm is the preset itself). Each arm trains on the
+``KEY=VALUE`` pairs joined by ``;`` (VALUE in JSON; an empty arm is the preset itself), trained on ``emoji``'s 9
+classes unless it sets ``train.data`` (the demo conditions on ``emoji:sub``, the 78 subcategories: add
+``train.data="emoji:sub"`` to an arm to compare on the demo's labels). Each arm trains on the
 same autoencoder for the same wall time, with the demo's time schedule (learning-rate decay and power EMA over
 the time), one after the other in this process; then the same class-balanced seeds are sampled and scored
 against the test split: the share the shipped emoji classifier puts in the class asked for, Fréchet distance in
@@ -27,6 +29,10 @@ Questions it was run for (all but the first before representation alignment join
     is decided: ``--arms diffusion.p_mean=-0.5 diffusion.p_mean=0.3 --out benchmarks/results/emoji_ldm_noise_levels.json``
   * width at low resolution: channels ×4 at 4x4 and attention there too, which costs little at 4x4:
     ``--arms "" "model.channel_mults=[1,2,4];model.attn_resolutions=[8,4]" --out benchmarks/results/emoji_ldm_width.json``
+  * conditioning on emoji.json's 78 subcategories (``emoji:sub``: "sky & weather", "place-building") instead of
+    the 9 classes, each class's samples drawn from its subcategories in proportion to their training emoji:
+    ``--arms 'train.data="emoji"' 'train.data="emoji:sub"' --minutes 9.5 --seed 1 --guidance 3,9@0.7
+    --out benchmarks/results/emoji_ldm_sub.json``
   * flow matching against EDM (rectified flow with SD3's logit-normal times, Esser et al. 2024, §3.1):
     ``--arms "" 'diffusion.precond="flow"' --out benchmarks/results/emoji_ldm_flow.json``
   * an autoencoder trained with the scale-equivariance term (``--equivariance_weight 0.5``) against one
@@ -84,6 +90,7 @@ def main(argv=None) -> int:
     import kuosan
     from kuosan.config import load_config, resolve_config_path
     from kuosan.data import load_dataset
+    from kuosan.data.emoji import labels_by_group
     from kuosan.demo import DEMO_SIGMA_REL
     from kuosan.images import make_grid
     from kuosan.nets.build import count_parameters
@@ -120,8 +127,10 @@ def main(argv=None) -> int:
             run = train(cfg, progress=False, log=lambda *a: None)
             train_s = time.time() - t0
             pipe = kuosan.load(run, device="cpu")
-            k = pipe.num_classes
-            labels = [j % k for j in range(k * args.per_class)]
+            # a class's samples in a run; a model trained on emoji:sub or emoji:fine draws each group's samples
+            # from its subcategories (or emoji) in proportion to their training emoji, and is scored by group
+            labels, groups = labels_by_group(pipe.class_names, args.per_class)
+            k = len(test.class_names)
             steps = read_train_state(pipe.path).step
             for setting in settings:
                 w, r = setting or (pipe.sample_config.guidance, pipe.sample_config.guidance_rescale)
@@ -131,12 +140,12 @@ def main(argv=None) -> int:
                        "p_std": cfg.diffusion.p_std, "parameters": count_parameters(pipe.precond), "steps": steps,
                        "batch": cfg.train.batch, "train_seconds": round(train_s, 1),
                        "images_per_s": round(steps * cfg.train.batch / train_s, 1), "guidance": w,
-                       "guidance_rescale": r, **score(images, labels)}
+                       "guidance_rescale": r, "data": cfg.train.data, **score(images, groups)}
                 result["rows"].append(row)
                 shown = f"{row['arm'][:32]} @{w:g}" + (f"/{r:g}" if r else "")
                 print(f"{shown:>40} {steps:6d} {row['images_per_s']:6.1f} {row['conditional_accuracy']:9.3f} "
                       f"{row['fd_emoji-cnn']:13.2f} {row['fd_efficientnet-lite0']:16.1f}", flush=True)
-                first = np.concatenate([res.images[c::k][:6] for c in range(k)])  # a row per class
+                first = np.concatenate([res.images[c * args.per_class:][:6] for c in range(k)])  # a row per class
                 blocks.append(make_grid(first, nrow=6, value=255))
     result["load_average_end"] = list(os.getloadavg())
     result["floor_accuracy"] = score.floor_accuracy

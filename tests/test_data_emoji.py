@@ -162,6 +162,59 @@ def test_fine_labels_name_each_training_emoji(sources):
         emoji.groups_of(["grinning face", "no such emoji"])
 
 
+def test_sub_labels_are_subcategories_in_every_split(sources):
+    every, sub = load_dataset("emoji:all"), load_dataset("emoji:all:sub")
+    assert sub.class_names == emoji.SUBCATEGORIES and len(sub.class_names) == 78
+    assert torch.equal(sub.images, every.images) and torch.equal(sub.styles, every.styles)
+    named = sorted({sub.class_names[int(c)] for c in sub.labels})
+    assert named == ["animal-mammal", "face-smiling", "food-prepared", "hand-fingers-closed", "person-role",
+                     "place-geographic", "time"]
+    groups = emoji.groups_of(sub.class_names)
+    assert [groups[int(c)] for c in sub.labels] == every.labels.tolist()    # each subcategory inside its class
+    test = load_dataset("emoji:sub:test")                                   # the pizza: a class the model knows
+    assert test.class_names == emoji.SUBCATEGORIES and {int(c) for c in test.labels} == {
+        emoji.SUBCATEGORIES.index("food-prepared")}
+    assert len({dataset_fingerprint(s) for s in ("emoji", "emoji:sub", "emoji:fine")}) == 3
+    with pytest.raises(KuosanError, match="noto"):
+        load_dataset("emoji:noto:sub")
+    with pytest.raises(KuosanError, match="subcategory"):
+        load_dataset("emoji:sub:fine")                                      # one labelling at a time
+
+
+def test_labels_by_group_spread_a_class_over_its_finer_labels(sources):
+    labels, groups = emoji.labels_by_group(emoji.CLASS_NAMES, 2)           # the 9 classes: each its own label
+    assert labels == groups == [g for g in range(9) for _ in range(2)]
+    weights = emoji.subcategory_weights()                                   # training emoji: the pizza is test
+    assert {k: v for k, v in weights.items() if v} == dict.fromkeys(
+        ["face-smiling", "person-role", "hand-fingers-closed", "animal-mammal", "place-geographic", "time"], 1)
+    with pytest.raises(KuosanError, match="plants"):                        # the fixture has no plant
+        emoji.labels_by_group(emoji.SUBCATEGORIES, 4)
+    # in proportion, largest remainders, spaced along the run; weight 0 never drawn
+    groups = [0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]
+    labels, out = emoji.spread(groups, [3, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1], 4)
+    assert out == [g for g in range(9) for _ in range(4)]
+    assert labels[:4] == [0, 0, 1, 0] and labels[4:8] == [3] * 4
+    labels, _ = emoji.spread(groups, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], 4)
+    assert sorted(labels[:4]) == [0, 0, 1, 2]                               # the remainder to the first
+    labels, _ = emoji.spread(groups, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], 2)
+    assert labels[:2] == [0, 1]
+
+
+
+def test_a_class_name_draws_its_subcategories(sources, monkeypatch):
+    subs = emoji.SUBCATEGORIES
+    ask = lambda name, seeds, spec="emoji:sub", names=subs: emoji.labels_for_group(spec, names, name, seeds)  # noqa: E731
+    assert ask("People", [0, 1, 2, 3]) == [subs.index("person-role"), subs.index("hand-fingers-closed")] * 2
+    assert ask("people", [61]) == ask("people", [1])                       # repeats every GROUP_PERIOD seeds
+    assert ask("animal-mammal", [0]) is None and ask(3, [0]) is None       # a class of the model, an index
+    assert ask("faces", [0], names=emoji.CLASS_NAMES) is None              # the model's own classes
+    assert ask("faces", [0], spec="folder:x") is None
+    with pytest.raises(KuosanError, match="plants"):                       # no plant has a training emoji here
+        ask("plants", [0])
+    monkeypatch.setenv(emoji_sources.SOURCES_ENV, "/nonexistent")          # a model on a machine without the
+    assert len({emoji.SUBCATEGORIES[c] for c in ask("plants", range(4))}) == 2  # sources: the same weights
+
+
 def test_cache_is_used_and_invalidated_when_a_source_changes(sources, tmp_path, monkeypatch):
     first = load_dataset("emoji:twitter:all")
     fp = dataset_fingerprint("emoji:twitter:all")

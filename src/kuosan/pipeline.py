@@ -197,12 +197,25 @@ class Pipeline:
         if isinstance(class_labels, (np.ndarray, torch.Tensor)) and class_labels.ndim == 0:
             class_labels = class_labels.item()  # a 0-d array or tensor holds one class for all seeds
         if isinstance(class_labels, (list, tuple, np.ndarray, torch.Tensor)):
-            labels = [self.class_index(c) for c in (class_labels.tolist() if hasattr(class_labels, "tolist")
-                                                      else class_labels)]
-            if len(labels) != len(seeds):
-                raise KuosanError(f"{len(labels)} class labels for {len(seeds)} seeds")
-            return labels
-        return [self.class_index(class_labels)] * len(seeds)
+            given = class_labels.tolist() if hasattr(class_labels, "tolist") else list(class_labels)
+            if len(given) != len(seeds):
+                raise KuosanError(f"{len(given)} class labels for {len(seeds)} seeds")
+            return [self._label(s, c) for s, c in zip(seeds, given)]
+        group = self._group_labels(class_labels, seeds)
+        return group if group is not None else [self.class_index(class_labels)] * len(seeds)
+
+    def _group_labels(self, name, seeds: list[int]) -> list[int] | None:
+        """A model conditioned on finer labels than its data set's classes (``emoji:sub``, ``emoji:fine``) asked
+        for one of those classes by name ("animals"): each seed's label inside it; None otherwise."""
+        if not isinstance(name, str):
+            return None
+        from kuosan.data.emoji import labels_for_group
+
+        return labels_for_group(self.dataset, self.class_names, name, seeds)
+
+    def _label(self, seed: int, c) -> int:
+        group = self._group_labels(c, [seed])
+        return group[0] if group is not None else self.class_index(c)
 
     def class_index(self, name_or_index) -> int:
         """A class given by index or by (case-insensitive) name."""
@@ -217,7 +230,11 @@ class Pipeline:
                 raise KuosanError(f"a class is an index or a name, got {name_or_index!r}")
             names = [n.lower() for n in self.class_names]
             if str(name_or_index).lower() not in names:
-                raise KuosanError(f"unknown class {name_or_index!r}; classes: {', '.join(self.class_names)}") from None
+                shown = self.class_names if len(names) <= 100 else [*self.class_names[:20], "..."]
+                from kuosan.data.emoji import CLASS_NAMES, has_groups
+
+                groups = f", or one of the groups {', '.join(CLASS_NAMES)}" if has_groups(self.dataset, shown) else ""
+                raise KuosanError(f"unknown class {name_or_index!r}; classes: {', '.join(shown)}{groups}") from None
             k = names.index(str(name_or_index).lower())
         if not 0 <= k < self.num_classes:
             raise KuosanError(f"class {k} out of range: this model has classes 0-{self.num_classes - 1}")

@@ -9,6 +9,7 @@ EXAMPLES = """examples:
   kuosan data mnist --grid digits.png
   kuosan data emoji                                 colour, 9 classes (faces, animals, landscapes ...)
   kuosan data emoji:fine                            the same images, a class per emoji ("dog face")
+  kuosan data emoji:sub                             the same images, a class per subcategory ("sky & weather")
   kuosan data path/to/folder --grid real.png       one subfolder per class
 """
 

@@ -6,7 +6,9 @@ EmojiOne 2 (Debian ``ruby-gemojione`` 3.3.0), each installed by ``scripts/instal
 holds every style that is installed; ``emoji:<style>`` holds one (``twitter``, ``google``, ``fluent``,
 ``openmoji``, ``gemojione``), and ``emoji:noto`` is the older 730-image set rendered from the Noto font
 (:mod:`kuosan.data.emoji_noto`). Specs: ``emoji[:STYLE][:SPLIT]``; ``emoji[:STYLE]:fine`` labels each training
-emoji as its own class, by its name in emoji.json (see :data:`FINE`; training split only).
+emoji as its own class, by its name in emoji.json (see :data:`FINE`; training split only);
+``emoji[:STYLE][:SPLIT]:sub`` labels each image by its emoji.json subcategory (see :data:`SUB`: 78 classes,
+"animal-mammal", "sky & weather"), each of which lies in one of the classes below (:func:`groups_of`).
 
 Classes, by meaning, from ``emoji.json``'s ``subcategory`` (its ``category`` in brackets):
 
@@ -77,6 +79,11 @@ CLASSES = {
 CLASS_NAMES = list(CLASSES)
 FINE = "fine"   # emoji:fine: every training emoji is its own class, named by emoji.json ("dog face"), as
                 # ImageNet's 1,000 classes are; its classes' groups are the classes above (groups_of)
+SUBCATEGORIES = [sub for subs in CLASSES.values() for sub in subs]
+SUB = "sub"     # emoji:sub: a class per subcategory above, in this order, in every split; a finer label than
+                # the class for a model to condition on, coarser than FINE: "sky & weather" draws suns, moons
+                # and clouds where "landscapes" mixes them with buildings and square scenes
+LABELLINGS = ("", FINE, SUB)
 DROPPED = ((0x1F550, 0x1F567),)                 # the clock faces: 24 near-duplicates
 _FOLD = {"1F468": "1F9D1", "1F469": "1F9D1",   # man, woman -> person
          "1F466": "1F9D2", "1F467": "1F9D2"}   # boy, girl -> child
@@ -138,6 +145,7 @@ class Emoji:
     label: int
     members: tuple[str, ...]
     name: str = ""    # emoji.json's name of the preferred member, lower case: "dog face"
+    sub: str = ""     # emoji.json's subcategory of the preferred member: "animal-mammal"
 
 
 def read_catalogue(path: Path) -> list[Emoji]:
@@ -156,9 +164,9 @@ def read_catalogue(path: Path) -> list[Emoji]:
             continue
         key, own = group_key(unified), emoji_sources.seq_key(unified)
         if not _dropped(key):
-            groups.setdefault((label_of[sub], key), []).append((own != key, order, own, name.lower()))
+            groups.setdefault((label_of[sub], key), []).append((own != key, order, own, name.lower(), sub))
     ordered = sorted(groups.items(), key=lambda kv: (kv[0][0], min(m[1] for m in kv[1])))
-    return [Emoji(key, label, tuple(m[2] for m in sorted(members)), min(members)[3])
+    return [Emoji(key, label, tuple(m[2] for m in sorted(members)), min(members)[3], min(members)[4])
             for (label, key), members in ordered]
 
 
@@ -248,10 +256,11 @@ def load_style(style: Style, root: str | None = None):
 
 # --- the data set ----------------------------------------------------------------------------------
 
-def parse_style(suffix: str) -> tuple[str | None, str | None, bool]:
-    """``"twitter:test"`` -> ``("twitter", "test", False)``; ``"fine"`` -> ``(None, None, True)``; ``""`` ->
-    ``(None, None, False)``. The third part: labels by emoji (:data:`FINE`) instead of by class."""
-    style, split, fine = None, None, False
+def parse_style(suffix: str) -> tuple[str | None, str | None, str]:
+    """``"twitter:test"`` -> ``("twitter", "test", "")``; ``"fine"`` -> ``(None, None, "fine")``; ``""`` ->
+    ``(None, None, "")``. The third part, the labelling: ``""`` by class, :data:`FINE` by emoji, :data:`SUB` by
+    subcategory."""
+    style, split, labelling = None, None, ""
     for part in [p for p in suffix.lower().split(":") if p] if suffix else []:
         if part in STYLE_NAMES or part == "noto":
             if style:
@@ -259,21 +268,22 @@ def parse_style(suffix: str) -> tuple[str | None, str | None, bool]:
             style = part
         elif part in ("train", "test", "all") and split is None:
             split = part
-        elif part == FINE and not fine:
-            fine = True
+        elif part in (FINE, SUB) and not labelling:
+            labelling = part
         else:
             raise KuosanError(f"emoji:{suffix}: {part!r} is neither a style ({', '.join(STYLE_NAMES)}, noto), "
-                              f"a split (train, test, all) nor {FINE!r} (a class per emoji)")
-    if fine and style == "noto":
-        raise KuosanError(f"emoji:{suffix}: the noto set has no per-emoji labels; drop {FINE!r} or the style")
-    return style, split, fine
+                              f"a split (train, test, all), {FINE!r} (a class per emoji) nor {SUB!r} (a class per "
+                              "subcategory)")
+    if labelling and style == "noto":
+        raise KuosanError(f"emoji:{suffix}: the noto set has no per-emoji labels; drop {labelling!r} or the style")
+    return style, split, labelling
 
 
-def target_parts(rest: str) -> tuple[str | None, bool]:
-    """The part of a parsed target after ``emoji:`` -> ``(style or None, fine)``: ``"twitter:fine"`` ->
-    ``("twitter", True)``."""
+def target_parts(rest: str) -> tuple[str | None, str]:
+    """The part of a parsed target after ``emoji:`` -> ``(style or None, labelling)``: ``"twitter:fine"`` ->
+    ``("twitter", "fine")``."""
     parts = [p for p in rest.split(":") if p]
-    return next((p for p in parts if p != FINE), None), FINE in parts
+    return next((p for p in parts if p not in LABELLINGS), None), next((p for p in parts if p in LABELLINGS), "")
 
 
 def _styles_of(style: str | None, root: str | None) -> list[Style]:
@@ -283,19 +293,20 @@ def _styles_of(style: str | None, root: str | None) -> list[Style]:
     return emoji_sources.installed(root)
 
 
-def fingerprint(style: str | None, root: str | None = None, fine: bool = False) -> list:
-    """What ``emoji[:style][:fine]`` depends on (for :func:`kuosan.data.dataset_fingerprint`)."""
-    return [CACHE_VERSION, *(["fine"] if fine else []), emoji_sources.catalogue_fingerprint(root), CLASSES, DROPPED,
-            [emoji_sources.fingerprint(s, root) for s in _styles_of(style, root)]]
+def fingerprint(style: str | None, root: str | None = None, labelling: str = "") -> list:
+    """What ``emoji[:style][:labelling]`` depends on (for :func:`kuosan.data.dataset_fingerprint`)."""
+    return [CACHE_VERSION, *([labelling] if labelling else []), emoji_sources.catalogue_fingerprint(root), CLASSES,
+            DROPPED, [emoji_sources.fingerprint(s, root) for s in _styles_of(style, root)]]
 
 
-def read_emoji(split: str, root: str | None = None, style: str | None = None, fine: bool = False):
+def read_emoji(split: str, root: str | None = None, style: str | None = None, labelling: str = ""):
     """``(images [N, 3, 64, 64], labels, class_names, styles)`` of ``split``: train, then test for ``all``.
 
     ``style``: one style's name, or ``None`` for every installed one; ``root``: the sources' directory;
-    ``fine``: every training emoji its own class, named by emoji.json (see :data:`FINE`).
+    ``labelling``: ``""`` a class per group of :data:`CLASSES`, :data:`FINE` a class per training emoji, named
+    by emoji.json, :data:`SUB` a class per subcategory (:data:`SUBCATEGORIES`).
     """
-    if fine and split != "train":
+    if labelling == FINE and split != "train":
         raise KuosanError(f"emoji:{FINE} has a class for each training emoji, so it has no {split} split (its test "
                           f"emoji are classes it never saw); use emoji:test, whose classes are the "
                           f"{len(CLASS_NAMES)} groups, to evaluate against")
@@ -307,13 +318,17 @@ def read_emoji(split: str, root: str | None = None, style: str | None = None, fi
     train_rows, test_rows = np.flatnonzero(~test), np.flatnonzero(test)
     keep = {"train": train_rows, "test": test_rows, "all": np.concatenate([train_rows, test_rows])}[split]
     names = list(CLASS_NAMES)
-    if fine:
+    if labelling:
         keys = np.array([str(k) for p in parts for k in p[3]])[keep]
-        taken = set(keys.tolist())
-        catalogue = [e for e in read_catalogue(emoji_sources.catalogue_file(root)) if e.key in taken]
-        index = {e.key: i for i, e in enumerate(catalogue)}
+        catalogue = read_catalogue(emoji_sources.catalogue_file(root))
+        if labelling == FINE:
+            taken = set(keys.tolist())
+            catalogue = [e for e in catalogue if e.key in taken]
+            index, names = {e.key: i for i, e in enumerate(catalogue)}, fine_names(catalogue)
+        else:
+            index, names = {e.key: SUBCATEGORIES.index(e.sub) for e in catalogue}, list(SUBCATEGORIES)
         labels = labels.astype(np.int64)              # a copy; only the kept rows are relabelled
-        labels[keep], names = [index[k] for k in keys], fine_names(catalogue)
+        labels[keep] = [index[k] for k in keys]
     return (torch.from_numpy(np.ascontiguousarray(images[keep])), torch.from_numpy(labels[keep]),
             names, torch.from_numpy(styles[keep]))
 
@@ -327,7 +342,13 @@ def fine_names(catalogue: list[Emoji]) -> list[str]:
 
 
 def groups_of(class_names: list[str], root: str | None = None) -> list[int]:
-    """For a model trained on ``emoji:fine``: the group (index into :data:`CLASS_NAMES`) of each class name."""
+    """For a model trained on ``emoji:fine`` or ``emoji:sub``: the group (index into :data:`CLASS_NAMES`) of each
+    class name."""
+    if list(class_names) == SUBCATEGORIES:
+        label_of = {sub: k for k, subs in enumerate(CLASSES.values()) for sub in subs}
+        return [label_of[n] for n in class_names]
+    if list(class_names) == CLASS_NAMES:
+        return list(range(len(CLASS_NAMES)))
     catalogue = read_catalogue(emoji_sources.catalogue_file(root))
     by_name = dict(zip(fine_names(catalogue), (e.label for e in catalogue)))
     by_name.update({e.name: e.label for e in catalogue if e.name not in by_name})
@@ -336,3 +357,88 @@ def groups_of(class_names: list[str], root: str | None = None) -> list[int]:
         raise KuosanError(f"{missing[0]!r} is not an emoji of emoji.json's classes; was the model trained on "
                           f"emoji:{FINE}?")
     return [by_name[n] for n in class_names]
+
+
+def subcategory_weights(root: str | None = None) -> dict[str, int]:
+    """The number of training emoji in each of :data:`SUBCATEGORIES` (from emoji.json, whichever styles are
+    installed)."""
+    counts = dict.fromkeys(SUBCATEGORIES, 0)
+    for e in read_catalogue(emoji_sources.catalogue_file(root)):
+        counts[e.sub] += not is_test(e.key)
+    return counts
+
+
+def labels_by_group(class_names: list[str], per_group: int, root: str | None = None) -> tuple[list[int], list[int]]:
+    """``(labels, groups)``: ``per_group`` labels of a model trained on ``emoji``, ``emoji:sub`` or ``emoji:fine``
+    for each class of :data:`CLASS_NAMES` in turn, and each label's group (see :func:`spread`; a subcategory
+    weighs its training emoji, an emoji one)."""
+    if list(class_names) == CLASS_NAMES:
+        labels = [g for g in range(len(CLASS_NAMES)) for _ in range(per_group)]
+        return labels, list(labels)
+    groups = groups_of(class_names, root)
+    if list(class_names) == SUBCATEGORIES:
+        counts = subcategory_weights(root)
+        weights = [counts[n] for n in class_names]
+    else:
+        weights = [1] * len(class_names)                 # a class per emoji: each the same
+    return spread(groups, weights, per_group)
+
+
+def spread(groups: list[int], weights: list[float], per_group: int) -> tuple[list[int], list[int]]:
+    """``(labels, groups)``: ``per_group`` of the classes whose group (``groups[c]``) is each class of
+    :data:`CLASS_NAMES` in turn (see :func:`spread_group`)."""
+    labels, out = [], []
+    for g in range(len(CLASS_NAMES)):
+        labels += spread_group(g, groups, weights, per_group)
+        out += [g] * per_group
+    return labels, out
+
+
+def spread_group(g: int, groups: list[int], weights: list[float], n: int) -> list[int]:
+    """``n`` of the classes in group ``g`` (``groups[c] == g``) in proportion to ``weights`` (largest remainders;
+    a class too small for its share gets none, one of weight 0 never), each class's slots spaced evenly along
+    the run, so the first columns of a grid row already show different ones and class-balanced samples of the
+    groups follow the training mix."""
+    members = [c for c, cg in enumerate(groups) if cg == g and weights[c] > 0]
+    if not members:
+        raise KuosanError(f"the model has no class of the group {CLASS_NAMES[g]!r} with training images")
+    total = sum(weights[c] for c in members)
+    quota = {c: n * weights[c] / total for c in members}
+    take = {c: int(q) for c, q in quota.items()}
+    for c in sorted(members, key=lambda c: (take[c] - quota[c], members.index(c)))[:n - sum(take.values())]:
+        take[c] += 1
+    slots = sorted(((k + 0.5) / take[c], -weights[c], c) for c in members for k in range(take[c]))
+    return [c for _, _, c in slots]
+
+
+GROUP_PERIOD = 60   # a group name's labels repeat every this many seeds (see labels_for_group)
+
+
+def has_groups(spec: str, class_names: list[str]) -> bool:
+    """Whether a model trained on ``spec`` with these classes takes :data:`CLASS_NAMES` as groups of them."""
+    return str(spec).lower().startswith("emoji") and list(class_names) != CLASS_NAMES and \
+        not str(spec).lower().startswith("emoji:noto")
+
+
+def labels_for_group(spec: str, class_names: list[str], name, seeds: list[int]) -> list[int] | None:
+    """For a model trained on ``emoji:sub`` or ``emoji:fine`` (``spec``, its classes ``class_names``) asked for
+    one of :data:`CLASS_NAMES` by name ("animals"): each seed's label among that class's subcategories (or
+    emoji), drawn as :func:`labels_by_group` spreads a grid row, repeating every GROUP_PERIOD seeds, so
+    consecutive seeds show the class's variety and a seed always gets the same label. None when ``name`` is not
+    such a class or the model's classes are the groups themselves. Without the installed emoji.json the
+    subcategories weigh the same."""
+    if not isinstance(name, str) or not has_groups(spec, class_names):
+        return None
+    group = name.strip().lower()
+    if group not in CLASS_NAMES or group in (n.lower() for n in class_names):
+        return None
+    if list(class_names) == SUBCATEGORIES:
+        try:
+            counts = subcategory_weights()
+        except KuosanError:                               # emoji.json is not installed here: the same weight
+            counts = dict.fromkeys(SUBCATEGORIES, 1)
+        weights = [counts[n] for n in class_names]
+    else:
+        weights = [1] * len(class_names)
+    run = spread_group(CLASS_NAMES.index(group), groups_of(class_names), weights, GROUP_PERIOD)
+    return [run[int(s) % GROUP_PERIOD] for s in seeds]

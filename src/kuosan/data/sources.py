@@ -4,6 +4,7 @@ A spec is one of
     ``fashion-mnist`` | ``mnist`` | ``digits``  built-in grey-scale sets (``NAME:SPLIT`` means ``split=SPLIT``)
     ``emoji[:STYLE]``                          64x64 colour emoji in five art styles (see :mod:`kuosan.data.emoji`);
                                                ``emoji:fine``: a class per training emoji ("dog face");
+                                               ``emoji:sub``: a class per subcategory ("sky & weather");
                                                ``emoji:noto``: the older set rendered from a font
     ``stacked-mnist``                          three MNIST digits as R, G, B: 1,000 modes (:mod:`kuosan.data.stacked_mnist`)
     ``DIR`` or ``folder:DIR``                  an image folder (see :mod:`kuosan.data.folder`)
@@ -65,9 +66,9 @@ def parse_spec(spec: str, split: str | None = None, root: str | None = None) -> 
                           "folder (one subfolder per class) or a .npz file")  # not the current folder, silently
     name, sep, suffix = spec.partition(":")
     if name.lower() in _ALIASES:
-        if _ALIASES[name.lower()] == "emoji":                   # emoji[:STYLE][:SPLIT][:fine]
-            style, from_spec, fine = emoji.parse_style(suffix)
-            target = ":".join(["emoji", *([style] if style else []), *([emoji.FINE] if fine else [])])
+        if _ALIASES[name.lower()] == "emoji":                   # emoji[:STYLE][:SPLIT][:fine|:sub]
+            style, from_spec, labelling = emoji.parse_style(suffix)
+            target = ":".join(["emoji", *([style] if style else []), *([labelling] if labelling else [])])
             return Source("builtin", target, _pick_split(from_spec, split, spec))
         return Source("builtin", _ALIASES[name.lower()], _pick_split(suffix if sep else None, split, spec))
     path_text, from_spec = spec, None
@@ -106,8 +107,8 @@ def _read_builtin(target: str, split: str, root: str | None):
     """``(images, labels, class_names[, styles])``; ``emoji`` and ``emoji:STYLE`` carry a style per image."""
     name, _, rest = target.partition(":")
     if name == "emoji" and rest != "noto":
-        style, fine = emoji.target_parts(rest)
-        return emoji.read_emoji(split, root, style, fine=fine)
+        style, labelling = emoji.target_parts(rest)
+        return emoji.read_emoji(split, root, style, labelling)
     return _READERS[target](split, root)
 
 
@@ -162,8 +163,8 @@ def _describe(src: Source, root: str | None, resolution, channels) -> tuple[str,
         elif src.target == "emoji:noto":
             content = emoji_noto.font_fingerprint(root)
         elif src.target.startswith("emoji"):
-            style, fine = emoji.target_parts(src.target.partition(":")[2])
-            content = emoji.fingerprint(style, root, fine=fine)
+            style, labelling = emoji.target_parts(src.target.partition(":")[2])
+            content = emoji.fingerprint(style, root, labelling)
         base = src.target.partition(":")[0]
         return (src.target.replace(":", "-"), resolution or _NATIVE_RESOLUTION[base],
                 channels or _NATIVE_CHANNELS.get(base, 1), content)
