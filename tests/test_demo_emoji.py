@@ -11,6 +11,7 @@ from PIL import Image
 
 import kuosan
 from kuosan import demo
+from kuosan.data import emoji
 from kuosan.errors import KuosanError
 
 
@@ -31,7 +32,7 @@ TINY = demo.LatentRecipe(
     ae_overrides={"max_images": 48, "base_channels": 8, "batch": 8, "log_every": 2, "scale_images": 48},
     overrides={"train.max_images": 48, "model.base_channels": 16, "train.batch": 8, "train.log_every": 2,
                "train.checkpoint_every": 0, "sample.steps": 2},
-    ae_steps=4, ldm_steps=4)
+    ae_steps=4, ldm_steps=4, labels="sub")
 
 
 def test_the_recipe_follows_the_data_set():
@@ -75,11 +76,23 @@ def test_latent_demo_end_to_end(tmp_path, monkeypatch):
     after = report["after_training"]
     assert after["kept_seconds"] > 0 and after["spent_seconds"] > 0
     assert f"{after['kept_seconds']:.0f} s kept for what follows training" in md
+    assert "conditions on `emoji:sub`, 78 finer labels" in md
+    # the latent model conditions on the 78 subcategories; a row draws its class's, the grid's labels are classes
     pipe = kuosan.load(out / "ldm")
-    again = pipe.sample(list(range(36)), [c for c in range(9) for _ in range(4)], guidance=5.0, guidance_rescale=0.7,
-                        batch_size=128)
+    assert pipe.class_names == emoji.SUBCATEGORIES and pipe.dataset == "emoji:sub"
+    labels, classes = emoji.labels_by_group(pipe.class_names, 4)
+    groups = emoji.groups_of(pipe.class_names)
+    assert [groups[c] for c in labels] == classes == [g for g in range(9) for _ in range(4)]
+    again = pipe.sample(list(range(36)), labels, guidance=5.0, guidance_rescale=0.7, batch_size=128)
     with np.load(out / "grid.npz") as f:
         assert np.array_equal(f["images"], again.images)
+    # asked for a class by name, the model draws it from that class's subcategories, a label per seed
+    animals = pipe.labels_for(list(range(8)), "Animals")
+    assert {pipe.class_names[c] for c in animals} <= set(emoji.CLASSES["animals"]) and len(set(animals)) > 1
+    assert pipe.labels_for([5], "animals") == animals[5:6] and pipe.labels_for([0, 1], ["animals", 3]) == [animals[0], 3]
+    assert pipe.labels_for([0], "animal-bird") == [emoji.SUBCATEGORIES.index("animal-bird")]
+    with pytest.raises(KuosanError, match="unknown class 'unicorns'"):
+        pipe.labels_for([0], "unicorns")
 
 
 def test_a_second_demo_starts_afresh_and_a_foreign_directory_is_refused(tmp_path):

@@ -44,6 +44,10 @@ class LatentRecipe:
     # (benchmarks/results/emoji_guidance_rescale.json)
     grid_sample: dict = field(default_factory=dict)
     extractors: tuple = ("efficientnet-lite0",)  # evaluation features; the data set's classifier is added when shipped
+    # the labels the latent model conditions on: "" the data set's classes; "sub" (emoji:sub) a finer label
+    # inside each class, the grid's rows and the evaluation's samples then drawn from each class's finer labels
+    # in proportion to their training emoji (kuosan.data.emoji.labels_by_group) and scored by class
+    labels: str = ""
     eval_images: tuple = (270, 900)    # fewest and most generated images the evaluation scores
     ae_overrides: dict = field(default_factory=dict)  # autoencoder fields over the preset (tests, experiments)
     overrides: dict = field(default_factory=dict)     # diffusion config overrides over the preset
@@ -56,7 +60,7 @@ LATENT_RECIPES = {
     # 2-3x per step) and a small UNet; on CUDA both bigger, the autoencoder with both terms.
     "emoji": LatentRecipe(autoencoder={"cpu": "emoji-demo", "cuda": "emoji-gpu"},
                           diffusion={"cpu": "emoji-ldm", "cuda": "emoji-ldm-gpu"},
-                          grid_sample={"guidance": 9.0, "guidance_rescale": 0.7}),
+                          grid_sample={"guidance": 9.0, "guidance_rescale": 0.7}, labels="sub"),
 }
 
 
@@ -351,7 +355,8 @@ def _run_latent_demo(recipe: LatentRecipe, spec: str, minutes: float, out_dir: P
 
     # 2. the class-conditional latent model
     base = recipe.diffusion[kind]
-    overrides = {**recipe.overrides, "train.data": spec, "train.autoencoder": str(ae_dir), "train.seed": seed,
+    overrides = {**recipe.overrides, "train.data": f"{spec}:{recipe.labels}" if recipe.labels else spec,
+                 "train.autoencoder": str(ae_dir), "train.seed": seed,
                  "train.device": device, "train.out": str(out_dir / "ldm")}
     base_cfg = load_config(None, overrides, base=resolve_config_path(base))
     ips = per_eval = None
@@ -391,7 +396,8 @@ def _run_latent_demo(recipe: LatentRecipe, spec: str, minutes: float, out_dir: P
     evaluation = None
     if evaluate:
         evaluation = _evaluate(pipe, run_dir, out_dir, spec, budget - elapsed(), log, extractors=recipe.extractors,
-                               n_range=recipe.eval_images, per_feature=sum(features.values()) if features else None)
+                               n_range=recipe.eval_images, per_feature=sum(features.values()) if features else None,
+                               by_class=lambda per: _labels_by_class(pipe, spec, per))
         if evaluation is not None:
             _add_conditional_accuracy(evaluation, out_dir / "eval_samples.npz", spec)
             evaluation["markdown_summary"] = _evaluation_summary(evaluation)
@@ -452,14 +458,15 @@ def _latent_grid(pipe, recipe: LatentRecipe, spec: str, seed: int, out: Path, sa
     from kuosan.images import make_grid
     from kuosan.latent import LatentDataset, class_means, interpolate
 
-    k, per_class = pipe.num_classes, recipe.per_class
-    seeds = list(range(seed * 1000, seed * 1000 + k * per_class))
-    labels = [c for c in range(k) for _ in range(per_class)]
-    res = pipe.sample(seeds, labels, **sample, batch_size=128)
-    rows, names = [res.images], list(pipe.class_names)
+    per_class = recipe.per_class
     ae = pipe.autoencoder
     c, side, _ = ae.image_shape
     test = load_dataset(spec, "test", resolution=side, channels=c)
+    labels, classes = _labels_by_class(pipe, spec, per_class)
+    k = len(test.class_names)
+    seeds = list(range(seed * 1000, seed * 1000 + len(labels)))
+    res = pipe.sample(seeds, labels, **sample, batch_size=128)
+    rows, names = [res.images], list(test.class_names)
     z = ae.encode(test.images)
     means = class_means(LatentDataset(z, test.labels, test.class_names, test.name, ae.reference()))
     lower = [n.lower() for n in names]
@@ -478,8 +485,25 @@ def _latent_grid(pipe, recipe: LatentRecipe, spec: str, seed: int, out: Path, sa
                               rules=(k,) if len(names) > k else ())
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
-    np.savez_compressed(out.with_suffix(".npz"), images=res.images, labels=res.labels)
+    np.savez_compressed(out.with_suffix(".npz"), images=res.images, labels=np.asarray(classes, dtype=np.int64))
     return out, res.seconds, len(res.images)
+
+
+def _labels_by_class(pipe, spec: str, per_class: int) -> tuple[list[int], list[int]]:
+    """``(labels, classes)``: ``per_class`` labels of the model for each class of the data set ``spec`` in
+    turn, and the data set class each stands for. The same unless the model conditions on finer labels
+    (``emoji:sub``), whose samples are then spread over each class's subcategories."""
+    from kuosan.data import load_dataset
+
+    names = load_dataset(spec, "test").class_names
+    if list(pipe.class_names) == list(names):
+        labels = [c for c in range(len(names)) for _ in range(per_class)]
+        return labels, list(labels)
+    if dataset_name(spec) != "emoji":
+        raise KuosanError(f"the model's classes are not {spec}'s, and only emoji's finer labels map onto its classes")
+    from kuosan.data.emoji import labels_by_group
+
+    return labels_by_group(pipe.class_names, per_class)
 
 
 def _plot_latent_losses(ae_log: Path, ldm_log: Path, png: Path) -> Path:
@@ -576,7 +600,7 @@ def _latent_markdown(r: dict, cfg: Config, pipe, recipe: LatentRecipe) -> str:
         f"rows of linear interpolations in the autoencoder's latent space ({pairs}): each runs from the test image "
         "nearest one class's mean latent to the one nearest the other's, the two real images at the ends.", "",
         "| setting | value |", "|---|---|",
-        f"| data | {r['data']} ({', '.join(pipe.class_names)}) |",
+        f"| data | {_data_text(r, cfg, pipe)} |",
         f"| autoencoder | preset `{r['presets']['autoencoder']}`; {'x'.join(map(str, a['image_shape']))} -> "
         f"{'x'.join(map(str, a['latent_shape']))}, {a['parameters'] / 1e6:.2f} M parameters, {a['losses']} |",
         f"| autoencoder training | {a['steps']} steps × batch {a['batch']} in {a['train_seconds'] / 60:.1f} min |",
@@ -597,6 +621,18 @@ def _latent_markdown(r: dict, cfg: Config, pipe, recipe: LatentRecipe) -> str:
         text += ("\nThe latent model was trained to align its features with EfficientNet-Lite0's (REPA), the network "
                  "of the first Fréchet distance above: that distance favours it. The emoji classifier's distance and "
                  "accuracy are independent of the alignment.\n")
+    return text
+
+
+def _data_text(r: dict, cfg: Config, pipe) -> str:
+    """The data set and its classes; a latent model conditioned on finer labels says so."""
+    from kuosan.data import load_dataset
+
+    names = load_dataset(r["data"], "test").class_names
+    text = f"{r['data']} ({', '.join(names)})"
+    if list(pipe.class_names) != list(names):
+        text += (f"; the latent model conditions on `{cfg.train.data}`, {pipe.num_classes} finer labels ("
+                 f"{', '.join(pipe.class_names[:3])}, ...), each class's samples drawn from its own")
     return text
 
 
@@ -675,11 +711,13 @@ def _after_training_seconds(recipe: LatentRecipe, cfg, spec: str, per_eval: floa
 
 
 def _evaluate(pipe, run_dir: Path, out_dir: Path, spec: str, seconds_left: float, log, extractors=(),
-              n_range=(200, 2000), per_feature: float | None = None) -> dict | None:
+              n_range=(200, 2000), per_feature: float | None = None, by_class=None) -> dict | None:
     """Quality and diversity of the demo model, beside the real-vs-real floor (if the evaluation
     package is present); the sample count adapts to the time left, within ``n_range`` (:func:`_eval_count`;
     ``per_feature``: the feature networks' measured seconds an image). ``extractors``: the feature networks
-    besides the data set's own classifier."""
+    besides the data set's own classifier. ``by_class(per_class) -> (labels, classes)``: the model's labels
+    for that many samples of each of the data set's classes, and the class each stands for (the samples are
+    scored by class); by default the model's classes in turn."""
     try:
         from kuosan.evaluation.report import EvalConfig, evaluate
     except ImportError:
@@ -690,10 +728,16 @@ def _evaluate(pipe, run_dir: Path, out_dir: Path, spec: str, seconds_left: float
     probe = pipe.sample(list(range(10**6, 10**6 + 20)), batch_size=20)
     per_image = (time.time() - t0) / 20
     n = _eval_count(seconds_left, per_image, per_feature, n_range)
-    n = n // pipe.num_classes * pipe.num_classes if pipe.num_classes else n
+    labels = classes = None
+    if by_class is not None:
+        k = len(by_class(1)[0])
+        labels, classes = by_class(max(1, n // k))
+        n = len(labels)
+    else:
+        n = n // pipe.num_classes * pipe.num_classes if pipe.num_classes else n
     log(f"evaluating on {n} generated images ...")
-    res = pipe.sample(list(range(10**6, 10**6 + n)), batch_size=128)
-    gen = {"images": res.images, "labels": res.labels}
+    res = pipe.sample(list(range(10**6, 10**6 + n)), labels, batch_size=128)
+    gen = {"images": res.images, "labels": res.labels if classes is None else np.asarray(classes, dtype=np.int64)}
     np.savez_compressed(out_dir / "eval_samples.npz", **gen)
     speed = {"images_per_s": n / res.seconds, "ms_per_image": 1000 * res.seconds / n, "nfe": res.nfe,
              "device": str(pipe.device)}
