@@ -177,7 +177,7 @@ def test_sub_labels_are_subcategories_in_every_split(sources):
     assert len({dataset_fingerprint(s) for s in ("emoji", "emoji:sub", "emoji:fine")}) == 3
     with pytest.raises(KuosanError, match="noto"):
         load_dataset("emoji:noto:sub")
-    with pytest.raises(KuosanError, match="subcategory"):
+    with pytest.raises(KuosanError, match="two labellings"):
         load_dataset("emoji:sub:fine")                                      # one labelling at a time
 
 
@@ -197,8 +197,23 @@ def test_labels_by_group_spread_a_class_over_its_finer_labels(sources):
     labels, _ = emoji.spread(groups, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], 4)
     assert sorted(labels[:4]) == [0, 0, 1, 2]                               # the remainder to the first
     labels, _ = emoji.spread(groups, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], 2)
-    assert labels[:2] == [0, 1]
+    assert labels[:2] == [0, 2]                                             # ties: spread across the group
+    # equal weights (a class per emoji): the slots go to members across the group, not the first in order
+    many = emoji.spread_group(0, [0] * 40, [1] * 40, 5)
+    assert len(set(many)) == 5 and max(many) - min(many) > 20
+    # cycling: sample k of class k mod 9, as a model's own classes cycle
+    labels, groups = emoji.cycle_groups(emoji.CLASS_NAMES, 20)
+    assert labels == groups == [k % 9 for k in range(20)]
 
+
+def test_which_specs_have_groups():
+    for spec in ("emoji:sub", "emoji:twitter:sub:test", "emoji:fine", "EMOJI:SUB"):
+        assert emoji.has_groups(spec), spec
+    for spec in ("emoji", "emoji:test", "emoji:noto", "emoji:test:noto", "emoji_art/", "emojis.npz", "folder:emoji",
+                 "fashion-mnist", "", None, "emoji:sub:fine"):
+        assert not emoji.has_groups(spec), spec
+    with pytest.raises(KuosanError, match="two labellings"):
+        emoji.parse_style("sub:fine")
 
 
 def test_a_class_name_draws_its_subcategories(sources, monkeypatch):

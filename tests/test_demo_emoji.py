@@ -35,6 +35,18 @@ TINY = demo.LatentRecipe(
     ae_steps=4, ldm_steps=4, labels="sub")
 
 
+def test_the_latent_model_trains_on_the_recipes_labels():
+    sub = demo.LATENT_RECIPES["emoji"]
+    assert sub.labels == "sub"
+    assert demo._latent_specs("emoji", sub) == ("emoji", "emoji:sub")
+    assert demo._latent_specs("emoji:twitter", sub) == ("emoji:twitter", "emoji:twitter:sub")
+    assert demo._latent_specs("emoji:sub", sub) == ("emoji", "emoji:sub")        # named: the grid takes the 9
+    assert demo._latent_specs("emoji:fine", sub) == ("emoji", "emoji:fine")
+    assert demo._latent_specs("emoji:noto", sub) == ("emoji:noto", "emoji:noto")  # the font set has its 8 only
+    assert demo._latent_specs("emoji", TINY.__class__(**{**TINY.__dict__, "labels": ""})) == ("emoji", "emoji")
+    assert demo._model_classes("emoji:sub") == 78 and demo._model_classes("emoji:google") == 9
+
+
 def test_the_recipe_follows_the_data_set():
     assert demo.LATENT_RECIPES.get(demo.dataset_name("emoji:twitter")) is demo.LATENT_RECIPES["emoji"]
     assert demo.LATENT_RECIPES.get(demo.dataset_name("fashion-mnist")) is None  # the pixel demo, as before
@@ -91,8 +103,11 @@ def test_latent_demo_end_to_end(tmp_path, monkeypatch):
     assert {pipe.class_names[c] for c in animals} <= set(emoji.CLASSES["animals"]) and len(set(animals)) > 1
     assert pipe.labels_for([5], "animals") == animals[5:6] and pipe.labels_for([0, 1], ["animals", 3]) == [animals[0], 3]
     assert pipe.labels_for([0], "animal-bird") == [emoji.SUBCATEGORIES.index("animal-bird")]
-    with pytest.raises(KuosanError, match="unknown class 'unicorns'"):
+    with pytest.raises(KuosanError, match="unknown class 'unicorns'.*or one of the classes they fall in: faces"):
         pipe.labels_for([0], "unicorns")
+    with pytest.raises(KuosanError, match="unknown class 'animals'; classes: face-smiling") as e:
+        pipe.class_index("animals")                                    # one class, where a group is no answer
+    assert "fall in" not in str(e.value)
 
 
 def test_a_second_demo_starts_afresh_and_a_foreign_directory_is_refused(tmp_path):
@@ -184,6 +199,9 @@ def test_the_time_kept_after_training_follows_the_measured_speeds():
     assert kept(TINY, cfg, "emoji", 1.0, 0.0, {}, False) == pytest.approx(grid * grid_evals * 1.2 + 30)
     fast, slow = (kept(demo.LATENT_RECIPES["emoji"], cfg, "emoji", e, 0.01, {"a": 0.02}, True) for e in (1e-3, 2e-3))
     assert fast < slow
+    # a model of the 78 subcategories: the loop's closing grid has GRID_ROWS rows, the labelled one 9
+    sub = load_config(None, {**TINY.overrides, "train.data": "emoji:sub"}, base=resolve_config_path("emoji-ldm"))
+    assert kept(TINY, sub, "emoji", 0.0, 1.0, {}, False) == pytest.approx(4 * (16 + 9 + 2) + 30)
 
 
 def test_the_sampling_probe_measures_one_network_evaluation(tmp_path):
@@ -227,3 +245,32 @@ def test_references_prepared_before_training_are_what_the_evaluation_finds(tmp_p
     report = evaluate(generated, "emoji:test", cfg, train_reference="emoji:train")
     ext = report["extractors"]["emoji-cnn"]
     assert ext["reference_from"] == "cache" and ext["train_reference_from"] == "cache"
+
+
+@pytest.mark.skipif(not _emoji_installed(), reason="emoji sources not installed (scripts/install_emoji_data.sh)")
+def test_kuosan_evaluate_samples_a_subcategory_model_by_class(tmp_path):
+    """`kuosan evaluate --checkpoint` on the demo's model (emoji:sub): seed k of class k mod 9, drawn from its
+    subcategories; scored and saved as the 9 classes, the model's own labels beside them."""
+    from types import SimpleNamespace
+
+    from kuosan.cli.evaluate import sample_checkpoint
+
+    asked = {}
+
+    class Pipe:
+        num_classes, dataset, class_names = 78, "emoji:sub", emoji.SUBCATEGORIES
+
+        def sample(self, seeds, class_labels, **kw):
+            asked["labels"] = list(class_labels)
+            kw["progress"](len(seeds))
+            return SimpleNamespace(images=np.zeros((len(seeds), 8, 8, 3), np.uint8), labels=np.array(class_labels),
+                                   nfe=1)
+
+    args = SimpleNamespace(sampler="euler", steps=1, guidance=1.0, batch=8, bf16=False, threshold=None,
+                           checkpoint="runs/demo-emoji/ldm")
+    images, _ = sample_checkpoint(args, Pipe(), list(range(18)), "cpu", tmp_path, lambda *a: None)
+    groups = emoji.groups_of(emoji.SUBCATEGORIES)
+    assert images.labels.tolist() == [k % 9 for k in range(18)]
+    assert [groups[c] for c in asked["labels"]] == [k % 9 for k in range(18)]
+    with np.load(tmp_path / "samples.npz") as f:
+        assert f["labels"].tolist() == [k % 9 for k in range(18)] and f["model_labels"].tolist() == asked["labels"]

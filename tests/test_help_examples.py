@@ -258,7 +258,7 @@ def _emoji_demo(store: Path) -> Path:
     if not (root / "ldm").is_dir():
         for argv in (["train-autoencoder", "--config", "emoji-demo", "--steps", "2", "--batch", "8",
                       "--max_images", "256", "--scale_images", "256", "--out", root / "autoencoder"],
-                     ["train", "--config", "emoji-ldm", "--data", "emoji", "--autoencoder", root / "autoencoder",
+                     ["train", "--config", "emoji-ldm", "--data", "emoji:sub", "--autoencoder", root / "autoencoder",
                       "--steps", "2", "--batch", "8", "--max_images", "256", "--sample.steps", "1",
                       "--out", root / "ldm"]):
             assert main([str(a) for a in argv]) == 0, argv

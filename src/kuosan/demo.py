@@ -316,6 +316,7 @@ def _run_latent_demo(recipe: LatentRecipe, spec: str, minutes: float, out_dir: P
                      evaluate: bool, log, t_start: float) -> int:
     """Autoencoder (its share of the time), latent model (the rest), grid with interpolation rows, losses,
     evaluation, report. Every stage's time comes from the budget, speeds from short probe runs."""
+    spec, train_spec = _latent_specs(spec, recipe)
     import kuosan
     from kuosan.latent import reconstruction_report
     from kuosan.runtime import resolve_device
@@ -355,7 +356,7 @@ def _run_latent_demo(recipe: LatentRecipe, spec: str, minutes: float, out_dir: P
 
     # 2. the class-conditional latent model
     base = recipe.diffusion[kind]
-    overrides = {**recipe.overrides, "train.data": f"{spec}:{recipe.labels}" if recipe.labels else spec,
+    overrides = {**recipe.overrides, "train.data": train_spec,
                  "train.autoencoder": str(ae_dir), "train.seed": seed,
                  "train.device": device, "train.out": str(out_dir / "ldm")}
     base_cfg = load_config(None, overrides, base=resolve_config_path(base))
@@ -489,13 +490,41 @@ def _latent_grid(pipe, recipe: LatentRecipe, spec: str, seed: int, out: Path, sa
     return out, res.seconds, len(res.images)
 
 
+def _latent_specs(spec: str, recipe: LatentRecipe) -> tuple[str, str]:
+    """``(the data set, what the latent model trains on)``: ``emoji`` and ``emoji:sub`` for a recipe with
+    ``labels="sub"``; a spec that names its labelling (``emoji:fine``) keeps it for training, and the grid and
+    the evaluation take the set's classes; other specs (``emoji:noto``, folders) train as given."""
+    from kuosan.data.emoji import LABELLINGS, labelling_of
+
+    labelling = labelling_of(spec)
+    if labelling is None or not (labelling or recipe.labels):
+        return spec, spec
+    base = ":".join(p for p in str(spec).split(":") if p.lower() not in LABELLINGS)
+    return base, f"{base}:{labelling or recipe.labels}"
+
+
+def _class_names(spec: str) -> list[str]:
+    """The data set's class names, without loading it where they are known (the emoji set's 9)."""
+    from kuosan.data import load_dataset
+    from kuosan.data.emoji import CLASS_NAMES, labelling_of
+
+    return list(CLASS_NAMES) if labelling_of(spec) == "" else load_dataset(spec, "test").class_names
+
+
+def _model_classes(train_spec: str) -> int:
+    """The number of classes a model trained on ``train_spec`` has."""
+    from kuosan.data import load_dataset
+    from kuosan.data.emoji import CLASS_NAMES, SUBCATEGORIES, labelling_of
+
+    known = {"": len(CLASS_NAMES), "sub": len(SUBCATEGORIES)}.get(labelling_of(train_spec))
+    return known if known is not None else len(load_dataset(train_spec).class_names)
+
+
 def _labels_by_class(pipe, spec: str, per_class: int) -> tuple[list[int], list[int]]:
     """``(labels, classes)``: ``per_class`` labels of the model for each class of the data set ``spec`` in
     turn, and the data set class each stands for. The same unless the model conditions on finer labels
     (``emoji:sub``), whose samples are then spread over each class's subcategories."""
-    from kuosan.data import load_dataset
-
-    names = load_dataset(spec, "test").class_names
+    names = _class_names(spec)
     if list(pipe.class_names) == list(names):
         labels = [c for c in range(len(names)) for _ in range(per_class)]
         return labels, list(labels)
@@ -626,9 +655,7 @@ def _latent_markdown(r: dict, cfg: Config, pipe, recipe: LatentRecipe) -> str:
 
 def _data_text(r: dict, cfg: Config, pipe) -> str:
     """The data set and its classes; a latent model conditioned on finer labels says so."""
-    from kuosan.data import load_dataset
-
-    names = load_dataset(r["data"], "test").class_names
+    names = _class_names(r["data"])
     text = f"{r['data']} ({', '.join(names)})"
     if list(pipe.class_names) != list(names):
         text += (f"; the latent model conditions on `{cfg.train.data}`, {pipe.num_classes} finer labels ("
@@ -693,7 +720,6 @@ def _after_training_seconds(recipe: LatentRecipe, cfg, spec: str, per_eval: floa
     (:func:`_network_seconds`, with a margin of SAMPLING_MARGIN), plus one decoding (``decode_seconds``: an
     encode and decode, measured on the test split). The evaluation then has the time :func:`_eval_count` needs
     for its largest count; ``features``: seconds an image costs each feature network."""
-    from kuosan.data import load_dataset
     from kuosan.diffusion.samplers import nfe
 
     def per_image(sample: dict) -> float:
@@ -701,8 +727,11 @@ def _after_training_seconds(recipe: LatentRecipe, cfg, spec: str, per_eval: floa
         evals = nfe(sample.get("sampler", cfg.sample.sampler), int(sample.get("steps", cfg.sample.steps)))
         return guided * evals * SAMPLING_MARGIN * per_eval + decode_seconds
 
-    classes = len(load_dataset(spec, "test").class_names)
-    grid = recipe.per_class * (2 * classes + len(recipe.interpolations))  # the loop's closing grid, the labelled one
+    from kuosan.training.loop import GRID_ROWS
+
+    classes = len(_class_names(spec))
+    closing = min(_model_classes(cfg.train.data), GRID_ROWS)  # the loop's closing grid: the model's classes
+    grid = recipe.per_class * (closing + classes + len(recipe.interpolations))  # that grid, the labelled one
     seconds = grid * per_image(recipe.grid_sample) + 30.0  # and loading the model, the loss plot, the report
     if evaluate:  # the evaluation's probe and samples; every feature network on them, the classifier on the grid
         n, p, f = recipe.eval_images[1], per_image({}), sum(features.values())

@@ -187,7 +187,9 @@ class Pipeline:
 
     def labels_for(self, seeds: list[int], class_labels) -> list[int] | None:
         """One class per seed: all the same (an index or name), a list, or None (conditional models then
-        cycle through the classes: seed k gets class k mod C)."""
+        cycle through the classes: seed k gets class k mod C). A model trained on finer labels than its data
+        set's classes (``emoji:sub``, ``emoji:fine``) also takes those classes' names ("animals"): each seed
+        then gets one of the class's finer labels (:func:`kuosan.data.emoji.labels_for_group`)."""
         if not self.num_classes:
             if class_labels is not None:
                 raise KuosanError("this model is unconditional: it takes no class")
@@ -200,22 +202,41 @@ class Pipeline:
             given = class_labels.tolist() if hasattr(class_labels, "tolist") else list(class_labels)
             if len(given) != len(seeds):
                 raise KuosanError(f"{len(given)} class labels for {len(seeds)} seeds")
-            return [self._label(s, c) for s, c in zip(seeds, given)]
+            out, names = [None] * len(seeds), {}   # each name worked out once, whatever the list's length
+            for i, c in enumerate(given):
+                if isinstance(c, str):
+                    names.setdefault(c.strip().lower(), []).append(i)
+                else:
+                    out[i] = self.class_index(c)
+            for name, where in names.items():
+                group = self._group_labels(name, [seeds[i] for i in where])
+                for j, i in enumerate(where):
+                    out[i] = group[j] if group is not None else self._class_or_group(given[i])
+            return out
         group = self._group_labels(class_labels, seeds)
-        return group if group is not None else [self.class_index(class_labels)] * len(seeds)
+        return group if group is not None else [self._class_or_group(class_labels)] * len(seeds)
 
     def _group_labels(self, name, seeds: list[int]) -> list[int] | None:
         """A model conditioned on finer labels than its data set's classes (``emoji:sub``, ``emoji:fine``) asked
         for one of those classes by name ("animals"): each seed's label inside it; None otherwise."""
         if not isinstance(name, str):
             return None
-        from kuosan.data.emoji import labels_for_group
+        from kuosan.data.emoji import has_groups, labels_for_group
 
+        if not has_groups(self.dataset):
+            return None
         return labels_for_group(self.dataset, self.class_names, name, seeds)
 
-    def _label(self, seed: int, c) -> int:
-        group = self._group_labels(c, [seed])
-        return group[0] if group is not None else self.class_index(c)
+    def _class_or_group(self, c) -> int:
+        """:meth:`class_index`, whose error names the groups too where :meth:`labels_for` takes them."""
+        try:
+            return self.class_index(c)
+        except KuosanError as e:
+            from kuosan.data.emoji import CLASS_NAMES, has_groups
+
+            if isinstance(c, str) and has_groups(self.dataset):
+                raise KuosanError(f"{e}, or one of the classes they fall in: {', '.join(CLASS_NAMES)}") from None
+            raise
 
     def class_index(self, name_or_index) -> int:
         """A class given by index or by (case-insensitive) name."""
@@ -231,10 +252,7 @@ class Pipeline:
             names = [n.lower() for n in self.class_names]
             if str(name_or_index).lower() not in names:
                 shown = self.class_names if len(names) <= 100 else [*self.class_names[:20], "..."]
-                from kuosan.data.emoji import CLASS_NAMES, has_groups
-
-                groups = f", or one of the groups {', '.join(CLASS_NAMES)}" if has_groups(self.dataset, shown) else ""
-                raise KuosanError(f"unknown class {name_or_index!r}; classes: {', '.join(shown)}{groups}") from None
+                raise KuosanError(f"unknown class {name_or_index!r}; classes: {', '.join(shown)}") from None
             k = names.index(str(name_or_index).lower())
         if not 0 <= k < self.num_classes:
             raise KuosanError(f"class {k} out of range: this model has classes 0-{self.num_classes - 1}")

@@ -110,12 +110,16 @@ def sample_checkpoint(args, pipe, seeds, device, out_dir, log, ctx=None):
     import numpy as np
     from tqdm import tqdm
 
+    from kuosan.data.emoji import cycle_groups, has_groups
     from kuosan.evaluation.features import as_uint8_nchw
     from kuosan.evaluation.report import ImageSet
     from kuosan.evaluation.speed import measure, speed_summary
 
     k = int(getattr(pipe, "num_classes", 0) or 0)
     labels = [s % k for s in seeds] if k else None
+    groups = None  # a model of finer labels (emoji:sub): its samples cycle through the data set's classes
+    if k and has_groups(getattr(pipe, "dataset", "")):
+        labels, groups = cycle_groups(pipe.class_names, len(seeds))
     spread = {"distributed": True} if ctx is not None and ctx.enabled else {}
     where = f"{ctx.world} processes" if spread else str(device)
     main = ctx is None or ctx.is_main
@@ -137,9 +141,13 @@ def sample_checkpoint(args, pipe, seeds, device, out_dir, log, ctx=None):
     arrays = {"images": np.asarray(out.images), "seeds": np.asarray(seeds)}
     if getattr(out, "labels", None) is not None:
         arrays["labels"] = np.asarray(out.labels)
+    if groups is not None:  # scored, and saved, as the data set's classes; the model's own labels beside them
+        arrays["model_labels"], arrays["labels"] = arrays.get("labels", np.asarray(labels)), np.asarray(groups)
     np.savez(out_dir / "samples.npz", **arrays)
     out_labels = getattr(out, "labels", None)
     labels = np.asarray(out_labels if out_labels is not None else labels) if k else None
+    if groups is not None:
+        labels = np.asarray(groups)
     return ImageSet(as_uint8_nchw(np.asarray(out.images)), labels, f"{args.checkpoint} ({args.sampler}, "
                     f"{args.steps} steps)"), speed
 

@@ -270,12 +270,15 @@ def parse_style(suffix: str) -> tuple[str | None, str | None, str]:
             split = part
         elif part in (FINE, SUB) and not labelling:
             labelling = part
+        elif part in (FINE, SUB):
+            raise KuosanError(f"emoji:{suffix} names two labellings; give one of {FINE!r} (a class per emoji) and "
+                              f"{SUB!r} (a class per subcategory)")
         else:
             raise KuosanError(f"emoji:{suffix}: {part!r} is neither a style ({', '.join(STYLE_NAMES)}, noto), "
                               f"a split (train, test, all), {FINE!r} (a class per emoji) nor {SUB!r} (a class per "
                               "subcategory)")
     if labelling and style == "noto":
-        raise KuosanError(f"emoji:{suffix}: the noto set has no per-emoji labels; drop {labelling!r} or the style")
+        raise KuosanError(f"emoji:{suffix}: the noto set has only its 8 classes; drop {labelling!r} or the style")
     return style, split, labelling
 
 
@@ -405,7 +408,10 @@ def spread_group(g: int, groups: list[int], weights: list[float], n: int) -> lis
     total = sum(weights[c] for c in members)
     quota = {c: n * weights[c] / total for c in members}
     take = {c: int(q) for c, q in quota.items()}
-    for c in sorted(members, key=lambda c: (take[c] - quota[c], members.index(c)))[:n - sum(take.values())]:
+    # the largest remainders; among equal ones (a class per emoji: every one) members spread over the group by
+    # the golden-ratio sequence, not the first in catalogue order
+    tie = {c: (i * 0.6180339887498949) % 1.0 for i, c in enumerate(members)}
+    for c in sorted(members, key=lambda c: (round(take[c] - quota[c], 9), tie[c]))[:n - sum(take.values())]:
         take[c] += 1
     slots = sorted(((k + 0.5) / take[c], -weights[c], c) for c in members for k in range(take[c]))
     return [c for _, _, c in slots]
@@ -414,10 +420,23 @@ def spread_group(g: int, groups: list[int], weights: list[float], n: int) -> lis
 GROUP_PERIOD = 60   # a group name's labels repeat every this many seeds (see labels_for_group)
 
 
-def has_groups(spec: str, class_names: list[str]) -> bool:
-    """Whether a model trained on ``spec`` with these classes takes :data:`CLASS_NAMES` as groups of them."""
-    return str(spec).lower().startswith("emoji") and list(class_names) != CLASS_NAMES and \
-        not str(spec).lower().startswith("emoji:noto")
+def labelling_of(spec) -> str | None:
+    """The labelling of an ``emoji`` spec (``""``, :data:`FINE` or :data:`SUB`); None for any other spec, the
+    noto set and a spec that does not parse."""
+    name, _, rest = str(spec or "").strip().partition(":")
+    if name.lower() != "emoji":
+        return None
+    try:
+        style, _, labelling = parse_style(rest)
+    except KuosanError:
+        return None
+    return None if style == "noto" else labelling
+
+
+def has_groups(spec: str, class_names=None) -> bool:
+    """Whether a model trained on ``spec`` (``emoji:sub``, ``emoji:fine``) takes :data:`CLASS_NAMES` as groups of
+    its finer classes."""
+    return bool(labelling_of(spec))
 
 
 def labels_for_group(spec: str, class_names: list[str], name, seeds: list[int]) -> list[int] | None:
@@ -442,3 +461,13 @@ def labels_for_group(spec: str, class_names: list[str], name, seeds: list[int]) 
         weights = [1] * len(class_names)
     run = spread_group(CLASS_NAMES.index(group), groups_of(class_names), weights, GROUP_PERIOD)
     return [run[int(s) % GROUP_PERIOD] for s in seeds]
+
+
+def cycle_groups(class_names: list[str], n: int, root: str | None = None) -> tuple[list[int], list[int]]:
+    """``(labels, groups)`` for ``n`` samples of a model trained on ``emoji``, ``emoji:sub`` or ``emoji:fine``:
+    sample k of class k mod 9 (as a model's own classes cycle), its label drawn from that class's finer labels
+    by :func:`labels_by_group`; ``groups`` the class of each, which a classifier of the 9 classes scores."""
+    per = -(-n // len(CLASS_NAMES))
+    labels, groups = labels_by_group(class_names, per, root)
+    order = [(k % len(CLASS_NAMES)) * per + k // len(CLASS_NAMES) for k in range(n)]
+    return [labels[i] for i in order], [groups[i] for i in order]
