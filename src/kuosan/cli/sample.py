@@ -25,7 +25,8 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="a run directory (its latest checkpoint) or a checkpoint")
     p.add_argument("--n", type=int, default=None, help="number of images (seeds 0..n-1 unless --seeds; default 64)")
     p.add_argument("--seeds", default=None, help="seeds, e.g. 0-63 or 1,5,9 (one image per seed)")
-    p.add_argument("--class", dest="class_label", default=None, help="class index or name (default: cycle)")
+    p.add_argument("--class", dest="class_label", default=None, help="class index or name (default: cycle); a model trained on emoji:sub also takes "
+                                        "the 9 class names, each seed drawn from that class's subcategories")
     add_sample_options(p)
     p.add_argument("--threshold", default=None, metavar="clip|P",
                    help="keep the denoised image in [-1, 1]: clip, or dynamic thresholding at quantile P (0.995)")
