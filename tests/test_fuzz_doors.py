@@ -758,3 +758,10 @@ def _edit_api_case(argv):
 
 
 test_fuzz_editing_api, test_fuzz_editing_api_long = _fuzz(EDITS, quick=60, long=6 * LONG)(_edit_api_case)
+
+
+@pytest.mark.parametrize("argv", [["demo", "--out", "runs/a\x00b"], ["demo", "--data", "digits", "--out", "\x00"]])
+def test_a_nul_character_in_an_output_path_is_one_line(argv, capsys):
+    """Found by test_fuzz_demo: a path with NUL reached Path.resolve, which raises ValueError."""
+    code, _, err = door(argv, capsys)
+    assert code == 2 and "NUL character" in err

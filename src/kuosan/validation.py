@@ -170,11 +170,18 @@ def adapter_list(adapters, name: str = "adapters") -> list[tuple[str, float]]:
     return out
 
 
+def _no_nul(path, what: str) -> None:
+    """A path with a NUL character names no file on any system (the OS calls refuse it)."""
+    if "\x00" in str(path):
+        raise KuosanError(f"{what} {str(path)!r} contains a NUL character; give a path without it")
+
+
 def output_dir(path, what: str = "--out") -> Path:
     """A directory to write into: named, not an existing file, not inside a checkpoint (checked before any
     work, so a long job does not fail at its last step)."""
     if not isinstance(path, (str, Path)) or not str(path).strip():
         raise KuosanError(f"{what} is empty; give an output directory")
+    _no_nul(path, what)
     out = Path(path).expanduser()
     if out.exists() and not out.is_dir():
         raise KuosanError(f"{what} {path} is a file; give a directory")
@@ -186,6 +193,7 @@ def output_file(path, what: str = "--out", suffix: str | None = ".png") -> Path:
     """A file to write: named (with ``suffix``), not a directory, not inside a checkpoint."""
     if not isinstance(path, (str, Path)) or not str(path).strip():
         raise KuosanError(f"{what} is empty; give a file name")
+    _no_nul(path, what)
     out = Path(path).expanduser()
     if out.is_dir() or not out.name or out.name in (".", ".."):
         raise KuosanError(f"{what} {path} is a directory; give a file name like {what.lstrip('-')}{suffix or ''}")
