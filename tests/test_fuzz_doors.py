@@ -765,3 +765,10 @@ def test_a_nul_character_in_an_output_path_is_one_line(argv, capsys):
     """Found by test_fuzz_demo: a path with NUL reached Path.resolve, which raises ValueError."""
     code, _, err = door(argv, capsys)
     assert code == 2 and "NUL character" in err
+
+
+@pytest.mark.parametrize("argv", [["demo", "--out", "~0"], ["data", "~no-such-user-here/x"]])
+def test_a_home_of_no_user_is_one_line(argv, capsys):
+    """Found by test_fuzz_demo_long: ``~0`` made Path.expanduser raise RuntimeError."""
+    code, _, err = door(argv, capsys)
+    assert code == 2 and "names no user on this machine" in err

@@ -7,3 +7,14 @@ class KuosanError(Exception):
     The message names the problem and, where possible, how to fix it. The CLI prints
     ``kuosan: error: <message>`` and exits with status 2.
     """
+
+
+def user_path(text, what: str = "path"):
+    """``Path(text).expanduser()``, with one line for a ``~user`` that names no user on this machine."""
+    from pathlib import Path
+
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise KuosanError(f"{what} {str(text)!r}: {str(text).split('/')[0]} names no user on this machine, so it has "
+                          "no home directory to expand; give the path in full") from None

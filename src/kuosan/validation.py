@@ -22,7 +22,7 @@ from typing import Iterable
 from kuosan.diffusion.samplers import SAMPLERS
 from kuosan.diffusion.schedules import SCHEDULES
 from kuosan.diffusion.thresholding import parse_threshold
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, user_path
 from kuosan.rundir import check_not_inside_checkpoint
 from kuosan.rng import MAX_SEEDS, SEED_MAX, parse_seeds
 
@@ -182,7 +182,7 @@ def output_dir(path, what: str = "--out") -> Path:
     if not isinstance(path, (str, Path)) or not str(path).strip():
         raise KuosanError(f"{what} is empty; give an output directory")
     _no_nul(path, what)
-    out = Path(path).expanduser()
+    out = user_path(path, what)
     if out.exists() and not out.is_dir():
         raise KuosanError(f"{what} {path} is a file; give a directory")
     check_not_inside_checkpoint(out, what)
@@ -194,7 +194,7 @@ def output_file(path, what: str = "--out", suffix: str | None = ".png") -> Path:
     if not isinstance(path, (str, Path)) or not str(path).strip():
         raise KuosanError(f"{what} is empty; give a file name")
     _no_nul(path, what)
-    out = Path(path).expanduser()
+    out = user_path(path, what)
     if out.is_dir() or not out.name or out.name in (".", ".."):
         raise KuosanError(f"{what} {path} is a directory; give a file name like {what.lstrip('-')}{suffix or ''}")
     if suffix and out.suffix.lower() != suffix:

@@ -28,7 +28,7 @@ from pathlib import Path
 from kuosan.data import arrays, builtin, emoji, emoji_noto, folder, stacked_mnist
 from kuosan.data.dataset import ImageDataset, take_stratified
 from kuosan.data.transforms import fit_images
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, user_path
 
 _ALIASES = {"fashion-mnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
             "mnist": "mnist", "digits": "digits", "sklearn-digits": "digits", "emoji": "emoji",
@@ -90,8 +90,8 @@ def parse_spec(spec: str, split: str | None = None, root: str | None = None) -> 
 
 
 def _local(text: str, root: str | None) -> Path:
-    path = Path(text).expanduser()
-    return Path(root).expanduser() / path if root and not path.is_absolute() else path
+    path = user_path(text, "the data set")
+    return user_path(root, "the data root") / path if root and not path.is_absolute() else path
 
 
 def _check_options(resolution, channels, max_images):
