@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from kuosan.errors import KuosanError
 from kuosan.nets.build import flops_of
 
 __all__ = ["PEER_SIZED", "Contender", "model_section", "kuosan_contender", "under_bf16"]
@@ -49,8 +50,11 @@ def model_section(config: str | None) -> tuple[dict, dict]:
     if path.is_dir() and (path / "config.json").is_file():
         path = path / "config.json"
     if path.suffix == ".json" and path.is_file():
-        data = json.loads(path.read_text())
-        if data.get("format") == "kuosan-checkpoint":
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise KuosanError(f"--config {config}: not a readable JSON config ({e})") from None
+        if isinstance(data, dict) and data.get("format") == "kuosan-checkpoint":
             return {"kind": data["network"]["kind"], **data["network"]["fields"]}, data.get("diffusion", {})
     from kuosan.config import load_config, resolve_config_path
 
