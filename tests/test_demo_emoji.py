@@ -108,6 +108,35 @@ def test_latent_demo_end_to_end(tmp_path, monkeypatch):
     with pytest.raises(KuosanError, match="unknown class 'animals'; classes: face-smiling") as e:
         pipe.class_index("animals")                                    # one class, where a group is no answer
     assert "fall in" not in str(e.value)
+    _doors_that_take_one_class_take_a_group_too(pipe, out / "ldm", animals, tmp_path)
+
+
+def _doors_that_take_one_class_take_a_group_too(pipe, run, animals, tmp_path):
+    """`kuosan edit` and the page take "animals" on an emoji:sub model as labels_for does, seed by seed."""
+    from kuosan.cli import main
+    from kuosan.serve.card import model_card
+    from kuosan.serve.forms import parse_request
+    from kuosan.serve.models import Loaded, ModelEntry
+
+    assert pipe.groups == emoji.CLASS_NAMES
+    assert [pipe.class_for("animals", s) for s in range(8)] == animals and pipe.class_for(3, 5) == 3
+    assert pipe.class_for("animal-bird") == emoji.SUBCATEGORIES.index("animal-bird")
+    with pytest.raises(KuosanError, match="or one of the classes they fall in"):
+        pipe.class_for("unicorns")
+    loaded = Loaded(entry=ModelEntry("ldm", run, "kuosan"), pipe=pipe, checksum="")
+    card = model_card(loaded)
+    assert card["groups"] == emoji.CLASS_NAMES and card["group_sizes"]["animals"] == len(emoji.CLASSES["animals"])
+    req = parse_request({"class": " Animals", "seeds": "0-7"}, loaded)
+    assert list(req.labels) == animals and req.label == animals[0] and req.params()["class"] == "animals"
+    req = parse_request({"class": "animals", "seeds": "5", "mode": "interpolate", "class_b": "plants"}, loaded)
+    assert req.label == animals[5] and req.class_b == pipe.class_for("plants", 5) and req.group == "animals"
+    assert parse_request({"class": "4", "seeds": "0-1"}, loaded).labels == (4, 4)
+    with pytest.raises(KuosanError, match="second class: unknown class 'unicorns'"):
+        parse_request({"class": "animals", "mode": "interpolate", "class_b": "unicorns"}, loaded)
+    strip = tmp_path / "strip"
+    assert main(["edit", "interpolate", "--checkpoint", str(run), "--classes", "faces,animals", "--seeds", "3",
+                 "--n", "2", "--steps", "2", "--out", str(strip)]) == 0
+    assert len(list(strip.glob("*.png"))) >= 1
 
 
 def test_a_second_demo_starts_afresh_and_a_foreign_directory_is_refused(tmp_path):

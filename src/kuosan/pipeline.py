@@ -219,7 +219,7 @@ class Pipeline:
     def _group_labels(self, name, seeds: list[int]) -> list[int] | None:
         """A model conditioned on finer labels than its data set's classes (``emoji:sub``, ``emoji:fine``) asked
         for one of those classes by name ("animals"): each seed's label inside it; None otherwise."""
-        if not isinstance(name, str):
+        if not isinstance(name, str) or not self.num_classes:
             return None
         from kuosan.data.emoji import has_groups, labels_for_group
 
@@ -237,6 +237,25 @@ class Pipeline:
             if isinstance(c, str) and has_groups(self.dataset):
                 raise KuosanError(f"{e}, or one of the classes they fall in: {', '.join(CLASS_NAMES)}") from None
             raise
+
+    def class_for(self, name_or_index, seed: int = 0) -> int:
+        """One class label for the image of ``seed``: :meth:`class_index`, or, on a model trained on finer labels
+        than its data set's classes (``emoji:sub``), one of those classes' names ("animals"), which gives the
+        finer label :meth:`labels_for` gives that seed. For the doors that take one class (editing,
+        interpolation between classes)."""
+        group = self._group_labels(name_or_index, [int(seed)])
+        return group[0] if group is not None else self._class_or_group(name_or_index)
+
+    @property
+    def groups(self) -> list[str]:
+        """The class names :meth:`labels_for` takes besides the model's own classes: the data set's classes for
+        a model trained on finer labels (``emoji:sub``: "animals", "objects"), else none."""
+        if not self.num_classes or not isinstance(self.dataset, str):
+            return []
+        from kuosan.data.emoji import CLASS_NAMES, has_groups
+
+        own = {n.lower() for n in self.class_names}
+        return [n for n in CLASS_NAMES if n not in own] if has_groups(self.dataset) else []
 
     def class_index(self, name_or_index) -> int:
         """A class given by index or by (case-insensitive) name."""

@@ -38,7 +38,8 @@ def _common(p: argparse.ArgumentParser, sampler: str | None, steps: int | None) 
                    help=f"steps of the full σ grid (default: {steps or 'as the model samples'})")
     p.add_argument("--schedule", default=None,
                    help="σ grid: karras, exponential, log-snr, vp-linear, ... (default: the model's)")
-    p.add_argument("--class", dest="class_label", default=None, help="class index or name (default: unconditional)")
+    p.add_argument("--class", dest="class_label", default=None, help="class index or name; a model trained on emoji:sub also takes the 9 classes' names "
+                        "(animals: the subcategory --seed draws) (default: unconditional)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance weight with --class (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0); image k uses seed + k")
@@ -90,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                               "  kuosan edit interpolate --checkpoint runs/fm --classes 1,7 --seeds 3")
     p.add_argument("--seeds", default=None,
                    help="two seeds A,B to interpolate between (default 0,1), or one with --classes (default 0)")
-    p.add_argument("--classes", default=None, help="two classes A,B to interpolate between (names or indices)")
+    p.add_argument("--classes", default=None, help="two classes A,B to interpolate between (names or indices; on an emoji:sub model also "
+                        "the 9 classes' names)")
     p.add_argument("--n", type=int, default=8, help="images in the strip (default 8)")
     _common(p, None, None)
     return parser
@@ -159,7 +161,8 @@ class _Setup:
         self.sampler, self.steps, self.guidance = s.sampler, s.steps, s.guidance
         get_sampler(self.sampler)
         self.sigmas = sigmas_for(pipe.precond, s.schedule, s.steps, s.rho).to(pipe.device, torch.float32)
-        self.label = pipe.class_index(args.class_label) if args.class_label is not None else None
+        # a class name of a model trained on finer labels ("animals" on emoji:sub) gives the label of --seed
+        self.label = pipe.class_for(args.class_label, args.seed) if args.class_label is not None else None
         self.denoiser = pipe.precond
         if self.label is not None and self.guidance != 1.0:
             self.denoiser = classifier_free_guidance(pipe.precond, self.guidance, null_label=pipe.num_classes)
@@ -265,7 +268,7 @@ def run_interpolate(args, st: _Setup, out: Path) -> int:
         names = [c for c in args.classes.split(",") if c.strip()]
         if len(names) != 2:
             raise KuosanError(f"--classes wants two classes A,B, got {args.classes!r}")
-        a, b = (st.pipe.class_index(c.strip()) for c in names)
+        a, b = (st.pipe.class_for(c.strip(), seeds[0]) for c in names)
         den = st.pipe.precond
         if st.guidance != 1.0:
             from kuosan.diffusion.guidance import classifier_free_guidance

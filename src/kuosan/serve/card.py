@@ -71,6 +71,23 @@ def _trained_steps(loaded: Loaded) -> int | None:
     return step if isinstance(step, int) else None
 
 
+def _groups(pipe) -> dict:
+    """A model trained on finer labels than its data set's classes (``emoji:sub``): those classes, which the
+    class fields also take, and how many of the model's classes each holds (None where unknown)."""
+    groups = pipe.groups
+    if not groups:
+        return {}
+    from kuosan.data.emoji import CLASS_NAMES, groups_of
+    from kuosan.errors import KuosanError
+
+    try:
+        of = groups_of(pipe.class_names)
+        sizes = {n: of.count(CLASS_NAMES.index(n)) for n in groups}
+    except KuosanError:                     # emoji:fine without the installed emoji.json to map its names
+        sizes = dict.fromkeys(groups)
+    return {"groups": groups, "group_sizes": sizes}
+
+
 def model_card(loaded: Loaded) -> dict:
     """Everything the page shows about a model, as plain JSON values."""
     pipe, cfg = loaded.pipe, loaded.pipe.config
@@ -82,6 +99,7 @@ def model_card(loaded: Loaded) -> dict:
         "name": loaded.entry.name, "kind": loaded.entry.kind, "checksum": loaded.checksum,
         "dataset": pipe.dataset or None, "classes": pipe.class_names or [str(k) for k in range(pipe.num_classes)],
         "num_classes": pipe.num_classes, "image": [h, w, c], "latent": pipe.autoencoder is not None,
+        **_groups(pipe),
         "network": (cfg.get("network") or {}).get("kind"),
         "parameters": int(sum(p.numel() for p in pipe.precond.parameters())),
         "precond": (cfg.get("diffusion") or {}).get("precond"),

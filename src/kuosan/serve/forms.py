@@ -1,6 +1,7 @@
 """A request of the page, checked: JSON from the browser -> a :class:`Request`, or one KuosanError line that the
 page shows beside the form. Numbers and names go through :mod:`kuosan.validation` (the checks of the command
-line), classes through the model's own ``class_index``; unknown fields are refused, not ignored.
+line), classes through the model's own ``class_for`` (an index, a name, and on an ``emoji:sub`` model one of
+the 9 classes' names); unknown fields are refused, not ignored.
 
 Empty fields mean "the model's default". ``seeds`` is a seed (``5``), a list (``1,5,9``) or a range (``0-7``),
 as ``kuosan sample --seeds`` reads it; a JSON number is one seed, not a count.
@@ -41,6 +42,7 @@ class Request:
     labels: tuple | None                   # generate: the class of each image (None: an unconditional model)
     label: int | None                      # edits and live: the class to steer to (None: no class)
     batch: int                             # images a network call
+    group: str | None = None               # the class asked for by a group's name ("animals", emoji:sub models)
     image: np.ndarray | None = None        # edits: the upload as uint8 [C, H, W] at the model's pixel size
     mask: np.ndarray | None = None         # inpaint: float32 [1, h, w], 1 where to keep, 0 where to regenerate
     strength: float = 0.6                  # img2img: 0 keeps the input, 1 ignores it
@@ -58,7 +60,7 @@ class Request:
                "schedule": s.schedule, "guidance": s.guidance, "guidance_rescale": s.guidance_rescale,
                "guidance_interval": _list(self.interval),
                "seeds": ",".join(str(v) for v in self.seeds) if len(self.seeds) <= 2 else _span(self.seeds),
-               "class": self.label, "batch": self.batch}
+               "class": self.group or self.label, "batch": self.batch}
         extra = {"img2img": {"strength": self.strength}, "inpaint": {"resample": self.resample, "jump": self.jump},
                  "invert": {"source": self.source}, "interpolate": {"class_b": self.class_b, "frames": self.frames},
                  "live": {"class_b": self.class_b, "mix": self.mix}}
@@ -81,11 +83,13 @@ def _given(body: dict, key: str):
     return None if v is None or (isinstance(v, str) and not v.strip()) else v
 
 
-def _class(pipe, value, name: str) -> int | None:
+def _class(pipe, value, name: str, seed: int = 0) -> int | None:
+    """A class by index or name; on a model trained on finer labels (``emoji:sub``) also one of its data set's
+    classes ("animals"), which gives the finer label ``seed`` draws."""
     if value is None:
         return None
     try:
-        return pipe.class_index(value)
+        return pipe.class_for(value, seed)
     except KuosanError as e:
         raise KuosanError(f"{name}: {e}") from None
 
@@ -124,9 +128,11 @@ def parse_request(body, loaded: Loaded) -> Request:
                                guidance_rescale=_given(body, "guidance_rescale"), batch=_given(body, "batch"))
     sample = dataclasses.replace(pipe.sample_config, **{k: req[k] for k in SAMPLE_FIELDS if req[k] is not None})
     seeds = _seeds(_given(body, "seeds"))
-    label = _class(pipe, _given(body, "class"), "class")
+    given = _given(body, "class")
+    label = _class(pipe, given, "class", seeds[0])
+    group = given.strip().lower() if isinstance(given, str) and given.strip().lower() in pipe.groups else None
     out = dict(mode=mode, model=loaded.entry.name, sample=sample, interval=_interval(_given(body, "interval")),
-               seeds=tuple(seeds), labels=None, label=label, batch=req["batch"] or DEFAULT_BATCH)
+               seeds=tuple(seeds), labels=None, label=label, group=group, batch=req["batch"] or DEFAULT_BATCH)
     out.update(_MODE_CHECKS[mode](body, pipe, out))
     return Request(**out)
 
@@ -135,7 +141,7 @@ def _generate(body, pipe, out) -> dict:
     if len(out["seeds"]) > MAX_IMAGES:
         raise KuosanError(f"{len(out['seeds'])} seeds is more than the page makes at once (at most {MAX_IMAGES}); "
                           "`kuosan sample` makes any number")
-    labels = pipe.labels_for(list(out["seeds"]), out["label"])
+    labels = pipe.labels_for(list(out["seeds"]), out["group"] or out["label"])  # a group: each seed its own label
     return {"labels": None if labels is None else tuple(labels)}
 
 
@@ -165,11 +171,12 @@ def _invert(body, pipe, out) -> dict:
         raise KuosanError(f"inversion needs a deterministic sampler, not {out['sample'].sampler!r}; choose one of "
                           f"{', '.join(sorted(set(SAMPLERS) - set(STOCHASTIC)))}")
     c, r, _ = pipe.pixel_shape
-    return {"image": fit_image(_upload(body, pipe), c, r), "source": _class(pipe, _given(body, "source"), "source")}
+    return {"image": fit_image(_upload(body, pipe), c, r), "source": _class(pipe, _given(body, "source"), "source",
+                                                                             out["seeds"][0])}
 
 
 def _interpolate(body, pipe, out) -> dict:
-    class_b = _class(pipe, _given(body, "class_b"), "second class")
+    class_b = _class(pipe, _given(body, "class_b"), "second class", out["seeds"][0])
     if class_b is None and len(out["seeds"]) != 2:
         raise KuosanError("interpolation wants two seeds A,B (e.g. 3,17), or a second class to go to")
     if class_b is not None and out["label"] is None:
@@ -178,7 +185,7 @@ def _interpolate(body, pipe, out) -> dict:
 
 
 def _live(body, pipe, out) -> dict:
-    class_b = _class(pipe, _given(body, "class_b"), "second class")
+    class_b = _class(pipe, _given(body, "class_b"), "second class", out["seeds"][0])
     mix = real(_given(body, "mix") or 0, "mix", 0, 1)  # without a first class: from "no class" to class_b
     return {"class_b": class_b, "mix": mix}
 

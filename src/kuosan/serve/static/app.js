@@ -89,7 +89,11 @@ function showTab(name) {
 // --- the model and the form ---------------------------------------------------------------------------
 
 function classItems() {
-  return (state.card ? state.card.classes : []).map((n, k) => [String(k), n === String(k) ? n : `${k} · ${n}`]);
+  if (!state.card) return [];
+  // a model trained on finer labels (emoji:sub) also takes its data set's classes: each seed one of their labels
+  const sizes = state.card.group_sizes || {};
+  const groups = (state.card.groups || []).map((n) => [n, sizes[n] ? `${n} (any of its ${plural(sizes[n], "class", "classes")})` : `${n} (any of its classes)`]);
+  return [...groups, ...state.card.classes.map((n, k) => [String(k), n === String(k) ? n : `${k} · ${n}`])];
 }
 
 async function selectModel(name) {
