@@ -32,12 +32,13 @@ def _model(cfg, num_classes, seed=0):
     return precond, spec
 
 
-def _save_parent(tmp_path, num_classes, name="parent", **model):
+def _save_parent(tmp_path, num_classes, name="parent", data="digits", class_names=None, **model):
     cfg = _cfg(**model)
     precond, spec = _model(cfg, num_classes)
+    names = class_names or [str(k) for k in range(num_classes)]
     config = {"format": "kuosan-checkpoint", "version": 1, "network": spec, **config_to_dict(cfg),
-              "data": {"spec": "digits", "class_names": [str(k) for k in range(num_classes)], "resolution": 8,
-                       "channels": 1, "num_classes": num_classes}}
+              "data": {"spec": data, "class_names": names, "resolution": 8, "channels": 1,
+                       "num_classes": num_classes}}
     run = tmp_path / name
     sd = precond.state_dict()
     save_checkpoint(run, 5, config=config, model=sd, ema=sd)
@@ -65,6 +66,33 @@ def test_class_resize_keeps_known_classes_and_the_null_class(tmp_path, new):
     if new > 3:  # new classes start as the unconditional model
         assert torch.equal(_out(child, [4] * 4), _out(parent, [3] * 4))
     assert info["num_classes"] == 3 and "null row 3 -> " + str(new) in info["classes"]
+
+
+def test_finer_classes_start_from_the_class_they_lie_in(tmp_path):
+    """The 9 emoji classes fine-tuned on emoji:sub: "animal-bird" starts as "animals", not as whichever of
+    the parent's classes had its index; any other pair keeps rows by index."""
+    from kuosan.data import emoji
+    from kuosan.training.finetune import class_sources
+
+    subs = emoji.SUBCATEGORIES
+    run, parent = _save_parent(tmp_path, 9, data="emoji", class_names=emoji.CLASS_NAMES)
+    child, _ = _model(_cfg(), len(subs), seed=1)
+    info = init_from(child, run, num_classes=len(subs), class_names=subs, data="emoji:sub")
+    animals, bird = emoji.CLASS_NAMES.index("animals"), subs.index("animal-bird")
+    assert torch.equal(_out(child, [bird] * 4), _out(parent, [animals] * 4))
+    for k in (0, 14, len(subs) - 1):           # the first face, the first people subcategory, the last object
+        assert torch.equal(_out(child, [k] * 4), _out(parent, [emoji.groups_of(subs)[k]] * 4))
+    assert torch.equal(_out(child, [len(subs)] * 4), _out(parent, [9] * 4))  # the null row moved last
+    assert "78 finer classes, each from its class's row" in info["classes"]
+    assert class_sources(emoji.CLASS_NAMES, subs, "emoji:sub") == emoji.groups_of(subs)
+    assert class_sources(emoji.CLASS_NAMES, subs, "digits") is None           # not a finer labelling
+    assert class_sources([str(k) for k in range(9)], subs, "emoji:sub") is None   # the parent is not the 9
+    assert class_sources(emoji.CLASS_NAMES, emoji.CLASS_NAMES, "emoji") is None
+    assert class_sources(emoji.CLASS_NAMES, ["no such emoji"], "emoji:fine") is None
+    # without the class names (an older caller) the rows stay by index
+    child, _ = _model(_cfg(), len(subs), seed=1)
+    init_from(child, run, num_classes=len(subs))
+    assert torch.equal(_out(child, [bird] * 4), _out(parent, [9] * 4))  # a new class: the null row
 
 
 def test_unconditional_parent_and_unconditional_child_start_as_the_parent(tmp_path):

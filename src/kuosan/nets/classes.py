@@ -16,14 +16,22 @@ def class_embeddings(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, NoiseEmbedding)}
 
 
-def resize_class_rows(weight: torch.Tensor | None, old: int, new: int, dim: int) -> torch.Tensor:
+def resize_class_rows(weight: torch.Tensor | None, old: int, new: int, dim: int,
+                      sources: list[int] | None = None) -> torch.Tensor:
     """Class-embedding rows for ``new`` classes + null from those of ``old`` classes + null (the last
     row): known classes kept, null moved to the new last index, new classes copied from null.
-    ``weight`` None (an unconditional parent) gives zeros: every class starts as the parent."""
+    ``weight`` None (an unconditional parent) gives zeros: every class starts as the parent.
+    ``sources``: for each new class, the old class whose row it starts from instead (finer labels inside
+    the parent's classes: every subcategory of "animals" starts as "animals")."""
     if weight is None or old == 0:
         return torch.zeros(new + 1, dim)
     null = weight[old]
     rows = null.expand(new + 1, dim).clone()
+    if sources is not None:
+        if len(sources) != new or not all(0 <= int(k) < old for k in sources):
+            raise ValueError(f"sources needs {new} class indices below {old}")
+        rows[:new] = weight[torch.as_tensor([int(k) for k in sources], dtype=torch.long)]
+        return rows
     k = min(old, new)
     rows[:k] = weight[:k]
     return rows

@@ -12,6 +12,8 @@ The parent is any kuosan checkpoint (or run directory), or a local diffusers ``U
 - known classes keep their embedding rows, the "null" row (classifier-free guidance) moves to the new
   last index, and new classes start as copies of the null row: a new class begins as the
   unconditional model and learns from there;
+- a child whose classes are finer labels inside the parent's (the 9 emoji classes fine-tuned on ``emoji:sub``)
+  starts each class from the row of the class it lies in (:func:`class_sources`);
 - an unconditional parent gets a zero class embedding (every class starts exactly as the parent);
 - a conditional parent trained unconditionally has its null row folded into the embedding MLP's
   bias, so the child starts exactly as the parent's unconditional model.
@@ -91,13 +93,15 @@ def freeze(module: nn.Module, patterns) -> list[str]:
 
 # --- class embeddings (resizing lives in kuosan.nets.classes) ---------------------------------------
 
-def _adapt_state(parent: dict, target: dict, embeds: dict, old: int, new: int, mismatch) -> dict:
-    """The parent's tensors in the child's layout (class rows resized), or ``mismatch(reason)``."""
+def _adapt_state(parent: dict, target: dict, embeds: dict, old: int, new: int, mismatch,
+                 sources: list[int] | None = None) -> dict:
+    """The parent's tensors in the child's layout (class rows resized, from ``sources`` where given), or
+    ``mismatch(reason)``."""
     class_keys = {f"{p}.class_emb.weight" for p in embeds}
     out = {}
     for key, want in target.items():
         if key in class_keys:
-            rows = resize_class_rows(parent.get(key), old, new, want.shape[1])
+            rows = resize_class_rows(parent.get(key), old, new, want.shape[1], sources)
             out[key] = rows.to(want.dtype)
             continue
         if key not in parent:
@@ -169,8 +173,26 @@ def _field_differences(parent_fields: dict, net) -> str:
     return f" (network settings that differ: {'; '.join(diffs)})" if diffs else ""
 
 
+def class_sources(parent_names, child_names, child_data) -> list[int] | None:
+    """For a child whose classes are finer labels inside the parent's (a model of the 9 emoji classes
+    fine-tuned on ``emoji:sub`` or ``emoji:fine``): the parent class each child class lies in, so that it starts
+    from that class's embedding row ("animal-bird" as "animals") rather than from whichever class had its index.
+    None for any other pair (classes then keep their rows by index)."""
+    from kuosan.data.emoji import CLASS_NAMES, groups_of, has_groups
+
+    if not child_names or list(parent_names or []) != CLASS_NAMES or list(child_names) == CLASS_NAMES:
+        return None
+    if not isinstance(child_data, str) or not has_groups(child_data):
+        return None
+    try:
+        return groups_of(list(child_names))
+    except KuosanError:                     # emoji:fine names that the installed emoji.json does not know
+        return None
+
+
 @torch.no_grad()
-def init_from(precond, parent_dir, *, num_classes: int, weights: str = "ema") -> dict:
+def init_from(precond, parent_dir, *, num_classes: int, weights: str = "ema", class_names=None,
+              data: str | None = None) -> dict:
     """Load a parent checkpoint's weights (EMA by default; not its optimiser) into ``precond``.
 
     The architecture must match except for the number of classes (resized as the module docstring
@@ -209,12 +231,15 @@ def init_from(precond, parent_dir, *, num_classes: int, weights: str = "ema") ->
                           "--model.* options to take over the parent's")
 
     target = {k: v for k, v in precond.state_dict().items() if not is_adapter_key(k)}
-    state = _adapt_state(parent["tensors"], target, embeds, old, num_classes, mismatch)
+    sources = class_sources(info.get("class_names"), class_names, data) if embeds and old and num_classes else None
+    state = _adapt_state(parent["tensors"], target, embeds, old, num_classes, mismatch, sources)
     missing, unexpected = precond.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if not is_adapter_key(k)]:
         mismatch(f"the weights do not load ({(unexpected or missing)[0]})")
     kept = min(old, num_classes)
-    info["classes"] = (f"{kept} kept, {max(0, num_classes - old)} new (from the null row), null row "
+    info["classes"] = (f"{num_classes} finer classes, each from its class's row ({old} classes), null row "
+                       f"{old} -> {num_classes}" if sources is not None else
+                       f"{kept} kept, {max(0, num_classes - old)} new (from the null row), null row "
                        f"{old} -> {num_classes}" if old and num_classes else
                        "parent unconditional: zero class embedding" if num_classes else
                        "null row folded into the embedding bias" if old else "unconditional")
@@ -292,7 +317,7 @@ def _other_dataset(parent: str | None, child: str | None) -> bool:
 
 
 def prepare_transfer(precond, spec: dict, cfg, *, num_classes: int, resume: bool = False, device=None,
-                     log=print):
+                     log=print, class_names=None):
     """Apply ``cfg.train``'s transfer settings to a freshly built model: ``init_from`` (weights, or a
     diffusers model that replaces ``precond`` and ``spec``), ``lora_rank`` (adapters; only they train, plus
     the class embedding when the classes are new: another count or another data set), ``freeze``. On
@@ -313,7 +338,8 @@ def prepare_transfer(precond, spec: dict, cfg, *, num_classes: int, resume: bool
         elif resume and saved.get("parent"):
             info = saved["parent"]
         else:
-            info = init_from(precond, t.init_from, num_classes=num_classes)
+            info = init_from(precond, t.init_from, num_classes=num_classes, class_names=class_names,
+                             data=getattr(t, "data", None))
         extra["parent"] = saved.get("parent") or info
         log(f"fine-tuning from {info['path']} (weights {info['weights_sha256'][:12]}; classes: "
             f"{info.get('classes', 'n/a')})")

@@ -209,7 +209,8 @@ class Run:
             precond = build_model(spec, cfg.diffusion).to(device)
             # transfer learning: parent weights, LoRA adapters, frozen parameters (kuosan.training.finetune)
             precond, spec, transfer = prepare_transfer(precond, spec, cfg, num_classes=self.num_classes,
-                                                       resume=resume, device=device, log=log)
+                                                       resume=resume, device=device, log=log,
+                                                       class_names=data.class_names if self.num_classes else None)
             with torch.random.fork_rng(devices=[]):  # a forward pass would draw dropout from the training RNG
                 self.flops = count_flops(precond.net, data.channels, data.resolution, 1, self.num_classes)
         except (ValueError, RuntimeError, AssertionError, TypeError) as e:  # settings no network can take
