@@ -206,6 +206,63 @@ def test_labels_by_group_spread_a_class_over_its_finer_labels(sources):
     assert labels == groups == [k % 9 for k in range(20)]
 
 
+def test_subcategory_weights_are_read_once_per_version_of_emoji_json(sources, monkeypatch):
+    import os
+
+    first = emoji.subcategory_weights()
+    reads = []
+    real = emoji.read_catalogue
+    monkeypatch.setattr(emoji, "read_catalogue", lambda *a, **k: reads.append(1) or real(*a, **k))
+    assert emoji.subcategory_weights() == first and not reads               # the same file: not parsed again
+    path = emoji_sources.catalogue_file()
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))             # the file changed: read again
+    assert emoji.subcategory_weights() == first and len(reads) == 1
+    first["time"] = 99                                                      # the caller's copy, not the cache's
+    assert emoji.subcategory_weights()["time"] == 1
+
+
+def _stub_pipeline(dataset: str, class_names: list[str]):
+    """A Pipeline with only what naming a class reads: its data set and classes (no network)."""
+    from kuosan.pipeline import Pipeline
+
+    class Stub(Pipeline):
+        def __init__(self):  # noqa: D107 -- nothing loaded
+            pass
+
+    Stub.dataset, Stub.class_names, Stub.num_classes = dataset, list(class_names), len(class_names)
+    return Stub()
+
+
+def test_one_class_doors_take_a_group_name_seed_by_seed(monkeypatch):
+    """Pipeline.class_for, which kuosan edit and the page use: a group's name gives the label labels_for gives
+    that seed (here without the installed sources: every subcategory weighs the same)."""
+    monkeypatch.setenv(emoji_sources.SOURCES_ENV, "/nonexistent")
+    subs = emoji.SUBCATEGORIES
+    pipe = _stub_pipeline("emoji:sub", subs)
+    animals = pipe.labels_for(list(range(12)), "animals")
+    assert [pipe.class_for(" Animals", s) for s in range(12)] == animals
+    assert {subs[c] for c in animals} == set(emoji.CLASSES["animals"])
+    assert pipe.class_for("animal-bird", 7) == subs.index("animal-bird") and pipe.class_for("3") == 3
+    assert pipe.groups == emoji.CLASS_NAMES
+    with pytest.raises(KuosanError, match="unknown class 'unicorns'.*or one of the classes they fall in: faces"):
+        pipe.class_for("unicorns")
+    with pytest.raises(KuosanError) as e:                                  # not a name: no list of groups
+        pipe.class_for("99")
+    assert "out of range" in str(e.value) and "fall in" not in str(e.value)
+    with pytest.raises(KuosanError, match="an index or a name"):
+        pipe.class_for([1, 2])
+    plain = _stub_pipeline("emoji", emoji.CLASS_NAMES)                     # the 9 classes: their own names
+    assert plain.groups == [] and plain.class_for("animals", 5) == 2
+    unconditional = _stub_pipeline("emoji:sub", [])
+    assert unconditional.groups == []
+    with pytest.raises(KuosanError) as e:
+        unconditional.class_for("animals")
+    assert str(e.value) == "this model is unconditional: it takes no class"
+    other = _stub_pipeline("fashion-mnist", ["shirt", "animals"])
+    assert other.groups == [] and other.class_for("Animals") == 1
+
+
 def test_which_specs_have_groups():
     for spec in ("emoji:sub", "emoji:twitter:sub:test", "emoji:fine", "EMOJI:SUB"):
         assert emoji.has_groups(spec), spec

@@ -93,6 +93,15 @@ def test_finer_classes_start_from_the_class_they_lie_in(tmp_path):
     child, _ = _model(_cfg(), len(subs), seed=1)
     init_from(child, run, num_classes=len(subs))
     assert torch.equal(_out(child, [bird] * 4), _out(parent, [9] * 4))  # a new class: the null row
+    # the training loop's hook passes the data's classes and spec on, with LoRA adapters too
+    for rank in (0, 2):
+        child, spec = _model(_cfg(), len(subs), seed=1)
+        t = SimpleNamespace(init_from=str(run), lora_rank=rank, lora_alpha=None, lora_targets="attn,conv",
+                            freeze=None, out=str(tmp_path / f"sub-{rank}"), data="emoji:sub")
+        child, _, extra = prepare_transfer(child, spec, SimpleNamespace(train=t), num_classes=len(subs),
+                                           class_names=subs, log=lambda *a: None)
+        assert torch.equal(_out(child, [bird] * 4), _out(parent, [animals] * 4)), rank
+        assert "each from its class's row" in extra["parent"]["classes"]
 
 
 def test_unconditional_parent_and_unconditional_child_start_as_the_parent(tmp_path):

@@ -234,7 +234,8 @@ class Pipeline:
         except KuosanError as e:
             from kuosan.data.emoji import CLASS_NAMES, has_groups
 
-            if isinstance(c, str) and has_groups(self.dataset):
+            if isinstance(c, str) and str(e).startswith("unknown class") and self.num_classes \
+                    and has_groups(self.dataset):
                 raise KuosanError(f"{e}, or one of the classes they fall in: {', '.join(CLASS_NAMES)}") from None
             raise
 

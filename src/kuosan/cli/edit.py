@@ -113,13 +113,19 @@ def _open(path: str):
     return im
 
 
-def load_image(path: str, channels: int, resolution: int) -> torch.Tensor:
-    """An image file as float32 [C, H, W] in [-1, 1], fitted to the model's channels and resolution."""
-    from kuosan.data import to_model_range
+def load_pixels(path: str, channels: int, resolution: int) -> torch.Tensor:
+    """An image file as uint8 [C, H, W], fitted to the model's channels and resolution."""
     from kuosan.data.transforms import pil_to_chw, resize_center_crop, to_l_or_rgb
 
     im = resize_center_crop(to_l_or_rgb(_open(path)), resolution)
-    return to_model_range(torch.from_numpy(pil_to_chw(im, channels).copy()))
+    return torch.from_numpy(pil_to_chw(im, channels).copy())
+
+
+def load_image(path: str, channels: int, resolution: int) -> torch.Tensor:
+    """An image file as float32 [C, H, W] in [-1, 1], fitted to the model's channels and resolution."""
+    from kuosan.data import to_model_range
+
+    return to_model_range(load_pixels(path, channels, resolution))
 
 
 def load_mask(path: str, resolution: int) -> torch.Tensor:
@@ -181,23 +187,28 @@ class _Setup:
         return generators_for_seeds(range(self.seed, self.seed + n))
 
     def inputs(self, paths) -> torch.Tensor:
-        c, r, _ = self.pipe.image_shape
-        return torch.stack([load_image(p, c, r) for p in paths]).to(self.pipe.device)
+        """The images in what the denoiser works on: [-1, 1] pixels, or a latent model's encoded latents."""
+        c, r, _ = self.pipe.pixel_shape
+        return self.pipe.to_model_space(torch.stack([load_pixels(p, c, r) for p in paths]))
+
+    def pictures(self, x: torch.Tensor) -> np.ndarray:
+        """The denoiser's space -> uint8 [N, H, W, C] (a latent model's latents decoded)."""
+        return self.pipe.to_images(x.float())
 
 
-def _save_rows(rows: list[torch.Tensor], out: Path, name: str) -> Path:
-    """One PNG with a line per image: its versions ``rows[0][i], rows[1][i], …`` side by side."""
-    from kuosan.images import make_grid, save_png, to_uint8_nhwc
+def _save_rows(rows: list[np.ndarray], out: Path, name: str) -> Path:
+    """One PNG with a line per image: its versions ``rows[0][i], rows[1][i], …`` (uint8 [N, H, W, C]) side by side."""
+    from kuosan.images import make_grid, save_png
 
-    pics = to_uint8_nhwc(torch.stack(rows, 1).flatten(0, 1))  # image i's variants next to each other
+    pics = np.stack(rows, 1).reshape(-1, *rows[0].shape[1:])  # image i's variants next to each other
     scale = max(1, 128 // pics.shape[1])
     return save_png(make_grid(pics, nrow=len(rows)), out / name, scale=scale)
 
 
-def _save_each(images: torch.Tensor, paths, out: Path, suffix: str) -> list[Path]:
-    from kuosan.images import save_png, to_uint8_nhwc
+def _save_each(images: np.ndarray, paths, out: Path, suffix: str) -> list[Path]:
+    from kuosan.images import save_png
 
-    return [save_png(img, out / f"{Path(p).stem}_{suffix}.png") for img, p in zip(to_uint8_nhwc(images), paths)]
+    return [save_png(img, out / f"{Path(p).stem}_{suffix}.png") for img, p in zip(images, paths)]
 
 
 # --- modes ----------------------------------------------------------------------------------------
@@ -209,8 +220,9 @@ def run_img2img(args, st: _Setup, out: Path) -> int:
     k = start_index(st.steps, args.strength)
     y = img2img(st.denoiser, x0, st.sigmas, args.strength, sampler=st.sampler, generator=st.generators(len(x0)),
                 extra_args=st.extra(len(x0)))
-    _save_each(y, args.input, out, "img2img")
-    grid = _save_rows([x0, y], out, "img2img.png")
+    before, after = st.pictures(x0), st.pictures(y)
+    _save_each(after, args.input, out, "img2img")
+    grid = _save_rows([before, after], out, "img2img.png")
     print(f"img2img: {len(x0)} image(s), strength {args.strength} (from σ = {float(st.sigmas[k]):.3g}, "
           f"{st.steps - k} of {st.steps} {st.sampler} steps) -> {out} ({grid.name}: input | edit)")
     return 0
@@ -219,17 +231,23 @@ def run_img2img(args, st: _Setup, out: Path) -> int:
 def run_inpaint(args, st: _Setup, out: Path) -> int:
     from kuosan.diffusion.editing import inpaint
 
-    x0 = st.inputs(args.input)
-    res = st.pipe.image_shape[1]
-    keep = (load_mask(args.mask, res) if args.mask else box_mask(args.box, res)).to(x0.device)[None]
+    res, side = st.pipe.pixel_shape[1], st.pipe.image_shape[1]
+    keep_px = load_mask(args.mask, res) if args.mask else box_mask(args.box, res)  # in the image's pixels
+    # a latent model regenerates every latent cell the mask touches (the decoder redraws the whole cell)
+    keep = keep_px if side == res else -torch.nn.functional.adaptive_max_pool2d(-keep_px[None], side)[0]
     if bool((keep == 1).all()):
         raise KuosanError("the mask marks nothing to regenerate (white = regenerate)")
+    x0 = st.inputs(args.input)
+    keep = keep.to(x0.device)[None]
     y = inpaint(st.denoiser, x0, keep, st.sigmas, sampler=st.sampler, generator=st.generators(len(x0)),
                 extra_args=st.extra(len(x0)), resample=args.resample, jump=args.jump)
-    _save_each(y, args.input, out, "inpaint")
-    shown = keep * x0 + (1 - keep) * torch.full_like(x0, -1.0)
-    grid = _save_rows([x0, shown, y], out, "inpaint.png")
-    print(f"inpaint: {len(x0)} image(s), {int((keep == 0).sum())} pixels regenerated, {st.steps} {st.sampler} steps, "
+    before, after = st.pictures(x0), st.pictures(y)
+    _save_each(after, args.input, out, "inpaint")
+    factor = res // side
+    kept = keep[0, 0].cpu().numpy().repeat(factor, 0).repeat(factor, 1)[None, :, :, None]
+    shown = (before * kept).astype(np.uint8)                     # black where regenerated
+    grid = _save_rows([before, shown, after], out, "inpaint.png")
+    print(f"inpaint: {len(x0)} image(s), {int((kept == 0).sum())} pixels regenerated, {st.steps} {st.sampler} steps, "
           f"resample {args.resample} (jump {args.jump}) -> {out} ({grid.name}: input | kept | result)")
     return 0
 
@@ -242,13 +260,18 @@ def run_invert(args, st: _Setup, out: Path) -> int:
     extra = st.extra(len(x0))
     z = invert(st.denoiser, x0, st.sigmas, sampler=st.sampler, extra_args=extra)
     back = get_sampler(st.sampler)(st.denoiser, z, st.sigmas, extra_args=extra)
-    values = psnr(back, x0)
-    _save_each(back, args.input, out, "reconstruction")
+    before, again = st.pictures(x0), st.pictures(back)
+    if st.pipe.autoencoder is None:
+        values = psnr(back, x0)
+    else:  # a latent model: the decoded round trip against the decoded input (the autoencoder's own loss aside)
+        values = psnr(*(torch.from_numpy(v).permute(0, 3, 1, 2).float() / 127.5 - 1 for v in (again, before)))
+    _save_each(again, args.input, out, "reconstruction")
     for zi, p in zip(z.cpu().numpy(), args.input):
         np.save(out / f"{Path(p).stem}_noise.npy", zi.astype(np.float32))
-    grid = _save_rows([x0, back], out, "invert.png")
+    grid = _save_rows([before, again], out, "invert.png")
+    space = " (decoded, against the decoded input)" if st.pipe.autoencoder is not None else ""
     for p, v in zip(args.input, values.tolist()):
-        print(f"{p}: round-trip PSNR {v:.2f} dB")
+        print(f"{p}: round-trip PSNR{space} {v:.2f} dB")
     print(f"invert: {st.steps} {st.sampler} steps each way, σ {float(st.sigmas[-2]):.3g} -> "
           f"{float(st.sigmas[0]):.3g}; "
           f"noise in *_noise.npy (x at σ_max) -> {out} ({grid.name}: input | reconstruction)")
@@ -281,12 +304,14 @@ def run_interpolate(args, st: _Setup, out: Path) -> int:
     else:
         z0, z1 = (randn((1, *shape), generators_for_seeds([s]), device=device) for s in seeds)
         z = slerp(z0, z1, t.to(device))
-        x = fn(st.denoiser, z * st.sigmas[0], st.sigmas, extra_args=st.extra(args.n),
+        # --class as a group's name ("animals" on an emoji:sub model): the label of the strip's first seed
+        label = st.pipe.class_for(args.class_label, seeds[0]) if args.class_label is not None else None
+        x = fn(st.denoiser, z * st.sigmas[0], st.sigmas, extra_args=st.extra(args.n, label),
                generator=generators_for_seeds([seeds[0]] * args.n))
         what = f"seeds {seeds[0]} -> {seeds[1]} (slerp)"
-    from kuosan.images import make_grid, save_png, to_uint8_nhwc
+    from kuosan.images import make_grid, save_png
 
-    pics = to_uint8_nhwc(x)
+    pics = st.pictures(x)
     path = save_png(make_grid(pics, nrow=args.n), out / "interpolate.png", scale=max(1, 128 // pics.shape[1]))
     print(f"interpolate: {args.n} images, {what}, {st.steps} {st.sampler} steps -> {path}")
     return 0

@@ -39,6 +39,7 @@ its files' names, sizes and modification times, ``emoji.json``'s, and the class 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -364,11 +365,19 @@ def groups_of(class_names: list[str], root: str | None = None) -> list[int]:
 
 def subcategory_weights(root: str | None = None) -> dict[str, int]:
     """The number of training emoji in each of :data:`SUBCATEGORIES` (from emoji.json, whichever styles are
-    installed)."""
+    installed). Read once per version of the file: a page asking for "animals" frame after frame does not
+    parse 1.3 MB of JSON each time."""
+    path = emoji_sources.catalogue_file(root)
+    st = path.stat()
+    return dict(_subcategory_weights(str(path), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _subcategory_weights(path: str, mtime_ns: int, size: int) -> tuple:
     counts = dict.fromkeys(SUBCATEGORIES, 0)
-    for e in read_catalogue(emoji_sources.catalogue_file(root)):
+    for e in read_catalogue(Path(path)):
         counts[e.sub] += not is_test(e.key)
-    return counts
+    return tuple(counts.items())
 
 
 def labels_by_group(class_names: list[str], per_group: int, root: str | None = None) -> tuple[list[int], list[int]]:

@@ -73,7 +73,7 @@ def _trained_steps(loaded: Loaded) -> int | None:
 
 def _groups(pipe) -> dict:
     """A model trained on finer labels than its data set's classes (``emoji:sub``): those classes, which the
-    class fields also take, and how many of the model's classes each holds (None where unknown)."""
+    class fields also take, and how many of the model's classes each holds; none where they cannot be mapped."""
     groups = pipe.groups
     if not groups:
         return {}
@@ -82,10 +82,9 @@ def _groups(pipe) -> dict:
 
     try:
         of = groups_of(pipe.class_names)
-        sizes = {n: of.count(CLASS_NAMES.index(n)) for n in groups}
-    except KuosanError:                     # emoji:fine without the installed emoji.json to map its names
-        sizes = dict.fromkeys(groups)
-    return {"groups": groups, "group_sizes": sizes}
+    except KuosanError:                     # emoji:fine without the installed emoji.json: names it cannot map
+        return {}
+    return {"groups": groups, "group_sizes": {n: of.count(CLASS_NAMES.index(n)) for n in groups}}
 
 
 def model_card(loaded: Loaded) -> dict:

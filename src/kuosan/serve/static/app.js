@@ -92,7 +92,7 @@ function classItems() {
   if (!state.card) return [];
   // a model trained on finer labels (emoji:sub) also takes its data set's classes: each seed one of their labels
   const sizes = state.card.group_sizes || {};
-  const groups = (state.card.groups || []).map((n) => [n, sizes[n] ? `${n} (any of its ${plural(sizes[n], "class", "classes")})` : `${n} (any of its classes)`]);
+  const groups = (state.card.groups || []).map((n) => [n, `${n} (any of its ${plural(sizes[n], "class", "classes")})`]);
   return [...groups, ...state.card.classes.map((n, k) => [String(k), n === String(k) ? n : `${k} · ${n}`])];
 }
 
