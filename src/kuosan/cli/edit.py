@@ -38,7 +38,8 @@ def _common(p: argparse.ArgumentParser, sampler: str | None, steps: int | None) 
                    help=f"steps of the full σ grid (default: {steps or 'as the model samples'})")
     p.add_argument("--schedule", default=None,
                    help="σ grid: karras, exponential, log-snr, vp-linear, ... (default: the model's)")
-    p.add_argument("--class", dest="class_label", default=None, help="class index or name; a model trained on emoji:sub also takes the 9 classes' names "
+    p.add_argument("--class", dest="class_label", default=None,
+                   help="class index or name; a model trained on emoji:sub also takes the 9 classes' names "
                         "(animals: the subcategory --seed draws) (default: unconditional)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance weight with --class (default: the model's)")
@@ -91,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                               "  kuosan edit interpolate --checkpoint runs/fm --classes 1,7 --seeds 3")
     p.add_argument("--seeds", default=None,
                    help="two seeds A,B to interpolate between (default 0,1), or one with --classes (default 0)")
-    p.add_argument("--classes", default=None, help="two classes A,B to interpolate between (names or indices; on an emoji:sub model also "
+    p.add_argument("--classes", default=None,
+                   help="two classes A,B to interpolate between (names or indices; on an emoji:sub model also "
                         "the 9 classes' names)")
     p.add_argument("--n", type=int, default=8, help="images in the strip (default 8)")
     _common(p, None, None)
