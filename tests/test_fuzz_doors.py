@@ -767,8 +767,23 @@ def test_a_nul_character_in_an_output_path_is_one_line(argv, capsys):
     assert code == 2 and "NUL character" in err
 
 
-@pytest.mark.parametrize("argv", [["demo", "--out", "~0"], ["data", "~no-such-user-here/x"]])
-def test_a_home_of_no_user_is_one_line(argv, capsys):
-    """Found by test_fuzz_demo_long: ``~0`` made Path.expanduser raise RuntimeError."""
+@pytest.mark.parametrize("argv", [["demo", "--out", "~0"], ["data", "~no-such-user-here/x"],
+                                  ["train", "--init-from", "~0/run", "--steps", "1"],
+                                  ["train", "--config", "fashion-mnist", "--data_root", "~0", "--steps", "1"],
+                                  ["train", "--config", "digits-tiny", "--out", "~0/run", "--steps", "1"],
+                                  ["evaluate", "--images", "x.npz", "--reference", "digits", "--out", "~0/e"]])
+def test_a_home_of_no_user_is_one_line(argv, capsys, tmp_path, monkeypatch):
+    """Found by test_fuzz_demo_long: ``~0`` made Path.expanduser raise RuntimeError (--out of demo, then
+    --init-from, --data_root and evaluate's --out, which still reached it)."""
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "x.npz", images=np.zeros((2, 8, 8, 1), np.uint8))
     code, _, err = door(argv, capsys)
-    assert code == 2 and "names no user on this machine" in err
+    assert code == 2 and "names no user on this machine" in err, err
+
+
+def test_a_sources_directory_of_no_user_is_one_line(monkeypatch):
+    from kuosan.data import emoji_sources
+
+    monkeypatch.setenv(emoji_sources.SOURCES_ENV, "~0/sources")
+    with pytest.raises(KuosanError, match="the emoji sources directory '~0/sources': ~0 names no user"):
+        emoji_sources.sources_dir()

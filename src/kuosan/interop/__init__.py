@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, user_path
 
 __all__ = ["require_local_dir", "looks_like_hub_name"]
 
@@ -26,7 +26,7 @@ def require_local_dir(path, what: str = "model") -> Path:
     A string like ``google/ddpm-cifar10-32`` that is not a directory here is most likely a Hugging Face
     hub name: it is refused without any network access.
     """
-    p = Path(path).expanduser()
+    p = user_path(path, what)
     if p.is_dir():
         return p
     if p.exists():
