@@ -787,3 +787,23 @@ def test_a_sources_directory_of_no_user_is_one_line(monkeypatch):
     monkeypatch.setenv(emoji_sources.SOURCES_ENV, "~0/sources")
     with pytest.raises(KuosanError, match="the emoji sources directory '~0/sources': ~0 names no user"):
         emoji_sources.sources_dir()
+
+
+def test_a_cache_of_no_user_is_one_line(monkeypatch, capsys, tmp_path):
+    """$KUOSAN_CACHE went through a bare Path.expanduser at six places (data sets, latents, reference
+    features, ONNX exports): ``~0`` raised RuntimeError. A ``~`` of this user still expands."""
+    from pathlib import Path
+
+    from kuosan.errors import cache_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KUOSAN_EMOJI_SOURCES", raising=False)
+    monkeypatch.setenv("KUOSAN_CACHE", "~0/cache")
+    with pytest.raises(KuosanError, match=r"\$KUOSAN_CACHE '~0/cache': ~0 names no user"):
+        cache_root("latents")
+    code, _, err = door(["data", "emoji"], capsys)
+    assert code == 2 and "$KUOSAN_CACHE '~0/cache': ~0 names no user" in err, err
+    monkeypatch.setenv("KUOSAN_CACHE", "~/kc")
+    assert cache_root("eval") == Path.home() / "kc" / "eval"
+    monkeypatch.delenv("KUOSAN_CACHE")
+    assert cache_root() == Path.home() / ".cache" / "kuosan"

@@ -17,7 +17,6 @@ arithmetic (mean latent of class A - that of class B + an image's latent), each 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -27,7 +26,7 @@ import torch
 
 from kuosan.data.dataset import ImageShape
 from kuosan.checkpoint import file_sha256
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, cache_root
 from kuosan.records import RunConfig, recorded_sha256
 
 __all__ = ["LatentAutoencoder", "LatentDataset", "load_autoencoder", "encode_dataset", "autoencoder_for_checkpoint",
@@ -248,7 +247,7 @@ class LatentDataset(ImageShape):
 
 def latent_cache_dir() -> Path:
     """``$KUOSAN_CACHE/latents``, else ``~/.cache/kuosan/latents``."""
-    return Path(os.environ.get("KUOSAN_CACHE") or Path.home() / ".cache" / "kuosan").expanduser() / "latents"
+    return cache_root("latents")
 
 
 def _read_cache(path: Path, ae: LatentAutoencoder) -> LatentDataset | None:

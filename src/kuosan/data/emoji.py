@@ -52,7 +52,7 @@ import torch
 from kuosan.data import emoji_sources
 from kuosan.data.dataset import ImageDataset
 from kuosan.data.emoji_sources import BY_NAME, STYLE_NAMES, Style
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, cache_root
 
 RESOLUTION = 64
 MARGIN = 2                    # white pixels kept round the emoji on each side
@@ -234,7 +234,7 @@ def _cache_file(style: Style, root: str | None) -> Path:
     key = [CACHE_VERSION, RESOLUTION, MARGIN, ALPHA_VISIBLE, emoji_sources.fingerprint(style, root),
            emoji_sources.catalogue_fingerprint(root), CLASSES, DROPPED]
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
-    base = Path(os.environ.get("KUOSAN_CACHE") or Path.home() / ".cache" / "kuosan").expanduser()
+    base = cache_root()
     return base / "data" / f"emoji-{style.name}-{RESOLUTION}px-{digest}.npz"
 
 

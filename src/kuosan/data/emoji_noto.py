@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kuosan.errors import KuosanError, user_path
+from kuosan.errors import KuosanError, cache_root, user_path
 
 FONT_ENV = "KUOSAN_EMOJI_FONT"
 FONT_NAME = "NotoColorEmoji.ttf"
@@ -79,7 +79,7 @@ def font_fingerprint(root: str | None = None) -> list:
 
 
 def _cache_file(root: str | None) -> Path:
-    base = Path(os.environ.get("KUOSAN_CACHE") or Path.home() / ".cache" / "kuosan").expanduser()
+    base = cache_root()
     digest = hashlib.sha256(json.dumps(font_fingerprint(root)).encode()).hexdigest()[:12]
     return base / "data" / f"emoji-{RESOLUTION}px-{digest}.npz"
 

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from kuosan.errors import KuosanError, user_path
+from kuosan.errors import KuosanError, cache_root, user_path
 
 SOURCES_ENV = "KUOSAN_EMOJI_SOURCES"
 INSTALL = "bash scripts/install_emoji_data.sh"     # from a kuosan checkout; docs/data-emoji.md says how by hand
@@ -67,8 +67,7 @@ def sources_dir(root: str | None = None) -> Path:
     """``root``, else ``$KUOSAN_EMOJI_SOURCES``, else ``$KUOSAN_CACHE/data/emoji-sources`` (``~/.cache/kuosan``)."""
     if root or os.environ.get(SOURCES_ENV):
         return user_path(root or os.environ[SOURCES_ENV], "the emoji sources directory")
-    return Path(os.environ.get("KUOSAN_CACHE") or Path.home() / ".cache" / "kuosan").expanduser() / "data" / \
-        "emoji-sources"
+    return cache_root("data", "emoji-sources")
 
 
 def _version_key(path: Path, package: str) -> list:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, cache_root
 from kuosan.evaluation.metrics import gaussian_stats
 
 CACHE_VERSION = 1
@@ -26,7 +26,7 @@ STATS_MARKER = "kuosan_stats"
 
 def cache_dir():
     """``$KUOSAN_CACHE/eval``, else ``~/.cache/kuosan/eval``."""
-    return Path(os.environ.get("KUOSAN_CACHE") or Path.home() / ".cache" / "kuosan").expanduser() / "eval"
+    return cache_root("eval")
 
 
 @dataclass

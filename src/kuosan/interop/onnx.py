@@ -43,7 +43,7 @@ from torch import nn
 
 from kuosan.diffusion.precond import PRECONDS, build_precond
 from kuosan.diffusion.schedules import DiscreteVP
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, cache_root
 
 __all__ = ["FORMAT", "BACKENDS", "OPSET", "export_onnx", "export_network", "precond_record", "precond_from_record",
            "read_export", "open_runtime", "RuntimeNet", "OnnxDenoiser", "BatchDispatch", "runtime_denoiser",
@@ -299,7 +299,7 @@ class OnnxDenoiser(nn.Module):
 
 def onnx_cache_dir() -> Path:
     """``$KUOSAN_CACHE/onnx``, else ``~/.cache/kuosan/onnx``."""
-    return Path(os.environ.get("KUOSAN_CACHE") or Path.home() / ".cache" / "kuosan").expanduser() / "onnx"
+    return cache_root("onnx")
 
 
 def _fingerprint(pipe) -> str:
