@@ -791,10 +791,12 @@ def test_a_sources_directory_of_no_user_is_one_line(monkeypatch):
 
 def test_a_cache_of_no_user_is_one_line(monkeypatch, capsys, tmp_path):
     """$KUOSAN_CACHE went through a bare Path.expanduser at six places (data sets, latents, reference
-    features, ONNX exports): ``~0`` raised RuntimeError. A ``~`` of this user still expands."""
+    features, ONNX exports): ``~0`` raised RuntimeError. A ``~`` of this user still expands, for the compiled
+    kernels' cache too, which did not expand it at all."""
     from pathlib import Path
 
     from kuosan.errors import cache_root
+    from kuosan.nets import kernels
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("KUOSAN_EMOJI_SOURCES", raising=False)
@@ -805,5 +807,6 @@ def test_a_cache_of_no_user_is_one_line(monkeypatch, capsys, tmp_path):
     assert code == 2 and "$KUOSAN_CACHE '~0/cache': ~0 names no user" in err, err
     monkeypatch.setenv("KUOSAN_CACHE", "~/kc")
     assert cache_root("eval") == Path.home() / "kc" / "eval"
+    assert kernels._cache_dir() == Path.home() / "kc" / "kernels"   # was a folder named "~" in the cwd
     monkeypatch.delenv("KUOSAN_CACHE")
     assert cache_root() == Path.home() / ".cache" / "kuosan"

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from kuosan.errors import KuosanError
+from kuosan.errors import KuosanError, cache_root
 
 __all__ = ["available", "loaded", "same_layout", "gn_forward", "gn_backward", "scaled_sum", "adamw_step",
            "conv_ok", "conv_bf16_ok", "winograd_conv", "winograd_conv_backward", "conv1x1", "conv1x1_backward",
@@ -60,9 +60,11 @@ _status = "not loaded"
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("KUOSAN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                                          os.path.join(Path.home(), ".cache"), "kuosan")
-    return Path(root) / "kernels"
+    """``$KUOSAN_CACHE/kernels`` (``~`` expanded, as everywhere), else ``$XDG_CACHE_HOME/kuosan/kernels``, else
+    ``~/.cache/kuosan/kernels``."""
+    if os.environ.get("KUOSAN_CACHE"):
+        return cache_root("kernels")
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kuosan" / "kernels"
 
 
 def _machine_key() -> str:
