@@ -445,9 +445,20 @@ def test_save_png_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkey
 def test_interrupts_at_random_moments_leave_only_complete_samples(tmp_path):
     """SIGINT (KeyboardInterrupt in the main thread) at 20 random moments of a save of 40 images: every file
     under a final name is complete. (A temporary file may survive only when the interrupt lands inside the
-    cleanup itself; the exact write points are covered above, where none may be left.)"""
+    cleanup itself; the exact write points are covered above, where none may be left.)
+
+    Python's own SIGINT handler is installed for the test: a process started in the background by a
+    non-interactive shell inherits SIGINT ignored, and then ``interrupt_main`` delivers nothing."""
     import _thread
 
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupt_saves_at_random(tmp_path, _thread.interrupt_main)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _interrupt_saves_at_random(tmp_path, interrupt_main):
     res = sample_result(40)
     reference = _reference_files(res)
     took = float("inf")
@@ -459,7 +470,7 @@ def test_interrupts_at_random_moments_leave_only_complete_samples(tmp_path):
     interrupted = 0
     for i in range(20):
         out = tmp_path / f"out{i}"
-        timer = threading.Timer(rnd.uniform(0, took), _thread.interrupt_main)
+        timer = threading.Timer(rnd.uniform(0, took), interrupt_main)
         try:
             try:
                 timer.start()
