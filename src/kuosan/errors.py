@@ -25,8 +25,8 @@ CACHE_ENV = "KUOSAN_CACHE"
 
 def cache_root(*parts: str):
     """``$KUOSAN_CACHE`` (default ``~/.cache/kuosan``) joined with ``parts``: where kuosan keeps what it can
-    remake (decoded data sets, latents, reference features, ONNX exports). A ``~user`` in the variable that names
-    no user gets one line, as at every other door that takes a path."""
+    remake (decoded data sets, latents, reference features, ONNX exports, compiled kernels). A ``~user`` in the
+    variable that names no user gets one line, as at every other door that takes a path."""
     import os
     from pathlib import Path
 

@@ -234,8 +234,7 @@ def _cache_file(style: Style, root: str | None) -> Path:
     key = [CACHE_VERSION, RESOLUTION, MARGIN, ALPHA_VISIBLE, emoji_sources.fingerprint(style, root),
            emoji_sources.catalogue_fingerprint(root), CLASSES, DROPPED]
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]
-    base = cache_root()
-    return base / "data" / f"emoji-{style.name}-{RESOLUTION}px-{digest}.npz"
+    return cache_root("data", f"emoji-{style.name}-{RESOLUTION}px-{digest}.npz")
 
 
 def load_style(style: Style, root: str | None = None):

@@ -79,9 +79,8 @@ def font_fingerprint(root: str | None = None) -> list:
 
 
 def _cache_file(root: str | None) -> Path:
-    base = cache_root()
     digest = hashlib.sha256(json.dumps(font_fingerprint(root)).encode()).hexdigest()[:12]
-    return base / "data" / f"emoji-{RESOLUTION}px-{digest}.npz"
+    return cache_root("data", f"emoji-{RESOLUTION}px-{digest}.npz")
 
 
 def _code_points(path: Path) -> list[tuple[int, int]]:
